@@ -1,0 +1,58 @@
+"""The project's error types.
+
+Every error a user can cause (a bad config, a bad data or weights file) is an ``NbcnnError``
+whose message is one line naming the file and the key or layer. The CLI turns these into
+exit code 2 without a traceback; anything else escaping is a bug.
+"""
+
+from __future__ import annotations
+
+
+class NbcnnError(Exception):
+    """Base class for errors caused by user input; ``str(err)`` is the one-line message."""
+
+    exit_code = 2
+
+
+class ConfigError(NbcnnError):
+    """A model or train config that cannot be used.
+
+    Parameters
+    ----------
+    message : what is wrong, what was received and what is allowed.
+    file : the config file, when there is one.
+    where : the key path (``layers[2].kernel_size``) or layer (``layer 3 'conv2d_1' (Conv2D)``).
+    """
+
+    def __init__(self, message: str, *, file: str | None = None, where: str | None = None):
+        self.message = message
+        self.file = file
+        self.where = where
+        super().__init__(self._format())
+
+    def _format(self) -> str:
+        parts = [p for p in (self.file, self.where) if p]
+        return ": ".join([*parts, self.message])
+
+    def located(self, *, file: str | None = None, where: str | None = None) -> ConfigError:
+        """Return a copy with the file and/or an outer key path filled in."""
+        if where and self.where:
+            joined = where + ("" if self.where.startswith("[") else ".") + self.where
+        else:
+            joined = where or self.where
+        return type(self)(self.message, file=file or self.file, where=joined)
+
+
+class DataError(NbcnnError):
+    """A data, weights or image file that cannot be used; the message names the file."""
+
+    def __init__(self, message: str, *, file: str | None = None):
+        self.message = message
+        self.file = file
+        super().__init__(f"{file}: {message}" if file else message)
+
+
+class TrainingError(NbcnnError):
+    """A failure during work (NaN loss, disk full): exit code 1."""
+
+    exit_code = 1
