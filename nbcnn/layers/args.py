@@ -1,0 +1,241 @@
+"""Declarative keyword-argument parsing for layers and config sections.
+
+A layer declares ``arguments = {"filters": Arg(positive_int), ...}`` with Keras's names and
+defaults; :func:`parse_arguments` turns the YAML mapping into checked Python values and raises a
+:class:`~nbcnn.errors.ConfigError` that names the key, what was received and what is allowed, with
+a did-you-mean for unknown keys. Parsers raise ``ValueError(what_is_allowed)``.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from nbcnn.errors import ConfigError
+
+REQUIRED: Any = object()
+
+#: Names accepted by ``activation:`` arguments (``null``/``linear`` mean identity); their
+#: compute lives in nbcnn/layers/activations.py.
+ACTIVATIONS = ("linear", "relu", "relu6", "sigmoid", "tanh", "softmax", "elu", "softplus", "swish")
+#: Weight initialisers accepted by ``kernel_initializer`` / ``bias_initializer``.
+INITIALIZERS = (
+    "glorot_uniform", "glorot_normal", "he_uniform", "he_normal",
+    "lecun_uniform", "lecun_normal", "zeros", "ones",
+)
+
+
+@dataclass(frozen=True)
+class Arg:
+    """One keyword argument: its parser, default (``REQUIRED`` if none) and a one-line doc."""
+
+    parse: Callable[[Any], Any]
+    default: Any = REQUIRED
+    doc: str = ""
+
+
+def _is_int(value: Any) -> bool:
+    # YAML's true/false are bools, and bool is an int subclass: refuse them as counts.
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _within(value: int, minimum: int | None, maximum: int | None) -> bool:
+    return (minimum is None or value >= minimum) and (maximum is None or value <= maximum)
+
+
+def _bounds_text(minimum: int | None, maximum: int | None) -> str:
+    if minimum is not None and maximum is not None:
+        return f" from {minimum} to {maximum}"
+    if minimum is not None:
+        return f" >= {minimum}"
+    if maximum is not None:
+        return f" <= {maximum}"
+    return ""
+
+
+def integer(minimum: int | None = 1, maximum: int | None = None) -> Callable[[Any], int]:
+    """An int within ``[minimum, maximum]``."""
+    bounds = _bounds_text(minimum, maximum)
+
+    def parse(value: Any) -> int:
+        if not _is_int(value) or not _within(value, minimum, maximum):
+            raise ValueError(f"expected an int{bounds}")
+        return value
+
+    return parse
+
+
+positive_int = integer(1)
+
+
+def number(
+    minimum: float | None = None,
+    maximum: float | None = None,
+    *,
+    min_open: bool = False,
+    max_open: bool = False,
+) -> Callable[[Any], float]:
+    """A finite real number within the given (open or closed) bounds."""
+    lo = "" if minimum is None else f"{'>' if min_open else '>='} {minimum}"
+    hi = "" if maximum is None else f"{'<' if max_open else '<='} {maximum}"
+    bounds = " " + " and ".join(p for p in (lo, hi) if p) if (lo or hi) else ""
+
+    def parse(value: Any) -> float:
+        ok = (_is_int(value) or isinstance(value, float)) and value == value  # NaN != NaN
+        if ok and value in (float("inf"), float("-inf")):
+            ok = False
+        if ok and minimum is not None:
+            ok = value > minimum if min_open else value >= minimum
+        if ok and maximum is not None:
+            ok = value < maximum if max_open else value <= maximum
+        if not ok:
+            raise ValueError(f"expected a number{bounds}")
+        return float(value)
+
+    return parse
+
+
+def int_tuple(n: int, minimum: int = 1) -> Callable[[Any], tuple[int, ...]]:
+    """An int (repeated ``n`` times) or a list of ``n`` ints, each >= ``minimum``."""
+    allowed = f"an int >= {minimum} or a list of {n} ints >= {minimum}"
+
+    def parse(value: Any) -> tuple[int, ...]:
+        if _is_int(value) and value >= minimum:
+            return (value,) * n
+        if (
+            isinstance(value, (list, tuple))
+            and len(value) == n
+            and all(_is_int(v) and v >= minimum for v in value)
+        ):
+            return tuple(value)
+        raise ValueError(f"expected {allowed}")
+
+    return parse
+
+
+def int_pairs(n: int) -> Callable[[Any], tuple[tuple[int, int], ...]]:
+    """Keras's padding/cropping forms: int, ``n`` ints (symmetric), or ``n`` pairs of ints >= 0.
+
+    ``1`` -> ((1, 1), (1, 1)); ``[1, 2]`` -> ((1, 1), (2, 2)); ``[[1, 2], [3, 4]]`` as given.
+    """
+    allowed = f"an int >= 0, a list of {n} ints >= 0, or a list of {n} [before, after] pairs"
+
+    def parse(value: Any) -> tuple[tuple[int, int], ...]:
+        if _is_int(value) and value >= 0:
+            return ((value, value),) * n
+        if isinstance(value, (list, tuple)) and len(value) == n:
+            if all(_is_int(v) and v >= 0 for v in value):
+                return tuple((v, v) for v in value)
+            if all(
+                isinstance(p, (list, tuple)) and len(p) == 2 and all(_is_int(v) and v >= 0 for v in p)
+                for p in value
+            ):
+                return tuple((p[0], p[1]) for p in value)
+        raise ValueError(f"expected {allowed}")
+
+    return parse
+
+
+def choice(*values: Any) -> Callable[[Any], Any]:
+    """One of ``values``; a near miss gets a did-you-mean."""
+    allowed = ", ".join(repr(v) for v in values)
+
+    def parse(value: Any) -> Any:
+        if isinstance(value, str) and value in values:
+            return value
+        hint = did_you_mean(value, [v for v in values if isinstance(v, str)])
+        raise ValueError(f"expected one of {allowed}{hint}")
+
+    return parse
+
+
+def boolean(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError("expected true or false")
+    return value
+
+
+def string(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError("expected a non-empty string")
+    return value
+
+
+def optional(parse: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """``None`` (YAML ``null``) or whatever ``parse`` accepts."""
+
+    def parse_optional(value: Any) -> Any:
+        if value is None:
+            return None
+        try:
+            return parse(value)
+        except ValueError as err:
+            raise ValueError(f"{err} or null") from None
+
+    return parse_optional
+
+
+def int_list(minimum_length: int = 1, allow_minus_one: bool = False) -> Callable[[Any], tuple]:
+    """A list of ints >= 1 (optionally with one -1, as Reshape allows)."""
+    allowed = f"a list of at least {minimum_length} ints >= 1"
+    if allow_minus_one:
+        allowed += " (one of them may be -1)"
+
+    def parse(value: Any) -> tuple[int, ...]:
+        if isinstance(value, (list, tuple)) and len(value) >= minimum_length:
+            ints = all(_is_int(v) and (v >= 1 or (allow_minus_one and v == -1)) for v in value)
+            if ints and list(value).count(-1) <= 1:
+                return tuple(value)
+        raise ValueError(f"expected {allowed}")
+
+    return parse
+
+
+def did_you_mean(value: Any, candidates: list[str]) -> str:
+    """``" (did you mean 'x'?)"`` for a close match, else ``""``."""
+    if not isinstance(value, str):
+        return ""
+    close = difflib.get_close_matches(value, candidates, n=1, cutoff=0.6)
+    if not close:
+        lowered = {c.lower(): c for c in candidates}
+        if value.lower() in lowered:
+            close = [lowered[value.lower()]]
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def parse_arguments(
+    schema: Mapping[str, Arg], values: Mapping[str, Any], *, what: str
+) -> dict[str, Any]:
+    """Check ``values`` against ``schema``; return every argument, defaults filled in.
+
+    Raises ConfigError with ``where`` set to the offending key; ``what`` names the thing being
+    configured in messages ("Conv2D", "train.data").
+    """
+    unknown = [k for k in values if k not in schema]
+    if unknown:
+        key = unknown[0]
+        known = ", ".join(schema) or "none"
+        hint = did_you_mean(key, list(schema))
+        raise ConfigError(
+            f"unknown argument for {what}{hint}; known arguments: {known}", where=str(key)
+        )
+    parsed = {}
+    for key, arg in schema.items():
+        if key not in values:
+            if arg.default is REQUIRED:
+                raise ConfigError(f"{what} needs this argument ({arg.doc})", where=key)
+            parsed[key] = arg.default
+            continue
+        try:
+            parsed[key] = arg.parse(values[key])
+        except ValueError as err:
+            raise ConfigError(f"{err}, got {_show(values[key])}", where=key) from None
+    return parsed
+

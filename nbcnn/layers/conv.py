@@ -1,0 +1,188 @@
+"""Convolution layers: Conv2D and Conv1D (Keras's arguments and weight layout).
+
+Conv1D runs through the 2D kernel with a height of one, so both share one calculator and one
+compute path. Kernels: nbcnn/kernels/conv.py, imported when a model first runs.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from nbcnn import shapes
+from nbcnn.errors import ConfigError
+from nbcnn.layers.args import (
+    ACTIVATIONS,
+    INITIALIZERS,
+    Arg,
+    boolean,
+    choice,
+    int_tuple,
+    optional,
+    positive_int,
+)
+from nbcnn.layers.base import Layer, ParamSpec, Shape, ShapeError, format_shape
+
+
+def conv_arguments(rank: int, paddings: tuple[str, ...]) -> dict[str, Arg]:
+    """Keras's Conv{rank}D keyword arguments."""
+    return {
+        "filters": Arg(positive_int, doc="number of output channels"),
+        "kernel_size": Arg(int_tuple(rank), doc="window size"),
+        "strides": Arg(int_tuple(rank), (1,) * rank, "step of the window"),
+        "padding": Arg(choice(*paddings), "valid", "zero padding"),
+        "data_format": Arg(optional(choice("channels_last")), None, "only channels_last"),
+        "dilation_rate": Arg(int_tuple(rank), (1,) * rank, "spacing of kernel taps"),
+        "groups": Arg(positive_int, 1, "must be 1"),
+        "activation": Arg(optional(choice(*ACTIVATIONS)), None, "applied to the output"),
+        "use_bias": Arg(boolean, True, "add one bias per filter"),
+        "kernel_initializer": Arg(choice(*INITIALIZERS), "glorot_uniform", "kernel init"),
+        "bias_initializer": Arg(choice(*INITIALIZERS), "zeros", "bias init"),
+    }
+
+
+class _Conv(Layer):
+    """Shared calculator and compute of Conv1D and Conv2D."""
+
+    rank: int
+
+    def validate(self) -> None:
+        if self.groups != 1:
+            raise ConfigError(f"only groups=1 is supported, got {self.groups}", where="groups")
+        if max(self.strides) > 1 and max(self.dilation_rate) > 1:
+            # Keras refuses this combination too (it has no defined 'same' semantics there).
+            raise ConfigError(
+                f"strides {list(self.strides)} > 1 together with dilation_rate "
+                f"{list(self.dilation_rate)} > 1 is not supported (as in Keras)",
+                where="dilation_rate",
+            )
+
+    def _spatial(self, input_shape: Shape) -> tuple[int, ...]:
+        self.check_rank(input_shape)
+        return tuple(input_shape[:-1])
+
+    def output_shape(self, input_shape: Shape) -> Shape:
+        spatial = self._spatial(input_shape)
+        padding = "same" if self.padding == "causal" else self.padding
+        out = tuple(
+            shapes.output_length(n, k, s, padding, d)
+            for n, k, s, d in zip(spatial, self.kernel_size, self.strides, self.dilation_rate)
+        )
+        if min(out) < 1:
+            window = [shapes.effective_kernel(k, d) for k, d in zip(self.kernel_size, self.dilation_rate)]
+            raise ShapeError(
+                f"kernel window {window} is larger than its input {format_shape(input_shape)} "
+                f"with padding='{self.padding}' (use padding='same' or a smaller kernel)"
+            )
+        return (*out, self.filters)
+
+    def param_shapes(self, input_shape: Shape) -> list[ParamSpec]:
+        c_in = input_shape[-1]
+        params = [ParamSpec("kernel", (*self.kernel_size, c_in, self.filters))]
+        if self.use_bias:
+            params.append(ParamSpec("bias", (self.filters,)))
+        return params
+
+    def macs(self, input_shape: Shape) -> int:
+        out = self.output_shape(input_shape)
+        return math.prod(out) * math.prod(self.kernel_size) * input_shape[-1]
+
+    def receptive_field(self, input_shape, rf, jump):
+        k_eff = [shapes.effective_kernel(k, d) for k, d in zip(self.kernel_size, self.dilation_rate)]
+        new_rf = tuple(r + (k - 1) * j for r, k, j in zip(rf, k_eff, jump))
+        return new_rf, tuple(j * s for j, s in zip(jump, self.strides))
+
+    def explain(self, input_shape: Shape) -> str:
+        c_in = input_shape[-1]
+        kernel = "x".join(map(str, self.kernel_size))
+        total = sum(p.size for p in self.param_shapes(input_shape))
+        formula = f"{kernel}x{c_in}x{self.filters}" + (f" + {self.filters}" if self.use_bias else "")
+        words = (
+            f"a {kernel} kernel over {c_in} input channel{'s' if c_in != 1 else ''} "
+            f"for each of {self.filters} filters"
+        )
+        words += f", plus {self.filters} biases" if self.use_bias else ", no bias"
+        return f"{formula} = {total:,}: {words}"
+
+    # ------------------------------------------------------------------ compute
+
+    def _padding_2d(self, input_shape: Shape) -> tuple[tuple[int, int], tuple[int, int]]:
+        spatial = self._spatial(input_shape)
+        if self.padding == "causal":
+            pads = ((shapes.effective_kernel(self.kernel_size[0], self.dilation_rate[0]) - 1, 0),)
+        else:
+            pads = shapes.padding_amounts(
+                spatial, self.kernel_size, self.strides, self.padding, self.dilation_rate
+            )
+        return ((0, 0), *pads) if self.rank == 1 else pads
+
+    def _as_2d(self, value: tuple[int, ...]) -> tuple[int, ...]:
+        return (1, *value) if self.rank == 1 else value
+
+    def build(self, input_shape: Shape, rng: Any) -> None:
+        from nbcnn.layers.initializers import initialize
+
+        super().build(input_shape, rng)
+        specs = self.param_shapes(input_shape)
+        self.params = {"kernel": initialize(self.kernel_initializer, specs[0].shape, rng)}
+        if self.use_bias:
+            self.params["bias"] = initialize(self.bias_initializer, specs[1].shape, rng)
+        self._pads = self._padding_2d(input_shape)
+
+    def _kernel_2d(self):
+        w = self.params["kernel"]
+        return w.reshape(1, *w.shape) if self.rank == 1 else w
+
+    def forward(self, x, training=False):
+        from nbcnn.kernels.conv import conv2d_forward
+
+        x4 = x.reshape(x.shape[0], 1, *x.shape[1:]) if self.rank == 1 else x
+        y = conv2d_forward(
+            x4,
+            self._kernel_2d(),
+            self.params.get("bias"),
+            self._as_2d(self.strides),
+            self._as_2d(self.dilation_rate),
+            self._pads,
+        )
+        if training:
+            self._x4 = x4
+        y = y.reshape(x.shape[0], *self.out_shape)
+        return self.activate(y, training)
+
+    def backward(self, dy):
+        from nbcnn.kernels.conv import conv2d_backward
+
+        dz = self.activation_grad(dy)
+        dz4 = dz.reshape(dz.shape[0], 1, *dz.shape[1:]) if self.rank == 1 else dz
+        dx, dw, db = conv2d_backward(
+            dz4,
+            self._x4,
+            self._kernel_2d(),
+            self._as_2d(self.strides),
+            self._as_2d(self.dilation_rate),
+            self._pads,
+        )
+        self.grads = {"kernel": dw.reshape(self.params["kernel"].shape)}
+        if self.use_bias:
+            self.grads["bias"] = db
+        return dx.reshape(dz.shape[0], *self.input_shape)
+
+
+class Conv2D(_Conv):
+    """2D convolution over ``(H, W, C)`` inputs: ``filters`` sliding ``kernel_size`` windows.
+
+    Output ``(OH, OW, filters)``; kernel ``(kh, kw, C, filters)``, bias ``(filters,)``.
+    """
+
+    rank = 2
+    input_rank = 3
+    arguments = conv_arguments(2, ("valid", "same"))
+
+
+class Conv1D(_Conv):
+    """1D convolution over ``(L, C)`` inputs; kernel ``(k, C, filters)``. Also 'causal' padding."""
+
+    rank = 1
+    input_rank = 2
+    arguments = conv_arguments(1, ("valid", "same", "causal"))

@@ -1,0 +1,114 @@
+"""BatchNormalization over the last (channel) axis, with Keras's defaults."""
+
+from __future__ import annotations
+
+from nbcnn.errors import ConfigError
+from nbcnn.layers.args import Arg, boolean, choice, integer, number
+from nbcnn.layers.base import Layer, ParamSpec, Shape
+
+
+class BatchNormalization(Layer):
+    """Normalise each channel by batch statistics while training, by moving averages at
+    inference: ``y = gamma * (x - mean) / sqrt(var + epsilon) + beta``.
+
+    Weights in Keras's order: gamma, beta (trainable), moving_mean, moving_variance (not).
+    Moving averages: ``moving = moving * momentum + batch * (1 - momentum)``.
+    """
+
+    arguments = {
+        "axis": Arg(integer(None), -1, "only the last axis (-1) is supported"),
+        "momentum": Arg(number(0.0, 1.0), 0.99, "moving-average momentum"),
+        "epsilon": Arg(number(0.0, min_open=True), 0.001, "added to the variance"),
+        "center": Arg(boolean, True, "learn an offset beta"),
+        "scale": Arg(boolean, True, "learn a scale gamma"),
+        "beta_initializer": Arg(choice("zeros", "ones"), "zeros", "beta init"),
+        "gamma_initializer": Arg(choice("zeros", "ones"), "ones", "gamma init"),
+    }
+
+    def validate(self) -> None:
+        if self.axis != -1:
+            raise ConfigError(
+                f"only axis=-1 (channels-last) is supported, got {self.axis}", where="axis"
+            )
+
+    def output_shape(self, input_shape: Shape) -> Shape:
+        return tuple(input_shape)
+
+    def param_shapes(self, input_shape: Shape) -> list[ParamSpec]:
+        c = (input_shape[-1],)
+        params = []
+        if self.scale:
+            params.append(ParamSpec("gamma", c))
+        if self.center:
+            params.append(ParamSpec("beta", c))
+        params += [ParamSpec("moving_mean", c, False), ParamSpec("moving_variance", c, False)]
+        return params
+
+    def macs(self, input_shape: Shape) -> int:
+        # Folded into one multiply-add per value at inference.
+        from math import prod
+
+        return prod(input_shape)
+
+    def explain(self, input_shape: Shape) -> str:
+        params = self.param_shapes(input_shape)
+        trainable = [p.name for p in params if p.trainable]
+        c = input_shape[-1]
+        total = len(params) * c
+        learned = f"{', '.join(trainable)} trainable; " if trainable else ""
+        return (
+            f"{len(params)} x {c} channels ({learned}moving_mean, moving_variance "
+            f"not trainable) = {total:,}"
+        )
+
+    def build(self, input_shape, rng):
+        import numpy as np
+
+        super().build(input_shape, rng)
+        c = input_shape[-1]
+        init = {"zeros": np.zeros, "ones": np.ones}
+        if self.scale:
+            self.params["gamma"] = init[self.gamma_initializer](c, np.float32)
+        if self.center:
+            self.params["beta"] = init[self.beta_initializer](c, np.float32)
+        self.params["moving_mean"] = np.zeros(c, np.float32)
+        self.params["moving_variance"] = np.ones(c, np.float32)
+
+    def forward(self, x, training=False):
+        import numpy as np
+
+        c = x.shape[-1]
+        gamma = self.params.get("gamma", np.ones(c, np.float32))
+        beta = self.params.get("beta", np.zeros(c, np.float32))
+        if not training:
+            inv = gamma / np.sqrt(self.params["moving_variance"] + np.float32(self.epsilon))
+            return (x - self.params["moving_mean"]) * inv + beta
+        x2 = x.reshape(-1, c)
+        mean = x2.mean(axis=0)
+        var = x2.var(axis=0)
+        inv_std = 1.0 / np.sqrt(var + np.float32(self.epsilon))
+        xhat = (x2 - mean) * inv_std
+        m = np.float32(self.momentum)
+        self.params["moving_mean"] *= m
+        self.params["moving_mean"] += (1 - m) * mean
+        self.params["moving_variance"] *= m
+        self.params["moving_variance"] += (1 - m) * var
+        self._xhat, self._inv_std, self._gamma = xhat, inv_std, gamma
+        return (xhat * gamma + beta).reshape(x.shape)
+
+    def backward(self, dy):
+        c = dy.shape[-1]
+        dy2 = dy.reshape(-1, c)
+        xhat = self._xhat
+        self.grads = {}
+        if self.scale:
+            self.grads["gamma"] = (dy2 * xhat).sum(axis=0)
+        if self.center:
+            self.grads["beta"] = dy2.sum(axis=0)
+        # Standard batch-norm backward (Ioffe & Szegedy 2015, eq. after Alg. 1), vectorised.
+        dxhat = dy2 * self._gamma
+        m = dy2.shape[0]
+        dx = (self._inv_std / m) * (
+            m * dxhat - dxhat.sum(axis=0) - xhat * (dxhat * xhat).sum(axis=0)
+        )
+        return dx.reshape(dy.shape)

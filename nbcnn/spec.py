@@ -1,0 +1,327 @@
+"""YAML config -> validated model and train specs, with errors that say where.
+
+Loading is strict: ``yaml.SafeLoader`` (no tags run), duplicate keys refused, aliases capped
+(so an alias bomb fails fast), files over 1 MiB refused. Every problem raises
+:class:`~nbcnn.errors.ConfigError` naming the file and the key path (``layers[2].kernel_size``).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from nbcnn.errors import ConfigError
+from nbcnn.layers.args import (
+    Arg,
+    boolean,
+    choice,
+    did_you_mean,
+    integer,
+    number,
+    optional,
+    parse_arguments,
+    positive_int,
+    string,
+)
+
+MAX_CONFIG_BYTES = 1 << 20
+MAX_ALIASES = 64
+TOP_LEVEL_KEYS = ("name", "input_shape", "layers", "train")
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys and more than MAX_ALIASES aliases."""
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self._aliases = 0
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            self._aliases += 1
+            if self._aliases > MAX_ALIASES:
+                mark = self.peek_event().start_mark
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"more than {MAX_ALIASES} YAML aliases (alias bomb?)", mark
+                )
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def read_yaml(path: str | os.PathLike) -> Any:
+    """Parse one YAML document from ``path`` strictly; ConfigError with the line on failure."""
+    file = str(path)
+    try:
+        size = os.path.getsize(file)
+        if size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"config is {size:,} bytes; at most {MAX_CONFIG_BYTES:,}", file=file)
+        with open(file, "rb") as handle:
+            text = handle.read()
+    except OSError as err:
+        raise ConfigError(f"cannot read the config: {err.strerror or err}", file=file) from None
+    try:
+        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else None
+        what = err.problem or err.context or "invalid YAML"
+        raise ConfigError(f"not valid YAML: {what}", file=file, where=where) from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"not valid YAML: {err}", file=file) from None
+    except UnicodeDecodeError:
+        raise ConfigError("not a text file (not UTF-8)", file=file) from None
+    except RecursionError:
+        raise ConfigError("YAML nested too deeply", file=file) from None
+
+
+@dataclass
+class LayerSpec:
+    """One entry of ``layers``: its type, optional name and Keras keyword arguments."""
+
+    index: int
+    type: str
+    name: str | None
+    kwargs: dict[str, Any]
+
+
+@dataclass
+class ModelSpec:
+    """A validated config: the model and, if present, the raw ``train`` mapping."""
+
+    input_shape: tuple[int, ...]
+    layers: list[LayerSpec]
+    name: str = "model"
+    train: dict[str, Any] | None = None
+    file: str | None = None
+    raw: dict[str, Any] = field(default_factory=dict)
+
+
+def load_spec(path: str | os.PathLike, input_shape: tuple[int, ...] | None = None) -> ModelSpec:
+    """Read and validate the model part of a config file (``train`` checked by train_spec)."""
+    file = str(path)
+    try:
+        spec = parse_spec(read_yaml(file), input_shape=input_shape)
+    except ConfigError as err:
+        raise err.located(file=file) from None
+    spec.file = file
+    if spec.train is not None:
+        try:
+            parse_train(spec.train, default_output=f"runs/{spec.name}")
+        except ConfigError as err:
+            raise err.located(file=file) from None
+    return spec
+
+
+def parse_spec(doc: Any, input_shape: tuple[int, ...] | None = None) -> ModelSpec:
+    """Validate an already-parsed YAML document; ConfigError names the key path."""
+    if not isinstance(doc, dict):
+        raise ConfigError(
+            f"the config must be a mapping with keys {', '.join(TOP_LEVEL_KEYS)}, "
+            f"got {_kind(doc)}"
+        )
+    for key in doc:
+        if key not in TOP_LEVEL_KEYS:
+            hint = did_you_mean(key, list(TOP_LEVEL_KEYS))
+            raise ConfigError(
+                f"unknown top-level key{hint}; allowed: {', '.join(TOP_LEVEL_KEYS)}",
+                where=str(key),
+            )
+    name = doc.get("name", None)
+    if name is None:
+        name = "model"
+    elif not isinstance(name, str) or not name.strip():
+        raise ConfigError(f"expected a non-empty string, got {name!r}", where="name")
+    if input_shape is None:
+        if "input_shape" not in doc:
+            raise ConfigError(
+                "missing: give the shape of one sample, channels-last, e.g. [28, 28, 1]",
+                where="input_shape",
+            )
+        input_shape = _parse_input_shape(doc["input_shape"])
+    layers = doc.get("layers")
+    if not isinstance(layers, list) or not layers:
+        got = "missing" if "layers" not in doc else f"got {_kind(layers)}"
+        raise ConfigError(
+            f"expected a non-empty list of layers like '- type: Conv2D', {got}", where="layers"
+        )
+    specs = [_parse_layer(i, entry) for i, entry in enumerate(layers)]
+    names = {}
+    for spec in specs:
+        if spec.name is not None:
+            if spec.name in names:
+                raise ConfigError(
+                    f"duplicate layer name {spec.name!r} (also layers[{names[spec.name]}])",
+                    where=f"layers[{spec.index}].name",
+                )
+            names[spec.name] = spec.index
+    train = doc.get("train")
+    if "train" in doc and not isinstance(train, dict):
+        raise ConfigError(f"expected a mapping, got {_kind(train)}", where="train")
+    return ModelSpec(input_shape=input_shape, layers=specs, name=name, train=train, raw=doc)
+
+
+def _parse_input_shape(value: Any) -> tuple[int, ...]:
+    ok = (
+        isinstance(value, list)
+        and 1 <= len(value) <= 4
+        and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value)
+    )
+    if not ok:
+        raise ConfigError(
+            "expected a list of 1 to 4 ints >= 1, channels-last: [H, W, C] for 2D models, "
+            f"[L, C] for 1D; got {value!r}",
+            where="input_shape",
+        )
+    return tuple(value)
+
+
+def _parse_layer(index: int, entry: Any) -> LayerSpec:
+    where = f"layers[{index}]"
+    if not isinstance(entry, dict):
+        raise ConfigError(
+            f"expected a mapping like '{{type: Dense, units: 10}}', got {_kind(entry)}",
+            where=where,
+        )
+    if "type" not in entry:
+        raise ConfigError("missing 'type' (the layer class, e.g. Conv2D)", where=where)
+    type_name = entry["type"]
+    if not isinstance(type_name, str) or not type_name:
+        raise ConfigError(f"expected a layer type name, got {type_name!r}", where=f"{where}.type")
+    name = entry.get("name")
+    if name is not None and (not isinstance(name, str) or not name.strip()):
+        raise ConfigError(f"expected a non-empty string, got {name!r}", where=f"{where}.name")
+    kwargs = {k: v for k, v in entry.items() if k not in ("type", "name")}
+    bad_keys = [k for k in kwargs if not isinstance(k, str)]
+    if bad_keys:
+        raise ConfigError(f"argument names must be strings, got {bad_keys[0]!r}", where=where)
+    return LayerSpec(index=index, type=type_name, name=name, kwargs=kwargs)
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "nothing (null)"
+    return {dict: "a mapping", list: "a list", str: f"the string {value!r}"}.get(
+        type(value), f"{type(value).__name__} {value!r}"
+    )
+
+
+# ---------------------------------------------------------------------- train section
+
+
+@dataclass
+class TrainSpec:
+    """The ``train:`` section with every default filled in (README documents each key)."""
+
+    dataset: str = "digits"
+    path: str | None = None
+    validation_split: float = 0.1
+    epochs: int = 10
+    batch_size: int = 128
+    optimizer: dict[str, Any] = field(default_factory=lambda: {"type": "adam"})
+    lr_schedule: dict[str, Any] | None = None
+    loss: str = "categorical_crossentropy"
+    seed: int = 0
+    output: str = "runs/model"
+    early_stopping: dict[str, Any] | None = None
+    threads: int | None = None
+
+
+DATASETS = ("digits", "npz", "idx", "synthetic")
+LOSSES = ("categorical_crossentropy", "sparse_categorical_crossentropy")
+
+def _mapping(value: Any) -> dict:
+    if not isinstance(value, dict):
+        raise ValueError("expected a mapping")
+    return value
+
+
+_DATA_SCHEMA = {
+    "dataset": Arg(choice(*DATASETS), "digits", "which data"),
+    "path": Arg(optional(string), None, "file or folder for npz and idx"),
+    "validation_split": Arg(number(0.0, 1.0, max_open=True), 0.1, "fraction held out"),
+}
+_EARLY_STOPPING_SCHEMA = {
+    "patience": Arg(integer(0), 3, "epochs without improvement before stopping"),
+    "monitor": Arg(choice("val_loss", "val_accuracy", "loss", "accuracy"), "val_loss", "metric"),
+    "min_delta": Arg(number(0.0), 0.0, "smallest change that counts as improvement"),
+    "restore_best_weights": Arg(boolean, False, "end with the best epoch's weights"),
+}
+_TRAIN_SCHEMA = {
+    "data": Arg(_mapping, None, "data section"),
+    "epochs": Arg(integer(1), 10, "passes over the training data"),
+    "batch_size": Arg(positive_int, 128, "samples per step"),
+    "optimizer": Arg(lambda v: v, "adam", "optimizer"),
+    "lr_schedule": Arg(optional(_mapping), None, "learning-rate schedule"),
+    "loss": Arg(choice(*LOSSES), "categorical_crossentropy", "loss"),
+    "seed": Arg(integer(0), 0, "random seed"),
+    "output": Arg(string, None, "output folder"),
+    "early_stopping": Arg(optional(_mapping), None, "early stopping"),
+    "threads": Arg(optional(positive_int), None, "numba threads"),
+}
+
+
+def parse_train(section: dict[str, Any] | None, *, default_output: str) -> TrainSpec:
+    """Validate a ``train:`` mapping (None for all defaults) into a TrainSpec.
+
+    Errors carry ``where`` as ``train.<key>``; the optimizer and schedule are checked by
+    nbcnn.optim, which knows their arguments.
+    """
+    from nbcnn import optim
+
+    section = {} if section is None else section
+    try:
+        top = parse_arguments(_TRAIN_SCHEMA, section, what="train")
+    except ConfigError as err:
+        raise err.located(where="train") from None
+    try:
+        data = parse_arguments(_DATA_SCHEMA, top["data"] or {}, what="train.data")
+    except ConfigError as err:
+        raise err.located(where="train.data") from None
+    if data["dataset"] in ("npz", "idx") and data["path"] is None:
+        raise ConfigError(
+            f"dataset {data['dataset']!r} needs a path (the .npz file or the IDX folder)",
+            where="train.data.path",
+        )
+    early = None
+    if top["early_stopping"] is not None:
+        try:
+            early = parse_arguments(
+                _EARLY_STOPPING_SCHEMA, top["early_stopping"], what="train.early_stopping"
+            )
+        except ConfigError as err:
+            raise err.located(where="train.early_stopping") from None
+    optimizer = top["optimizer"]
+    if isinstance(optimizer, str):
+        optimizer = {"type": optimizer}
+    optim.make_optimizer(optimizer)  # raises ConfigError(where="train.optimizer...")
+    schedule = top["lr_schedule"]
+    if schedule is not None:
+        optim.make_schedule(schedule, 0.001, top["epochs"])
+    return TrainSpec(
+        dataset=data["dataset"],
+        path=data["path"],
+        validation_split=data["validation_split"],
+        epochs=top["epochs"],
+        batch_size=top["batch_size"],
+        optimizer=optimizer,
+        lr_schedule=schedule,
+        loss=top["loss"],
+        seed=top["seed"],
+        output=top["output"] or default_output,
+        early_stopping=early,
+        threads=top["threads"],
+    )
