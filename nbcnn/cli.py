@@ -11,7 +11,7 @@ import functools
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -28,7 +28,8 @@ app = typer.Typer(
 
 
 def _fail(message: str, code: int) -> None:
-    print(f"nbcnn: error: {message}", file=sys.stderr)
+    # One line, whatever the message holds: scripts grep it, people read it.
+    print(f"nbcnn: error: {' '.join(message.split())}", file=sys.stderr)
     raise typer.Exit(code)
 
 
@@ -83,7 +84,7 @@ def summary(
         bool, typer.Option("--plain", help="Only Keras's columns (no MACs, memory, RF).")
     ] = False,
     input_shape: Annotated[
-        Optional[str],
+        str | None,
         typer.Option("--input-shape", help="Override input_shape, e.g. 32,32,3.", metavar="H,W,C"),
     ] = None,
 ):

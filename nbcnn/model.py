@@ -241,8 +241,7 @@ class Sequential:
         ]
         if len(weights) != len(slots):
             raise DataError(
-                f"expected {len(slots)} weight arrays for model {self.name!r}, got "
-                f"{len(weights)}",
+                f"expected {len(slots)} weight arrays for model {self.name!r}, got {len(weights)}",
                 file=source,
             )
         checked = []

@@ -47,9 +47,7 @@ def padding_amounts(
     dilation = dilation or (1,) * len(kernel)
     if padding == "valid":
         return tuple((0, 0) for _ in kernel)
-    return tuple(
-        same_padding(n, k, s, d) for n, k, s, d in zip(lengths, kernel, strides, dilation)
-    )
+    return tuple(same_padding(n, k, s, d) for n, k, s, d in zip(lengths, kernel, strides, dilation))
 
 
 def size(shape: tuple[int, ...]) -> int:

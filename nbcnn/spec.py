@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import yaml
@@ -80,8 +79,12 @@ def read_yaml(path: str | os.PathLike) -> Any:
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else None
         what = err.problem or err.context or "invalid YAML"
         raise ConfigError(f"not valid YAML: {what}", file=file, where=where) from None
+    except yaml.reader.ReaderError as err:
+        raise ConfigError(
+            f"not a text file: {err.reason} at byte {err.position}", file=file
+        ) from None
     except yaml.YAMLError as err:
-        raise ConfigError(f"not valid YAML: {err}", file=file) from None
+        raise ConfigError(f"not valid YAML: {' '.join(str(err).split())}", file=file) from None
     except UnicodeDecodeError:
         raise ConfigError("not a text file (not UTF-8)", file=file) from None
     except RecursionError:
@@ -130,8 +133,7 @@ def parse_spec(doc: Any, input_shape: tuple[int, ...] | None = None) -> ModelSpe
     """Validate an already-parsed YAML document; ConfigError names the key path."""
     if not isinstance(doc, dict):
         raise ConfigError(
-            f"the config must be a mapping with keys {', '.join(TOP_LEVEL_KEYS)}, "
-            f"got {_kind(doc)}"
+            f"the config must be a mapping with keys {', '.join(TOP_LEVEL_KEYS)}, got {_kind(doc)}"
         )
     for key in doc:
         if key not in TOP_LEVEL_KEYS:
@@ -242,6 +244,7 @@ class TrainSpec:
 
 DATASETS = ("digits", "npz", "idx", "synthetic")
 LOSSES = ("categorical_crossentropy", "sparse_categorical_crossentropy")
+
 
 def _mapping(value: Any) -> dict:
     if not isinstance(value, dict):

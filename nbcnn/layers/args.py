@@ -22,8 +22,14 @@ REQUIRED: Any = object()
 ACTIVATIONS = ("linear", "relu", "relu6", "sigmoid", "tanh", "softmax", "elu", "softplus", "swish")
 #: Weight initialisers accepted by ``kernel_initializer`` / ``bias_initializer``.
 INITIALIZERS = (
-    "glorot_uniform", "glorot_normal", "he_uniform", "he_normal",
-    "lecun_uniform", "lecun_normal", "zeros", "ones",
+    "glorot_uniform",
+    "glorot_normal",
+    "he_uniform",
+    "he_normal",
+    "lecun_uniform",
+    "lecun_normal",
+    "zeros",
+    "ones",
 )
 
 
@@ -134,7 +140,9 @@ def int_pairs(n: int) -> Callable[[Any], tuple[tuple[int, int], ...]]:
             if all(_is_int(v) and v >= 0 for v in value):
                 return tuple((v, v) for v in value)
             if all(
-                isinstance(p, (list, tuple)) and len(p) == 2 and all(_is_int(v) and v >= 0 for v in p)
+                isinstance(p, (list, tuple))
+                and len(p) == 2
+                and all(_is_int(v) and v >= 0 for v in p)
                 for p in value
             ):
                 return tuple((p[0], p[1]) for p in value)
@@ -238,4 +246,3 @@ def parse_arguments(
         except ValueError as err:
             raise ConfigError(f"{err}, got {_show(values[key])}", where=key) from None
     return parsed
-

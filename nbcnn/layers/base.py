@@ -20,7 +20,6 @@ import re
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from nbcnn.errors import ConfigError
 from nbcnn.layers.args import Arg, parse_arguments
 
 #: Version of this contract. A plugin class may declare ``api_version``; nbcnn refuses one
@@ -201,4 +200,3 @@ def _plain(value: Any) -> Any:
 def format_shape(shape: Shape) -> str:
     """``(None, 28, 28, 32)``-style text for a per-sample shape."""
     return "(" + ", ".join(["None", *map(str, shape)]) + ")"
-

@@ -69,7 +69,9 @@ class _Conv(Layer):
             for n, k, s, d in zip(spatial, self.kernel_size, self.strides, self.dilation_rate)
         )
         if min(out) < 1:
-            window = [shapes.effective_kernel(k, d) for k, d in zip(self.kernel_size, self.dilation_rate)]
+            window = [
+                shapes.effective_kernel(k, d) for k, d in zip(self.kernel_size, self.dilation_rate)
+            ]
             raise ShapeError(
                 f"kernel window {window} is larger than its input {format_shape(input_shape)} "
                 f"with padding='{self.padding}' (use padding='same' or a smaller kernel)"
@@ -88,7 +90,9 @@ class _Conv(Layer):
         return math.prod(out) * math.prod(self.kernel_size) * input_shape[-1]
 
     def receptive_field(self, input_shape, rf, jump):
-        k_eff = [shapes.effective_kernel(k, d) for k, d in zip(self.kernel_size, self.dilation_rate)]
+        k_eff = [
+            shapes.effective_kernel(k, d) for k, d in zip(self.kernel_size, self.dilation_rate)
+        ]
         new_rf = tuple(r + (k - 1) * j for r, k, j in zip(rf, k_eff, jump))
         return new_rf, tuple(j * s for j, s in zip(jump, self.strides))
 
@@ -96,7 +100,9 @@ class _Conv(Layer):
         c_in = input_shape[-1]
         kernel = "x".join(map(str, self.kernel_size))
         total = sum(p.size for p in self.param_shapes(input_shape))
-        formula = f"{kernel}x{c_in}x{self.filters}" + (f" + {self.filters}" if self.use_bias else "")
+        formula = f"{kernel}x{c_in}x{self.filters}" + (
+            f" + {self.filters}" if self.use_bias else ""
+        )
         words = (
             f"a {kernel} kernel over {c_in} input channel{'s' if c_in != 1 else ''} "
             f"for each of {self.filters} filters"

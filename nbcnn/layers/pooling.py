@@ -66,9 +66,7 @@ class _Pool(Layer):
 
     def build(self, input_shape, rng):
         super().build(input_shape, rng)
-        pads = shapes.padding_amounts(
-            input_shape[:-1], self.pool_size, self.strides, self.padding
-        )
+        pads = shapes.padding_amounts(input_shape[:-1], self.pool_size, self.strides, self.padding)
         self._pads = ((0, 0), *pads) if self.rank == 1 else pads
 
     def _x4(self, x):

@@ -1,0 +1,34 @@
+"""Test helpers: run the real CLI in-process or as a subprocess, build config documents."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from nbcnn.cli import app
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+def cli(*args: str):
+    """Run the real Typer app in-process; returns the click Result (exit_code, stdout, stderr)."""
+    return CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+
+def cli_subprocess(*args: str, **kwargs) -> subprocess.CompletedProcess:
+    """Run ``python -m nbcnn.cli`` as a user would, in a fresh process."""
+    return subprocess.run(
+        [sys.executable, "-m", "nbcnn.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        **kwargs,
+    )
+
+
+def model_doc(*layers, input_shape=(28, 28, 1)):
+    """A minimal config document with the given layer mappings."""
+    return {"input_shape": list(input_shape), "layers": list(layers)}
