@@ -1,0 +1,487 @@
+"""Datasets for training and images for prediction.
+
+``load_dataset`` returns a ``Dataset`` of float32 images scaled to [0, 1] with int64 labels,
+from one of four sources:
+
+- ``digits``: scikit-learn's bundled 8x8 digits (no download), a fixed 80/20 train/test split.
+- ``npz``: Keras's ``mnist.npz`` layout (``x_train``, ``y_train``, ``x_test``, ``y_test``).
+- ``idx``: a folder with the MNIST IDX files, raw or ``.gz``; with only the ``t10k`` pair the
+  10,000 test images are split into the first 80% for training and the last 20% for testing,
+  the same split as ``mnist_10k.npz`` in the shared data folder.
+- ``synthetic``: a small learnable dataset generated from the seed, for tests.
+
+Every file is untrusted input: headers are checked against the real sizes before anything is
+allocated, and every defect is a ``DataError`` naming the file.
+"""
+
+from __future__ import annotations
+
+import difflib
+import gzip
+import math
+import os
+import tokenize
+import zipfile
+import zlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from nbcnn.errors import ConfigError, DataError
+
+DATASETS = ("digits", "idx", "npz", "synthetic")
+
+# Largest array a data file may declare. MNIST's 60k training images are 47 MB; the cap stops a
+# corrupt or hostile header from making us allocate gigabytes before the data is even read.
+MAX_ARRAY_BYTES = 2**31
+
+# Fraction of a lone t10k set used for training (first 8,000 of 10,000, as mnist_10k.npz).
+T10K_TRAIN_FRACTION = 0.8
+
+# IDX magic numbers: 0x00 0x00, type 0x08 (unsigned byte), number of dimensions.
+IDX_LABELS_MAGIC = 0x00000801
+IDX_IMAGES_MAGIC = 0x00000803
+
+NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
+
+
+@dataclass
+class Dataset:
+    """Train/validation/test arrays.
+
+    x_* : (N, *input_shape) float32 in [0, 1]; y_* : (N,) int64 in [0, num_classes).
+    x_val/y_val are empty (N = 0) when validation_split is 0. source says where the data came
+    from and how it was split.
+    """
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    num_classes: int
+    source: str
+
+
+def load_dataset(
+    dataset: str,
+    *,
+    path: str | None = None,
+    input_shape: tuple[int, ...],
+    validation_split: float = 0.1,
+    seed: int = 0,
+    num_classes: int | None = None,
+    size: int | tuple[int, int] | None = None,
+    where: str = "train.data",
+) -> Dataset:
+    """Load ``dataset`` ("digits", "npz", "idx" or "synthetic") shaped for ``input_shape``.
+
+    path : the .npz file or IDX folder (required for npz and idx, ignored otherwise).
+    input_shape : per-sample shape the model takes, e.g. (28, 28, 1); data with one axis fewer
+    gets a trailing channel axis. validation_split : the last fraction of the training set,
+    after shuffling it with ``np.random.default_rng(seed)``, becomes x_val/y_val.
+    num_classes : labels must be below it; inferred as max label + 1 when None (10 for
+    synthetic). size : synthetic only, the number of training samples (test = a quarter) or a
+    (train, test) pair; default (512, 128). Bad options are a ConfigError located at ``where``.
+    """
+    if dataset not in DATASETS:
+        close = difflib.get_close_matches(str(dataset), DATASETS, n=1)
+        hint = f" did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(
+            f"unknown dataset {dataset!r};{hint} choose one of {', '.join(DATASETS)}",
+            where=f"{where}.dataset",
+        )
+    if isinstance(validation_split, bool) or not (
+        isinstance(validation_split, (int, float)) and 0 <= validation_split < 1
+    ):
+        raise ConfigError(
+            f"must be a number in [0, 1), got {validation_split!r}",
+            where=f"{where}.validation_split",
+        )
+    if num_classes is not None and (
+        isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2
+    ):
+        raise ConfigError(
+            f"must be an integer >= 2, got {num_classes!r}", where=f"{where}.num_classes"
+        )
+    input_shape = tuple(input_shape)
+    if dataset in ("npz", "idx") and not path:
+        raise ConfigError(f"dataset {dataset!r} needs a path", where=f"{where}.path")
+
+    if dataset == "digits":
+        x_train, y_train, x_test, y_test, source = _load_digits()
+    elif dataset == "npz":
+        x_train, y_train, x_test, y_test, source = _load_npz(path)
+    elif dataset == "idx":
+        x_train, y_train, x_test, y_test, source = _load_idx_folder(path)
+    else:
+        num_classes = num_classes or 10
+        n_train, n_test = _synthetic_sizes(size, where)
+        x_train, y_train, x_test, y_test, source = _make_synthetic(
+            input_shape, num_classes, seed, n_train, n_test
+        )
+
+    origin = path or dataset
+    found = int(max(y_train.max(initial=0), y_test.max(initial=0))) + 1
+    if num_classes is None:
+        num_classes = max(found, 2)
+    elif found > num_classes:
+        raise DataError(
+            f"has label {found - 1} but num_classes is {num_classes} (labels must be in "
+            f"[0, {num_classes}))",
+            file=origin,
+        )
+    x_train = _fit_shape(x_train, input_shape, origin)
+    x_test = _fit_shape(x_test, input_shape, origin)
+
+    order = np.random.default_rng(seed).permutation(len(x_train))
+    x_train, y_train = x_train[order], y_train[order]
+    # Keras's rule for validation_split: the split index is floor(N * (1 - split)).
+    n_fit = int(math.floor(len(x_train) * (1.0 - validation_split)))
+    if n_fit == 0:
+        raise ConfigError(
+            f"validation_split {validation_split} leaves no training samples out of {len(x_train)}",
+            where=f"{where}.validation_split",
+        )
+    return Dataset(
+        x_train=x_train[:n_fit],
+        y_train=y_train[:n_fit],
+        x_val=x_train[n_fit:],
+        y_val=y_train[n_fit:],
+        x_test=x_test,
+        y_test=y_test,
+        num_classes=num_classes,
+        source=f"{source}; {n_fit} train / {len(x_train) - n_fit} validation (seed {seed})",
+    )
+
+
+def batches(
+    x: np.ndarray, y: np.ndarray, batch_size: int, rng: np.random.Generator | None = None
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Yield ``(xb, yb)`` mini-batches covering every sample once.
+
+    x : (N, ...) float32; y : (N,). xb : (B, ...) C-contiguous float32, yb : (B,), B <=
+    batch_size (the last batch may be smaller; nothing is dropped). In order when rng is None
+    (xb is then a view of x), else in the order of ``rng.permutation(N)``.
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    if len(x) != len(y):
+        raise ValueError(f"{len(x)} samples but {len(y)} labels")
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    order = None if rng is None else rng.permutation(len(x))
+    for start in range(0, len(x), batch_size):
+        if order is None:
+            yield x[start : start + batch_size], y[start : start + batch_size]
+        else:
+            # Gather one batch at a time: a shuffled copy of the whole set would double memory.
+            idx = order[start : start + batch_size]
+            yield x[idx], y[idx]
+
+
+def load_images(paths: Sequence[str], input_shape: tuple[int, ...]) -> np.ndarray:
+    """Read image files as a batch for prediction.
+
+    input_shape : (H, W, 1) or (H, W) for grayscale, (H, W, 3) for RGB. Each image is converted
+    to Pillow mode "L" or "RGB", resized to W x H with bilinear filtering and scaled by 1/255.
+    Returns (len(paths), *input_shape) float32 in [0, 1]. No inversion: MNIST-trained models
+    expect a light digit on a dark background.
+    """
+    input_shape = tuple(input_shape)
+    channels = input_shape[2] if len(input_shape) == 3 else 1
+    if len(input_shape) not in (2, 3) or channels not in (1, 3):
+        raise ConfigError(
+            f"images need input_shape (H, W), (H, W, 1) or (H, W, 3), got {list(input_shape)}",
+            where="input_shape",
+        )
+    try:
+        from PIL import Image, UnidentifiedImageError
+    except ImportError:
+        raise DataError("reading images needs Pillow: pip install pillow") from None
+
+    height, width = input_shape[:2]
+    out = np.empty((len(paths), *input_shape), dtype=np.float32)
+    for i, path in enumerate(paths):
+        try:
+            with Image.open(path) as image:
+                image = image.convert("L" if channels == 1 else "RGB")
+                image = image.resize((width, height), Image.Resampling.BILINEAR)
+                pixels = np.asarray(image, dtype=np.float32)
+        except FileNotFoundError:
+            raise DataError("file not found", file=str(path)) from None
+        except (UnidentifiedImageError, Image.DecompressionBombError) as err:
+            raise DataError(f"not a readable image ({err})", file=str(path)) from None
+        except (OSError, ValueError) as err:
+            raise DataError(f"cannot read image ({err})", file=str(path)) from None
+        out[i] = (pixels / 255.0).reshape(input_shape)
+    return out
+
+
+def _fit_shape(x: np.ndarray, input_shape: tuple[int, ...], origin: str) -> np.ndarray:
+    """Add a trailing channel axis when the data has one axis fewer; check the sample shape."""
+    if x.ndim == len(input_shape):
+        x = x[..., np.newaxis]
+    if x.shape[1:] != input_shape:
+        raise DataError(
+            f"data has samples of shape {x.shape[1:]} but input_shape is {list(input_shape)}",
+            file=origin,
+        )
+    return x
+
+
+def _scale_images(x: np.ndarray, origin: str, name: str) -> np.ndarray:
+    """Integer pixels 0..255 -> x / 255; float pixels must already be finite and in [0, 1]."""
+    if np.issubdtype(x.dtype, np.integer):
+        if x.size and (x.min() < 0 or x.max() > 255):
+            raise DataError(
+                f"{name} has integer pixels in [{x.min()}, {x.max()}]; expected 0..255",
+                file=origin,
+            )
+        out = x.astype(np.float32)
+        out /= 255.0
+        return out
+    if np.issubdtype(x.dtype, np.floating):
+        if not np.isfinite(x).all():
+            raise DataError(f"{name} contains NaN or infinite values", file=origin)
+        if x.size and (x.min() < 0 or x.max() > 1):
+            raise DataError(
+                f"{name} has float pixels in [{x.min():g}, {x.max():g}]; expected [0, 1] "
+                "(or integers 0..255)",
+                file=origin,
+            )
+        return x.astype(np.float32)
+    raise DataError(f"{name} has dtype {x.dtype}; expected integers 0..255 or floats", file=origin)
+
+
+def _labels(y: np.ndarray, origin: str, name: str) -> np.ndarray:
+    """(N,) or (N, 1) non-negative integer labels -> (N,) int64."""
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]  # Keras's CIFAR files store labels as (N, 1)
+    if y.ndim != 1:
+        raise DataError(
+            f"{name} has shape {y.shape}; expected integer class labels of shape (N,) "
+            "(one-hot labels are not supported)",
+            file=origin,
+        )
+    if not np.issubdtype(y.dtype, np.integer):
+        raise DataError(f"{name} has dtype {y.dtype}; expected integer labels", file=origin)
+    if y.size and y.min() < 0:
+        raise DataError(f"{name} has negative label {y.min()}", file=origin)
+    return y.astype(np.int64)
+
+
+def _check_pairs(images: np.ndarray, labels: np.ndarray, origin: str, labels_name: str) -> None:
+    if len(images) != len(labels):
+        raise DataError(
+            f"{len(images)} images but {labels_name} has {len(labels)} labels", file=origin
+        )
+
+
+def _load_digits():
+    """scikit-learn's 1797 8x8 digits (values 0..16), fixed 80/20 split independent of seed."""
+    from sklearn.datasets import load_digits  # imported lazily: sklearn takes ~1 s to import
+
+    bunch = load_digits()
+    x = (bunch.images / 16.0).astype(np.float32)
+    y = bunch.target.astype(np.int64)
+    # A fixed permutation (seed 0, not the training seed) so every run tests on the same 20%.
+    order = np.random.default_rng(0).permutation(len(x))
+    n_test = round(0.2 * len(x))
+    train, test = order[:-n_test], order[-n_test:]
+    source = f"digits (scikit-learn, {len(train)} train+validation / {n_test} test, fixed split)"
+    return x[train], y[train], x[test], y[test], source
+
+
+def _load_npz(path: str):
+    """Keras's mnist.npz layout; each array's header is checked before it is read."""
+    if not os.path.isfile(path):
+        raise DataError("file not found", file=path)
+    if not zipfile.is_zipfile(path):
+        raise DataError(
+            "is not a complete .npz archive (truncated, or not a zip of .npy arrays like "
+            "Keras's mnist.npz)",
+            file=path,
+        )
+    arrays = {}
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = {n.removesuffix(".npy") for n in archive.namelist()}
+            missing = [k for k in NPZ_KEYS if k not in members]
+            if missing:
+                raise DataError(
+                    f"missing arrays {missing} (has {sorted(members)}); expected "
+                    f"{', '.join(NPZ_KEYS)} as in Keras's mnist.npz",
+                    file=path,
+                )
+            for key in NPZ_KEYS:
+                _check_npy_header(archive, key, path)
+                with archive.open(f"{key}.npy") as member:
+                    arrays[key] = np.lib.format.read_array(member, allow_pickle=False)
+    except (
+        OSError,
+        EOFError,
+        ValueError,
+        SyntaxError,
+        tokenize.TokenError,
+        zipfile.BadZipFile,
+        zlib.error,
+    ) as err:
+        raise DataError(f"corrupt .npz archive ({err})", file=path) from None
+
+    x_train = _scale_images(arrays["x_train"], path, "x_train")
+    x_test = _scale_images(arrays["x_test"], path, "x_test")
+    y_train = _labels(arrays["y_train"], path, "y_train")
+    y_test = _labels(arrays["y_test"], path, "y_test")
+    _check_pairs(x_train, y_train, path, "y_train")
+    _check_pairs(x_test, y_test, path, "y_test")
+    return x_train, y_train, x_test, y_test, f"npz {path}"
+
+
+def _check_npy_header(archive: zipfile.ZipFile, key: str, path: str) -> None:
+    """Refuse object arrays, wrong ranks and oversized arrays from the .npy header alone."""
+    with archive.open(f"{key}.npy") as member:
+        version = np.lib.format.read_magic(member)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(member)
+        elif version == (2, 0):
+            shape, _, dtype = np.lib.format.read_array_header_2_0(member)
+        else:
+            raise DataError(f"{key} uses unsupported .npy format version {version}", file=path)
+    if dtype.hasobject:
+        raise DataError(f"{key} contains object arrays (pickle); refused", file=path)
+    if math.prod(shape) * dtype.itemsize > MAX_ARRAY_BYTES:
+        raise DataError(
+            f"{key} declares shape {shape} of {dtype}, over the {MAX_ARRAY_BYTES} byte limit",
+            file=path,
+        )
+    ranks = (2, 3, 4) if key.startswith("x") else (1, 2)
+    if len(shape) not in ranks:
+        what = "images (N, H, W) or (N, H, W, C)" if key.startswith("x") else "labels (N,)"
+        raise DataError(f"{key} has shape {shape}; expected {what}", file=path)
+
+
+def _find_idx_file(folder: str, name: str) -> str | None:
+    for candidate in (name, name + ".gz"):
+        full = os.path.join(folder, candidate)
+        if os.path.isfile(full):
+            return full
+    return None
+
+
+def _load_idx_folder(folder: str):
+    """The four MNIST IDX files, or only the t10k pair split 80/20 into train and test."""
+    if not os.path.isdir(folder):
+        raise DataError("not a folder (expected the MNIST IDX files inside)", file=folder)
+    names = {
+        split: (f"{split}-images-idx3-ubyte", f"{split}-labels-idx1-ubyte")
+        for split in ("train", "t10k")
+    }
+    files = {split: [_find_idx_file(folder, n) for n in pair] for split, pair in names.items()}
+    for split, found in files.items():
+        missing = [n for n, f in zip(names[split], found, strict=True) if f is None]
+        if missing and (split == "t10k" or len(missing) == 1):
+            raise DataError(f"missing {missing[0]}[.gz]", file=folder)
+    x_test, y_test = _read_idx_pair(*files["t10k"])
+    if files["train"][0] is not None:
+        x_train, y_train = _read_idx_pair(*files["train"])
+        return x_train, y_train, x_test, y_test, f"idx {folder}"
+    n_train = int(len(x_test) * T10K_TRAIN_FRACTION)
+    source = (
+        f"idx {folder} (t10k files only: first {n_train} as train, "
+        f"last {len(x_test) - n_train} as test)"
+    )
+    return x_test[:n_train], y_test[:n_train], x_test[n_train:], y_test[n_train:], source
+
+
+def _read_idx_pair(images_path: str, labels_path: str):
+    x = _scale_images(read_idx(images_path, IDX_IMAGES_MAGIC), images_path, "images")
+    y = read_idx(labels_path, IDX_LABELS_MAGIC).astype(np.int64)
+    _check_pairs(x, y, images_path, os.path.basename(labels_path))
+    return x, y
+
+
+def read_idx(path: str | os.PathLike, magic: int) -> np.ndarray:
+    """Read an unsigned-byte IDX file (raw, or gzip when the name ends in .gz).
+
+    magic : 0x00000801 for labels (returns (N,) uint8) or 0x00000803 for images
+    ((N, rows, cols) uint8). The header is a big-endian magic number and one uint32 per
+    dimension; the data size they declare is checked against the cap and, for raw files, the
+    file size, before the data is read.
+    """
+    path = os.fspath(path)
+    ndim = magic & 0xFF
+    kind = "labels" if magic == IDX_LABELS_MAGIC else "images"
+    compressed = path.endswith(".gz")
+    try:
+        with gzip.open(path, "rb") if compressed else open(path, "rb") as f:
+            header = f.read(4 + 4 * ndim)
+            found = int.from_bytes(header[:4], "big")
+            if len(header) >= 4 and found != magic:
+                hint = " (looks gzip-compressed: name it .gz)" if header[:2] == b"\x1f\x8b" else ""
+                raise DataError(
+                    f"magic number 0x{found:08x} but an IDX {kind} file starts with "
+                    f"0x{magic:08x}{hint}",
+                    file=path,
+                )
+            if len(header) < 4 + 4 * ndim:
+                raise DataError(f"truncated: {len(header)}-byte IDX header", file=path)
+            dims = tuple(int.from_bytes(header[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+            nbytes = math.prod(dims)
+            if nbytes > MAX_ARRAY_BYTES:
+                raise DataError(
+                    f"header declares {dims} = {nbytes} bytes, over the {MAX_ARRAY_BYTES} "
+                    "byte limit",
+                    file=path,
+                )
+            if not compressed and os.path.getsize(path) != len(header) + nbytes:
+                raise DataError(
+                    f"header declares {dims} = {nbytes} bytes of data but the file has "
+                    f"{os.path.getsize(path) - len(header)}",
+                    file=path,
+                )
+            # One byte more than declared, so extra data is noticed without reading it all.
+            data = f.read(nbytes + 1)
+    except FileNotFoundError:
+        raise DataError("file not found", file=path) from None
+    except (EOFError, zlib.error, OSError) as err:
+        raise DataError(f"truncated or corrupt file ({err})", file=path) from None
+    if len(data) != nbytes:
+        state = "truncated" if len(data) < nbytes else "longer than declared"
+        raise DataError(
+            f"{state}: header declares {dims} = {nbytes} bytes of data, found "
+            f"{'more' if len(data) > nbytes else len(data)}",
+            file=path,
+        )
+    return np.frombuffer(data, dtype=np.uint8).reshape(dims)
+
+
+def _synthetic_sizes(size: int | tuple[int, int] | None, where: str) -> tuple[int, int]:
+    if size is None:
+        return 512, 128
+    sizes = (size, max(size // 4, 1)) if isinstance(size, int) else tuple(size)
+    if len(sizes) != 2 or any(isinstance(n, bool) or not isinstance(n, int) for n in sizes):
+        raise ConfigError(
+            f"expected an integer or (train, test), got {size!r}", where=f"{where}.size"
+        )
+    if sizes[0] < 1 or sizes[1] < 1:
+        raise ConfigError(f"sizes must be >= 1, got {size!r}", where=f"{where}.size")
+    return sizes
+
+
+def _make_synthetic(input_shape, num_classes, seed, n_train, n_test):
+    """One random prototype image per class, mixed 60/40 with uniform noise: values stay in
+    [0, 1], classes are balanced, and a linear model already separates them."""
+    rng = np.random.default_rng(seed)
+    prototypes = rng.random((num_classes, *input_shape), dtype=np.float32)
+
+    def draw(n):
+        y = rng.permutation(np.arange(n) % num_classes).astype(np.int64)
+        noise = rng.random((n, *input_shape), dtype=np.float32)
+        return 0.6 * prototypes[y] + 0.4 * noise, y
+
+    x_train, y_train = draw(n_train)
+    x_test, y_test = draw(n_test)
+    source = f"synthetic (seed {seed}, {num_classes} classes, {n_train} train / {n_test} test)"
+    return x_train, y_train, x_test, y_test, source

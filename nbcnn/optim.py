@@ -1,0 +1,413 @@
+"""Optimizers (SGD, Adam, RMSprop) and per-epoch learning-rate schedules.
+
+Defaults and update rules are Keras 3's (``keras/src/optimizers/sgd.py``, ``adam.py``,
+``rmsprop.py``), operation for operation, so a config that trains well in Keras trains the same
+way here. Updates are done in place on float32 arrays with two persistent scratch buffers,
+so a training step allocates nothing in the optimizer.
+
+An optimizer's whole state is ``iterations`` plus its slot arrays; ``state_dict`` returns them
+as a flat ``name -> array`` mapping (``np.savez``-ready) and ``load_state_dict`` restores them
+exactly, so a resumed run is bit-identical to an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import inspect
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from nbcnn.errors import ConfigError, DataError
+
+
+def _did_you_mean(name: str, choices: list[str]) -> str:
+    """`` did you mean 'x'?`` for the closest choice, or an empty string."""
+    close = difflib.get_close_matches(name, choices, n=1)
+    return f" did you mean {close[0]!r}?" if close else ""
+
+
+def _number(name: str, value: object) -> float:
+    """``value`` as a float; bools and non-numbers are a ConfigError at ``name``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(f"expected a finite number, got {value!r}", where=name)
+    return float(value)
+
+
+def _positive(name: str, value: object) -> float:
+    x = _number(name, value)
+    if x <= 0:
+        raise ConfigError(f"must be > 0, got {value!r}", where=name)
+    return x
+
+
+def _fraction(name: str, value: object, *, closed: bool = False) -> float:
+    """A number in [0, 1) (or [0, 1] when ``closed``)."""
+    x = _number(name, value)
+    if not (0 <= x <= 1 if closed else 0 <= x < 1):
+        interval = "[0, 1]" if closed else "[0, 1)"
+        raise ConfigError(f"must be in {interval}, got {value!r}", where=name)
+    return x
+
+
+def _step_size(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"must be an integer >= 1 (epochs), got {value!r}", where=name)
+    return value
+
+
+def _flag(name: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"expected true or false, got {value!r}", where=name)
+    return value
+
+
+class Optimizer:
+    """Base class: slot bookkeeping, scratch buffers, state I/O; subclasses define ``_update``.
+
+    Subclasses list their per-parameter slot arrays in ``_slot_names()`` and update one
+    parameter in ``_update(i, p, g, lr, t1, t2)`` where t1, t2 are scratch arrays shaped like p.
+    """
+
+    def __init__(self, learning_rate: float):
+        self.learning_rate = _positive("learning_rate", learning_rate)
+        self.iterations = 0
+        # slot name -> one array per parameter, created on the first step (or by load).
+        self._slots: dict[str, list[np.ndarray]] | None = None
+        self._scratch: tuple[np.ndarray, np.ndarray] | None = None
+
+    def _slot_names(self) -> tuple[str, ...]:
+        raise NotImplementedError
+
+    def _update(self, i, p, g, lr, t1, t2) -> None:
+        raise NotImplementedError
+
+    def config(self) -> dict:
+        """The constructor arguments, ``{"type": ..., "learning_rate": ..., ...}``."""
+        names = inspect.signature(type(self)).parameters
+        return {"type": type(self).__name__.lower(), **{k: getattr(self, k) for k in names}}
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.config().items() if k != "type")
+        return f"{type(self).__name__}({args})"
+
+    def step(
+        self, params: list[np.ndarray], grads: list[np.ndarray], learning_rate: float | None = None
+    ) -> None:
+        """Apply one update to ``params`` in place and count one iteration.
+
+        params : list of float32 arrays, any shapes, updated in place; grads : same shapes.
+        learning_rate : this step's rate (from a schedule); ``self.learning_rate`` when None.
+        """
+        lr = self.learning_rate if learning_rate is None else float(learning_rate)
+        if len(params) != len(grads):
+            raise ValueError(f"{len(params)} parameters but {len(grads)} gradients")
+        for i, (p, g) in enumerate(zip(params, grads, strict=True)):
+            if p.dtype != np.float32 or p.shape != np.shape(g):
+                raise ValueError(
+                    f"parameter {i}: {p.dtype} {p.shape} with gradient {np.shape(g)}; "
+                    "expected a float32 parameter and a gradient of the same shape"
+                )
+        if self._slots is None:
+            self._slots = {name: [np.zeros_like(p) for p in params] for name in self._slot_names()}
+        self._check_slots(params)
+        size = max((p.size for p in params), default=0)
+        if self._scratch is None or self._scratch[0].size < size:
+            self._scratch = (np.empty(size, np.float32), np.empty(size, np.float32))
+        for i, (p, g) in enumerate(zip(params, grads, strict=True)):
+            g = np.asarray(g, dtype=np.float32)
+            t1, t2 = (s[: p.size].reshape(p.shape) for s in self._scratch)
+            self._update(i, p, g, lr, t1, t2)
+        self.iterations += 1
+
+    def _check_slots(self, params: list[np.ndarray]) -> None:
+        """Loaded state must fit the parameters it is applied to (a resume of another model)."""
+        for name, arrays in self._slots.items():
+            shapes = [a.shape for a in arrays]
+            if shapes != [p.shape for p in params]:
+                raise DataError(
+                    f"optimizer state {name!r} has arrays of shapes {shapes} but the model's "
+                    f"parameters have shapes {[p.shape for p in params]}"
+                )
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Copy of the state: ``{"iterations": int64 (), "<slot>.<i>": float32 array}``."""
+        state = {"iterations": np.array(self.iterations, dtype=np.int64)}
+        for name, arrays in (self._slots or {}).items():
+            state.update({f"{name}.{i}": a.copy() for i, a in enumerate(arrays)})
+        return state
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        """Restore a ``state_dict`` exactly; a state of another optimizer kind is a DataError."""
+        state = dict(state)
+        if "iterations" not in state:
+            raise DataError("optimizer state has no 'iterations'")
+        iterations = np.asarray(state.pop("iterations"))
+        if iterations.shape != () or not np.issubdtype(iterations.dtype, np.integer):
+            raise DataError(f"optimizer 'iterations' must be an integer scalar, got {iterations!r}")
+        names = self._slot_names()
+        counts = {name: sum(k.startswith(f"{name}.") for k in state) for name in names}
+        expected = {f"{name}.{i}" for name in names for i in range(max(counts.values(), default=0))}
+        if set(state) != expected:
+            extra, missing = sorted(set(state) - expected), sorted(expected - set(state))
+            raise DataError(
+                f"optimizer state does not fit {type(self).__name__} with slots {list(names)}: "
+                f"unexpected {extra}, missing {missing}"
+            )
+        slots = {
+            name: [np.array(state[f"{name}.{i}"], dtype=np.float32) for i in range(counts[name])]
+            for name in names
+        }
+        # An empty state (saved before the first step) leaves slots to be built lazily.
+        self._slots = slots if expected else None
+        self.iterations = int(iterations)
+
+
+class SGD(Optimizer):
+    """Gradient descent with optional (Nesterov) momentum, Keras 3's rule.
+
+    Without momentum ``p -= lr * g``. With momentum ``m = momentum * m - lr * g``, then
+    ``p += m``, or with Nesterov ``p += momentum * m - lr * g``.
+    """
+
+    def __init__(self, learning_rate: float = 0.01, momentum: float = 0.0, nesterov: bool = False):
+        super().__init__(learning_rate)
+        self.momentum = _fraction("momentum", momentum)
+        self.nesterov = _flag("nesterov", nesterov)
+
+    def _slot_names(self):
+        return ("momentum",) if self.momentum != 0 else ()
+
+    def _update(self, i, p, g, lr, t1, t2):
+        np.multiply(g, lr, out=t1)
+        if self.momentum == 0:
+            p -= t1
+            return
+        m = self._slots["momentum"][i]
+        m *= self.momentum
+        m -= t1
+        if self.nesterov:
+            np.multiply(m, self.momentum, out=t2)
+            t2 -= t1
+            p += t2
+        else:
+            p += m
+
+
+class Adam(Optimizer):
+    """Adam with Keras 3's bias correction folded into the step size.
+
+    With t = iterations + 1: ``alpha = lr * sqrt(1 - beta_2**t) / (1 - beta_1**t)``,
+    ``m += (g - m) * (1 - beta_1)``, ``v += (g**2 - v) * (1 - beta_2)``,
+    ``p -= alpha * m / (sqrt(v) + epsilon)``.
+    """
+
+    def __init__(
+        self,
+        learning_rate: float = 0.001,
+        beta_1: float = 0.9,
+        beta_2: float = 0.999,
+        epsilon: float = 1e-7,
+    ):
+        super().__init__(learning_rate)
+        self.beta_1 = _fraction("beta_1", beta_1)
+        self.beta_2 = _fraction("beta_2", beta_2)
+        self.epsilon = _positive("epsilon", epsilon)
+
+    def _slot_names(self):
+        return ("m", "v")
+
+    def _update(self, i, p, g, lr, t1, t2):
+        m, v = self._slots["m"][i], self._slots["v"][i]
+        t = self.iterations + 1
+        alpha = lr * math.sqrt(1 - self.beta_2**t) / (1 - self.beta_1**t)
+        np.subtract(g, m, out=t1)
+        t1 *= 1 - self.beta_1
+        m += t1
+        np.square(g, out=t1)
+        t1 -= v
+        t1 *= 1 - self.beta_2
+        v += t1
+        np.sqrt(v, out=t1)
+        t1 += self.epsilon
+        np.multiply(m, alpha, out=t2)
+        t2 /= t1
+        p -= t2
+
+
+class RMSprop(Optimizer):
+    """RMSprop with optional plain momentum and centering, Keras 3's rule.
+
+    ``v = rho * v + (1 - rho) * g**2``; centered: ``a = rho * a + (1 - rho) * g`` and
+    ``d = v - a**2 + epsilon``, else ``d = v + epsilon`` (epsilon inside the square root);
+    ``inc = lr * g / sqrt(d)``; with momentum ``mom = momentum * mom + inc; p -= mom``,
+    else ``p -= inc``.
+    """
+
+    def __init__(
+        self,
+        learning_rate: float = 0.001,
+        rho: float = 0.9,
+        momentum: float = 0.0,
+        epsilon: float = 1e-7,
+        centered: bool = False,
+    ):
+        super().__init__(learning_rate)
+        self.rho = _fraction("rho", rho)
+        self.momentum = _fraction("momentum", momentum)
+        self.epsilon = _positive("epsilon", epsilon)
+        self.centered = _flag("centered", centered)
+
+    def _slot_names(self):
+        names = ("velocity",)
+        if self.momentum > 0:
+            names += ("momentum",)
+        if self.centered:
+            names += ("average_gradient",)
+        return names
+
+    def _update(self, i, p, g, lr, t1, t2):
+        v = self._slots["velocity"][i]
+        v *= self.rho
+        np.square(g, out=t1)
+        t1 *= 1 - self.rho
+        v += t1
+        if self.centered:
+            a = self._slots["average_gradient"][i]
+            a *= self.rho
+            np.multiply(g, 1 - self.rho, out=t1)
+            a += t1
+            np.square(a, out=t1)
+            np.subtract(v, t1, out=t1)
+        else:
+            t1[...] = v
+        t1 += self.epsilon
+        np.sqrt(t1, out=t1)
+        np.multiply(g, lr, out=t2)
+        t2 /= t1
+        if self.momentum > 0:
+            mom = self._slots["momentum"][i]
+            mom *= self.momentum
+            mom += t2
+            p -= mom
+        else:
+            p -= t2
+
+
+OPTIMIZERS: dict[str, type[Optimizer]] = {"sgd": SGD, "adam": Adam, "rmsprop": RMSprop}
+
+
+def _split_type(spec: object, where: str, choices: list[str]) -> tuple[str, dict]:
+    """``"name"`` or ``{"type": "name", **options}`` -> (lower-case name, options)."""
+    if isinstance(spec, str):
+        spec = {"type": spec}
+    if not isinstance(spec, dict):
+        raise ConfigError(
+            f"expected a name or a mapping with 'type', got {spec!r}; types: {', '.join(choices)}",
+            where=where,
+        )
+    if "type" not in spec:
+        raise ConfigError(f"missing 'type'; choose one of {', '.join(choices)}", where=where)
+    kind = spec["type"]
+    if not isinstance(kind, str) or kind.lower() not in choices:
+        hint = _did_you_mean(kind.lower(), choices) if isinstance(kind, str) else ""
+        raise ConfigError(
+            f"unknown type {kind!r};{hint} choose one of {', '.join(choices)}",
+            where=f"{where}.type",
+        )
+    return kind.lower(), {k: v for k, v in spec.items() if k != "type"}
+
+
+def _check_keys(options: dict, allowed: list[str], kind: str, where: str) -> None:
+    for key in options:
+        if key not in allowed:
+            raise ConfigError(
+                f"unknown option {key!r} for {kind};{_did_you_mean(str(key), allowed)} "
+                f"allowed: {', '.join(allowed) or 'none'}",
+                where=f"{where}.{key}",
+            )
+
+
+def make_optimizer(spec: str | dict, *, where: str = "train.optimizer") -> Optimizer:
+    """Build an optimizer from ``"adam"`` or ``{"type": "adam", "learning_rate": 1e-3, ...}``.
+
+    Type names are case-insensitive (``Adam``, ``SGD``, ``RMSprop`` as in Keras). An unknown type,
+    an unknown option or a value out of range is a ConfigError located at ``where``
+    (e.g. ``train.optimizer.beta_1``) with a did-you-mean suggestion.
+    """
+    kind, options = _split_type(spec, where, sorted(OPTIMIZERS))
+    cls = OPTIMIZERS[kind]
+    _check_keys(options, list(inspect.signature(cls).parameters), kind, where)
+    try:
+        return cls(**options)
+    except ConfigError as err:
+        raise err.located(where=where) from None
+
+
+# Schedule type -> its options with their defaults.
+SCHEDULES: dict[str, dict[str, float]] = {
+    "constant": {},
+    "step": {"step_size": 10, "gamma": 0.1},
+    "exponential": {"decay_rate": 0.96},
+    "cosine": {"alpha": 0.0},
+}
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Learning rate per epoch (0-based): ``schedule(epoch) -> float``.
+
+    constant: ``base_lr``; step: ``base_lr * gamma ** (epoch // step_size)``;
+    exponential: ``base_lr * decay_rate ** epoch``; cosine (Keras's ``CosineDecay`` stepped per
+    epoch over ``epochs``): ``base_lr * (alpha + (1 - alpha) * 0.5 * (1 + cos(pi * e / epochs)))``
+    with e clamped to ``epochs``.
+    """
+
+    type: str
+    base_lr: float
+    epochs: int
+    options: dict[str, float] = field(default_factory=dict)
+
+    def __call__(self, epoch: int) -> float:
+        if epoch < 0:
+            raise ValueError(f"epoch must be >= 0, got {epoch}")
+        o = self.options
+        if self.type == "step":
+            return self.base_lr * o["gamma"] ** (epoch // o["step_size"])
+        if self.type == "exponential":
+            return self.base_lr * o["decay_rate"] ** epoch
+        if self.type == "cosine":
+            cosine = 0.5 * (1 + math.cos(math.pi * min(epoch, self.epochs) / self.epochs))
+            return self.base_lr * (o["alpha"] + (1 - o["alpha"]) * cosine)
+        return self.base_lr
+
+
+def make_schedule(
+    spec: str | dict | None, base_lr: float, epochs: int, *, where: str = "train.lr_schedule"
+) -> Schedule:
+    """Build a per-epoch schedule from ``None`` (constant), ``"cosine"`` or ``{"type": ...}``.
+
+    base_lr : the optimizer's learning rate (the rate at epoch 0); epochs : the run's length
+    (cosine decays over it). Options: step ``step_size`` (int >= 1, default 10) and ``gamma``
+    (> 0, default 0.1); exponential ``decay_rate`` (> 0, default 0.96); cosine ``alpha``
+    (final fraction of base_lr, in [0, 1], default 0). Bad values are a ConfigError at ``where``.
+    """
+    base_lr = _positive("learning_rate", base_lr)
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise ConfigError(f"must be an integer >= 1, got {epochs!r}", where="train.epochs")
+    kind, options = _split_type(spec or "constant", where, list(SCHEDULES))
+    _check_keys(options, list(SCHEDULES[kind]), kind, where)
+    values = {**SCHEDULES[kind], **options}
+    checks = {
+        "step_size": _step_size,
+        "gamma": _positive,
+        "decay_rate": _positive,
+        "alpha": functools.partial(_fraction, closed=True),
+    }
+    try:
+        values = {k: checks[k](k, v) for k, v in values.items()}
+    except ConfigError as err:
+        raise err.located(where=where) from None
+    return Schedule(kind, base_lr, epochs, values)
