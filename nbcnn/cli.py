@@ -128,6 +128,256 @@ def layers(
     console().print(table)
 
 
+def _dataset_for_path(path: str, current: str) -> str:
+    """``--data PATH`` picks the loader from the path: a folder is IDX, a file is npz."""
+    if Path(path).is_dir():
+        return "idx"
+    if current in ("npz", "idx"):
+        return current
+    return "npz"
+
+
+def _prepare(config: Path, data: str | None, overrides: dict):
+    """Load config, model and train spec with CLI overrides; all checks before heavy work."""
+    from dataclasses import replace
+
+    from nbcnn.model import Sequential
+    from nbcnn.spec import load_spec, parse_train
+
+    spec = load_spec(config)
+    try:
+        model = Sequential.from_spec(spec)
+        train = parse_train(spec.train, default_output=f"runs/{spec.name}")
+    except ConfigError as err:
+        raise err.located(file=str(config)) from None
+    changes = {k: v for k, v in overrides.items() if v is not None}
+    if data is not None:
+        changes["path"] = data
+        changes["dataset"] = _dataset_for_path(data, train.dataset)
+    train = replace(train, **changes)
+    missing = model.without_compute()
+    if missing:
+        i, layer, dist = missing[0]
+        raise ConfigError(
+            f"layer type {type(layer).__name__} from distribution {dist!r} brings no compute "
+            "(calculator only), so this model cannot be trained or run",
+            file=str(config),
+            where=f"layers[{i}] {layer.name!r}",
+        )
+    return spec, model, train
+
+
+def _load_data(model, train, config: Path):
+    from nbcnn.data import load_dataset
+
+    classes = model.output_shape[-1]
+    try:
+        return load_dataset(
+            train.dataset,
+            path=train.path,
+            input_shape=model.input_shape,
+            validation_split=train.validation_split,
+            seed=train.seed,
+            num_classes=classes,
+        )
+    except ConfigError as err:
+        raise err.located(file=str(config)) from None
+
+
+def _set_threads(threads: int | None) -> None:
+    if threads is None:
+        return
+    from nbcnn.kernels._jit import set_threads
+
+    set_threads(threads)
+
+
+@app.command()
+@handles_errors
+def train(
+    config: ConfigArg,
+    epochs: Annotated[int | None, typer.Option(min=1, help="Override train.epochs.")] = None,
+    batch_size: Annotated[
+        int | None, typer.Option("--batch-size", min=1, help="Override train.batch_size.")
+    ] = None,
+    data: Annotated[
+        str | None,
+        typer.Option(help="An .npz (Keras mnist.npz layout) or a folder of MNIST IDX files."),
+    ] = None,
+    output: Annotated[str | None, typer.Option(help="Override train.output.")] = None,
+    seed: Annotated[int | None, typer.Option(min=0, help="Override train.seed.")] = None,
+    threads: Annotated[
+        int | None, typer.Option(min=1, help="Numba threads (default: all cores).")
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue from the last completed epoch in output.")
+    ] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace an earlier run in the output folder.")
+    ] = False,
+):
+    """Train the model of CONFIG on its train.data (scikit-learn's digits by default), writing
+    model.npz, best.npz, checkpoint.npz, config.yaml and metrics.jsonl to the output folder."""
+    import yaml
+
+    from nbcnn.io import write_text_atomic
+    from nbcnn.progress import TrainingProgress
+    from nbcnn.spec import train_to_dict
+    from nbcnn.train import RunFolder, StopRequested
+
+    spec, model, tr = _prepare(
+        config,
+        data,
+        {
+            "epochs": epochs,
+            "batch_size": batch_size,
+            "output": output,
+            "seed": seed,
+            "threads": threads,
+        },
+    )
+    folder = RunFolder(tr.output)
+    has_run = folder.file("checkpoint.npz").exists() or folder.file("model.npz").exists()
+    if has_run and not (resume or overwrite):
+        raise ConfigError(
+            f"{tr.output} already holds a run; pass --resume to continue it, --overwrite to "
+            "replace it, or --output DIR to write elsewhere"
+        )
+    folder.check_writable()
+    _set_threads(tr.threads)
+    dataset = _load_data(model, tr, config)
+    model.compile(optimizer=tr.optimizer)
+    model.compiled.lr_schedule = tr.lr_schedule
+    model.initialize(tr.seed)
+    resolved = {**spec.raw, "train": train_to_dict(tr)}
+    write_text_atomic(folder.file("config.yaml"), yaml.safe_dump(resolved, sort_keys=False))
+    out = console()
+    out.print(f"data: {dataset.source}", highlight=False)
+    validation = (dataset.x_val, dataset.y_val) if len(dataset.x_val) else None
+    try:
+        with TrainingProgress() as progress:
+            model.fit(
+                dataset.x_train,
+                dataset.y_train,
+                epochs=tr.epochs,
+                batch_size=tr.batch_size,
+                validation_data=validation,
+                seed=tr.seed,
+                output=tr.output,
+                resume=resume,
+                early_stopping=tr.early_stopping,
+                callback=progress,
+            )
+    except StopRequested as stop:
+        print(
+            f"nbcnn: interrupted in epoch {stop.epoch}; the checkpoint of the last completed "
+            f"epoch is in {tr.output}. Resume with: nbcnn train {config} --output {tr.output} "
+            "--resume",
+            file=sys.stderr,
+        )
+        raise typer.Exit(130) from None
+    result = model.evaluate(dataset.x_test, dataset.y_test)
+    out.print(
+        f"test: loss {result['loss']:.4f}  accuracy {result['accuracy']:.4f}  "
+        f"({result['samples']} samples)  weights: {folder.file('model.npz')}",
+        highlight=False,
+    )
+
+
+def _model_with_weights(config: Path, weights: Path):
+    spec, model, tr = _prepare(config, None, {})
+    model.initialize(tr.seed)
+    model.load_weights(weights)
+    return spec, model, tr
+
+
+@app.command()
+@handles_errors
+def evaluate(
+    config: ConfigArg,
+    weights: Annotated[Path, typer.Option(help="Weights (.npz) saved by nbcnn train.")],
+    data: Annotated[
+        str | None, typer.Option(help="An .npz or IDX folder instead of train.data.")
+    ] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print JSON for tools.")] = False,
+):
+    """Loss, accuracy, per-class accuracy and confusion matrix on the test split."""
+    spec, model, tr = _model_with_weights(config, weights)
+    if data is not None:
+        from dataclasses import replace
+
+        tr = replace(tr, path=data, dataset=_dataset_for_path(data, tr.dataset))
+    dataset = _load_data(model, tr, config)
+    result = model.evaluate(dataset.x_test, dataset.y_test)
+    if json_output:
+        print(json.dumps(result))
+        return
+    from rich.table import Table
+
+    out = console()
+    out.print(
+        f"test: loss {result['loss']:.4f}  accuracy {result['accuracy']:.4f}  "
+        f"({result['samples']} samples, {dataset.source})",
+        highlight=False,
+    )
+    table = Table(title="Confusion matrix (rows: true class, columns: predicted)")
+    k = len(result["confusion_matrix"])
+    table.add_column("class")
+    for c in range(k):
+        table.add_column(str(c), justify="right")
+    table.add_column("accuracy", justify="right")
+    for c, row in enumerate(result["confusion_matrix"]):
+        acc = result["per_class_accuracy"][c]
+        table.add_row(str(c), *map(str, row), "-" if acc is None else f"{acc:.3f}")
+    out.print(table)
+
+
+@app.command()
+@handles_errors
+def predict(
+    config: ConfigArg,
+    inputs: Annotated[
+        list[Path], typer.Argument(help="Images (PNG/JPEG...) or .npz files of arrays.")
+    ],
+    weights: Annotated[Path, typer.Option(help="Weights (.npz) saved by nbcnn train.")],
+    json_output: Annotated[bool, typer.Option("--json", help="Print JSON for tools.")] = False,
+    top: Annotated[int, typer.Option(min=1, help="How many classes to show per input.")] = 3,
+):
+    """Classes and probabilities for images or for the arrays in .npz files."""
+    import numpy as np
+
+    from nbcnn.data import load_images, load_prediction_arrays
+
+    _, model, _ = _model_with_weights(config, weights)
+    labels, batches = [], []
+    images = [p for p in inputs if p.suffix.lower() != ".npz"]
+    for path in inputs:
+        if path.suffix.lower() == ".npz":
+            x = load_prediction_arrays(str(path), model.input_shape)
+            batches.append(x)
+            labels += [f"{path}[{i}]" for i in range(len(x))]
+    if images:
+        batches.append(load_images([str(p) for p in images], model.input_shape))
+        labels += [str(p) for p in images]
+    probs = model.predict(np.concatenate(batches)).reshape(len(labels), -1)
+    results = []
+    for label, p in zip(labels, probs):
+        order = np.argsort(-p)[:top]
+        results.append(
+            {
+                "input": label,
+                "class": int(order[0]),
+                "top": [{"class": int(c), "probability": float(p[c])} for c in order],
+            }
+        )
+    if json_output:
+        print(json.dumps(results))
+        return
+    for r in results:
+        others = ", ".join(f"{t['class']}: {t['probability']:.3f}" for t in r["top"])
+        print(f"{r['input']}: class {r['class']}  ({others})")
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

@@ -485,3 +485,24 @@ def _make_synthetic(input_shape, num_classes, seed, n_train, n_test):
     x_test, y_test = draw(n_test)
     source = f"synthetic (seed {seed}, {num_classes} classes, {n_train} train / {n_test} test)"
     return x_train, y_train, x_test, y_test, source
+
+
+def load_prediction_arrays(path: str, input_shape: tuple[int, ...]) -> np.ndarray:
+    """Images to predict from an ``.npz``: the array ``x``, else ``x_test``, else its only one.
+
+    Returns (N, *input_shape) float32 in [0, 1] (integer pixels are divided by 255).
+    """
+    from nbcnn.io import load_npz
+
+    arrays = load_npz(path)
+    for key in ("x", "x_test"):
+        if key in arrays:
+            break
+    else:
+        if len(arrays) != 1:
+            raise DataError(
+                f"holds arrays {sorted(arrays)}; name the images 'x' (or 'x_test')", file=path
+            )
+        key = next(iter(arrays))
+    x = _fit_shape(np.asarray(arrays[key]), tuple(input_shape), path)
+    return _scale_images(x, path, key)

@@ -218,6 +218,47 @@ class Sequential:
             f"{', '.join(map(str, self.input_shape))})"
         )
 
+    # ------------------------------------------------------------------ Keras-like API
+
+    def compile(self, optimizer: str | dict | None = None, loss: str | None = None):
+        """Choose optimizer and loss; defaults come from the config's ``train:`` section."""
+        from nbcnn import train
+
+        train.compile(self, optimizer=optimizer, loss=loss)
+        return self
+
+    def fit(
+        self,
+        x,
+        y,
+        epochs: int = 1,
+        batch_size: int = 32,
+        validation_data=None,
+        verbose: int = 1,
+        **kwargs,
+    ):
+        """Train on ``x : (N, *input_shape)`` with integer labels ``y : (N,)``; returns a
+        History whose ``history`` maps loss, accuracy, val_loss, val_accuracy to lists."""
+        from nbcnn import train
+
+        return train.fit(
+            self,
+            x,
+            y,
+            epochs=epochs,
+            batch_size=batch_size,
+            validation_data=validation_data,
+            verbose=verbose,
+            **kwargs,
+        )
+
+    def evaluate(self, x, y, batch_size: int = 256) -> dict:
+        """``{"loss", "accuracy", "per_class_accuracy", "confusion_matrix", "samples"}``."""
+        from nbcnn import train
+
+        x = self.check_input(x)
+        return train.evaluate_arrays(self, x, train._labels(y, len(x), self), batch_size)
+
     # ------------------------------------------------------------------ weights
 
     def get_weights(self) -> list[np.ndarray]:

@@ -328,3 +328,23 @@ def parse_train(section: dict[str, Any] | None, *, default_output: str) -> Train
         early_stopping=early,
         threads=top["threads"],
     )
+
+
+def train_to_dict(train: TrainSpec) -> dict[str, Any]:
+    """The ``train:`` mapping with every default filled in (for the run's resolved config)."""
+    return {
+        "data": {
+            "dataset": train.dataset,
+            "path": train.path,
+            "validation_split": train.validation_split,
+        },
+        "epochs": train.epochs,
+        "batch_size": train.batch_size,
+        "optimizer": train.optimizer,
+        "lr_schedule": train.lr_schedule,
+        "loss": train.loss,
+        "seed": train.seed,
+        "output": train.output,
+        "early_stopping": train.early_stopping,
+        "threads": train.threads,
+    }

@@ -161,6 +161,9 @@ class Layer:
         """Apply ``self.activation`` and remember what its backward needs."""
         from nbcnn.layers import activations
 
+        if training and self.fused_softmax and self.activation == "softmax":
+            # The loss applies the softmax itself (fused and stable): hand it the logits.
+            return z
         a = activations.forward(self.activation, z)
         if training:
             self._z, self._a = z, a

@@ -1,0 +1,74 @@
+"""The one place where numba's decorator options and threading layer are chosen.
+
+Threading layer: ``workqueue``, numba's own simple pool, not OpenMP or TBB. On the 2-core
+machines this library targets, OpenMP's spinning worker threads took the cores from OpenBLAS
+(GEMMs fell to ~47 GFLOP/s) and OpenBLAS's spinning threads in turn slowed the numba loops run
+right after each GEMM; ``workqueue`` (plus a short ``OPENBLAS_THREAD_TIMEOUT``, which OpenBLAS
+reads once when it loads, so it must be set before numpy is first imported) took a training
+step from 0.78x to 1.9x PyTorch's speed (measurements in ``STYLE.md``). The layer is fixed
+when the first parallel kernel runs, so it is set here, at import, before any kernel module
+defines one. An explicit ``NUMBA_THREADING_LAYER`` environment variable still wins, so that
+the choice can be re-measured without editing code. The price of ``workqueue``: it is not
+thread-safe, so parallel kernels must not be launched from two Python threads at once (numba
+aborts the process); run them from one thread.
+
+Decorator options: ``cache=True`` (compiled kernels are stored next to the source, so only
+the first run pays the compile), ``nogil=True`` (kernels release the GIL), ``fastmath`` off
+(measured to give nothing, and it would make results depend on reassociation).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import numba
+
+if "NUMBA_THREADING_LAYER" not in os.environ:
+    numba.config.THREADING_LAYER = "workqueue"
+
+#: Decorator for kernels with a ``numba.prange`` loop.
+kernel = functools.partial(numba.njit, cache=True, parallel=True, nogil=True, fastmath=False)
+
+#: Decorator for serial helpers (called from kernels or on small arrays).
+serial_kernel = functools.partial(numba.njit, cache=True, nogil=True, fastmath=False)
+
+
+def threading_info() -> dict[str, object]:
+    """Which threading layer numba runs and with how many threads, and the BLAS thread pools.
+
+    Returns a dict with ``layer`` (the layer actually loaded, e.g. ``'workqueue'``, or
+    ``None`` before any parallel kernel has run), ``requested_layer`` (the configured
+    choice), ``num_threads`` (``numba.get_num_threads()``) and ``blas`` (threadpoolctl's
+    description of the loaded BLAS pools, or ``None`` if threadpoolctl is not installed).
+    """
+    try:
+        layer = numba.threading_layer()
+    except ValueError:  # raised until the first parallel kernel has launched the pool
+        layer = None
+    try:
+        import threadpoolctl
+    except ImportError:
+        blas = None
+    else:
+        blas = [
+            {k: info.get(k) for k in ("internal_api", "num_threads", "version")}
+            for info in threadpoolctl.threadpool_info()
+        ]
+    return {
+        "layer": layer,
+        "requested_layer": numba.config.THREADING_LAYER,
+        "num_threads": numba.get_num_threads(),
+        "blas": blas,
+    }
+
+
+def set_threads(threads: int) -> None:
+    """Run numba's parallel loops on ``threads`` threads (at most the cores numba found) and
+    cap the BLAS pools to the same number, so the two never ask for more than that."""
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return
+    threadpool_limits(threads, user_api="blas")

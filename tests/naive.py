@@ -1,0 +1,171 @@
+"""Obvious loop implementations with the same names as the kernels they check.
+
+Each function follows the definition directly: explicit zero padding, one Python loop per index,
+float64 accumulation, no cleverness and nothing imported from nbcnn, so a test that compares a
+kernel with its namesake here compares against the definition. Slow by design: tests keep the
+sizes small. Layouts are Keras's: x (N, H, W, C), w (KH, KW, C, F), y (N, OH, OW, F).
+
+Padding is always explicit, ``((top, bottom), (left, right))``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def _pad(x, padding, value=0.0):
+    """x (N, H, W, C) as float64, padded with ``value`` on the spatial axes."""
+    (top, bottom), (left, right) = padding
+    return np.pad(
+        np.asarray(x, dtype=np.float64),
+        ((0, 0), (top, bottom), (left, right), (0, 0)),
+        constant_values=value,
+    )
+
+
+def _out_size(padded, window, stride):
+    return (padded - window) // stride + 1
+
+
+# ------------------------------------------------------------------------------------ conv
+
+
+def conv2d_forward(x, w, b, strides, dilation, padding):
+    """y (N, OH, OW, F) float64 = cross-correlation of x (N, H, W, C) with w (KH, KW, C, F) + b."""
+    xp = _pad(x, padding)
+    w = np.asarray(w, dtype=np.float64)
+    n_samples, hp, wp, channels = xp.shape
+    kh, kw, _, filters = w.shape
+    (sh, sw), (dil_h, dil_w) = strides, dilation
+    out_h = _out_size(hp, (kh - 1) * dil_h + 1, sh)
+    out_w = _out_size(wp, (kw - 1) * dil_w + 1, sw)
+    y = np.zeros((n_samples, out_h, out_w, filters))
+    for n in range(n_samples):
+        for i in range(out_h):
+            for j in range(out_w):
+                for f in range(filters):
+                    total = 0.0 if b is None else float(b[f])
+                    for a in range(kh):
+                        for e in range(kw):
+                            for c in range(channels):
+                                total += (
+                                    xp[n, i * sh + a * dil_h, j * sw + e * dil_w, c] * w[a, e, c, f]
+                                )
+                    y[n, i, j, f] = total
+    return y
+
+
+def conv2d_backward(dy, x, w, strides, dilation, padding, *, need_dx=True):
+    """(dx (N, H, W, C) or None, dw (KH, KW, C, F), db (F,)), all float64, for upstream dy.
+
+    Every term x[n, h, w, c] * w[a, e, c, f] of y[n, i, j, f] contributes dy[n, i, j, f] times
+    the other factor to the gradient of each factor.
+    """
+    xp = _pad(x, padding)
+    w = np.asarray(w, dtype=np.float64)
+    dy = np.asarray(dy, dtype=np.float64)
+    n_samples, out_h, out_w, filters = dy.shape
+    kh, kw, channels, _ = w.shape
+    (sh, sw), (dil_h, dil_w) = strides, dilation
+    dxp = np.zeros_like(xp)
+    dw = np.zeros_like(w)
+    db = np.zeros(filters)
+    for n in range(n_samples):
+        for i in range(out_h):
+            for j in range(out_w):
+                for f in range(filters):
+                    g = dy[n, i, j, f]
+                    db[f] += g
+                    for a in range(kh):
+                        for e in range(kw):
+                            h, wi = i * sh + a * dil_h, j * sw + e * dil_w
+                            for c in range(channels):
+                                dw[a, e, c, f] += xp[n, h, wi, c] * g
+                                dxp[n, h, wi, c] += w[a, e, c, f] * g
+    (top, _), (left, _) = padding
+    height, width = np.shape(x)[1:3]
+    dx = dxp[:, top : top + height, left : left + width, :]
+    return (dx if need_dx else None), dw, db
+
+
+# ------------------------------------------------------------------------------------ pooling
+
+
+def _windows(x_shape, pool_size, strides, padding):
+    """Yield (i, j, cells): cells lists the real (h, w) of window (i, j) in row-major order."""
+    _, height, width, _ = x_shape
+    (ph, pw), (sh, sw) = pool_size, strides
+    (top, bottom), (left, right) = padding
+    for i in range(_out_size(height + top + bottom, ph, sh)):
+        for j in range(_out_size(width + left + right, pw, sw)):
+            cells = [
+                (i * sh - top + a, j * sw - left + e)
+                for a in range(ph)
+                for e in range(pw)
+                if 0 <= i * sh - top + a < height and 0 <= j * sw - left + e < width
+            ]
+            yield i, j, cells
+
+
+def _output_shape(x_shape, pool_size, strides, padding):
+    (top, bottom), (left, right) = padding
+    return (
+        x_shape[0],
+        _out_size(x_shape[1] + top + bottom, pool_size[0], strides[0]),
+        _out_size(x_shape[2] + left + right, pool_size[1], strides[1]),
+        x_shape[3],
+    )
+
+
+def max_pool2d_forward(x, pool_size, strides, padding):
+    """(y (N, OH, OW, C) float64, argmax (N, OH, OW, C) int64 flat index h*W + w).
+
+    Only real cells compete (padding never wins); the first maximum in row-major order wins.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    shape = _output_shape(x.shape, pool_size, strides, padding)
+    y = np.zeros(shape)
+    argmax = np.zeros(shape, dtype=np.int64)
+    width = x.shape[2]
+    for n in range(x.shape[0]):
+        for c in range(x.shape[3]):
+            for i, j, cells in _windows(x.shape, pool_size, strides, padding):
+                values = [x[n, h, wi, c] for h, wi in cells]
+                k = int(np.argmax(values))  # numpy's argmax returns the first maximum
+                y[n, i, j, c] = values[k]
+                argmax[n, i, j, c] = cells[k][0] * width + cells[k][1]
+    return y, argmax
+
+
+def max_pool2d_backward(dy, argmax, x_shape):
+    """dx (N, H, W, C) float64: each dy added to the cell its argmax names."""
+    dy = np.asarray(dy, dtype=np.float64)
+    dx = np.zeros(x_shape)
+    width = x_shape[2]
+    for n, i, j, c in np.ndindex(*dy.shape):
+        index = argmax[n, i, j, c]
+        dx[n, index // width, index % width, c] += dy[n, i, j, c]
+    return dx
+
+
+def avg_pool2d_forward(x, pool_size, strides, padding):
+    """y (N, OH, OW, C) float64: mean over each window's real cells (padding not counted)."""
+    x = np.asarray(x, dtype=np.float64)
+    y = np.zeros(_output_shape(x.shape, pool_size, strides, padding))
+    for n in range(x.shape[0]):
+        for c in range(x.shape[3]):
+            for i, j, cells in _windows(x.shape, pool_size, strides, padding):
+                y[n, i, j, c] = sum(x[n, h, wi, c] for h, wi in cells) / len(cells)
+    return y
+
+
+def avg_pool2d_backward(dy, x_shape, pool_size, strides, padding):
+    """dx (N, H, W, C) float64: each dy split equally over its window's real cells."""
+    dy = np.asarray(dy, dtype=np.float64)
+    dx = np.zeros(x_shape)
+    for n in range(x_shape[0]):
+        for c in range(x_shape[3]):
+            for i, j, cells in _windows(x_shape, pool_size, strides, padding):
+                for h, wi in cells:
+                    dx[n, h, wi, c] += dy[n, i, j, c] / len(cells)
+    return dx
