@@ -17,7 +17,9 @@ class TrainingProgress:
     """A ``callback(event, info)`` for :func:`nbcnn.train.fit` that draws on the console."""
 
     def __init__(self, console: Console | None = None):
+        # The live bar goes to stderr; the epoch lines to stdout, unwrapped, for logs and pipes.
         self.console = console or Console(stderr=True)
+        self.lines = Console(soft_wrap=True, highlight=False)
         self.progress = Progress(
             TextColumn("epoch {task.fields[epoch]}"),
             BarColumn(),
@@ -61,7 +63,7 @@ class TrainingProgress:
                 speed=f"{speed:,.0f} samples/s",
             )
         elif event == "epoch_end":
-            self.progress.console.print(epoch_line(info, self.epochs), highlight=False)
+            self.lines.print(epoch_line(info, self.epochs))
 
 
 def epoch_line(record: dict[str, Any], epochs: int) -> str:
