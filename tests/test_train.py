@@ -107,11 +107,12 @@ def test_resume_equals_uninterrupted(tmp_path):
     assert len(history.history["loss"]) == 4
     lines = (tmp_path / "part" / "metrics.jsonl").read_text().splitlines()
     full_lines = (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()
-    strip = lambda r: {
-        k: v
-        for k, v in json.loads(r).items()  # noqa: E731
-        if k not in ("seconds", "samples_per_second")
-    }
+
+    def strip(line):
+        return {
+            k: v for k, v in json.loads(line).items() if k not in ("seconds", "samples_per_second")
+        }
+
     assert [strip(r) for r in lines] == [strip(r) for r in full_lines]
 
 
@@ -285,7 +286,6 @@ def test_ctrl_c_then_resume_equals_uninterrupted(write_config, tmp_path):
 
 @pytest.mark.skipif(not (SHARED_DATA / "mnist_10k.npz").exists(), reason="shared data absent")
 def test_evaluate_on_shared_npz_loads(tmp_path, write_config):
-    config = write_run_config(write_config, tmp_path)
     doc = model_doc({"type": "Flatten"}, {"type": "Dense", "units": 10, "activation": "softmax"})
     path = write_config(doc, "mnist.yaml")
     model = nbcnn.load_model(path).initialize(0)
