@@ -169,3 +169,79 @@ def avg_pool2d_backward(dy, x_shape, pool_size, strides, padding):
                 for h, wi in cells:
                     dx[n, h, wi, c] += dy[n, i, j, c] / len(cells)
     return dx
+
+
+# ---------------------------------------------------------------- NumPy layers, as loops
+
+
+def dense_forward(x, w, b):
+    """y (..., units): for every position of the leading axes, sum_i x[..., i] * w[i, u] + b[u]."""
+    x = np.asarray(x, dtype=np.float64)
+    lead = x.shape[:-1]
+    y = np.zeros((*lead, w.shape[1]))
+    for index in np.ndindex(*lead):
+        for u in range(w.shape[1]):
+            y[index + (u,)] = sum(x[index + (i,)] * w[i, u] for i in range(w.shape[0]))
+            y[index + (u,)] += 0.0 if b is None else b[u]
+    return y
+
+
+def batchnorm_forward(x, gamma, beta, mean, var, epsilon):
+    """y = gamma * (x - mean) / sqrt(var + epsilon) + beta, channel by channel (last axis)."""
+    x = np.asarray(x, dtype=np.float64)
+    y = np.zeros_like(x)
+    for index in np.ndindex(*x.shape):
+        c = index[-1]
+        y[index] = gamma[c] * (x[index] - mean[c]) / np.sqrt(var[c] + epsilon) + beta[c]
+    return y
+
+
+def batch_statistics(x):
+    """Per-channel mean and (biased) variance over every other axis, by explicit sums."""
+    x = np.asarray(x, dtype=np.float64)
+    channels = x.shape[-1]
+    values = [[] for _ in range(channels)]
+    for index in np.ndindex(*x.shape):
+        values[index[-1]].append(x[index])
+    mean = np.array([sum(v) / len(v) for v in values])
+    var = np.array([sum((t - m) ** 2 for t in v) / len(v) for v, m in zip(values, mean)])
+    return mean, var
+
+
+def upsampling2d_forward(x, size):
+    """Nearest neighbour: y[n, i, j, c] = x[n, i // sh, j // sw, c]."""
+    n, h, w, c = x.shape
+    y = np.zeros((n, h * size[0], w * size[1], c))
+    for index in np.ndindex(*y.shape):
+        b, i, j, ch = index
+        y[index] = x[b, i // size[0], j // size[1], ch]
+    return y
+
+
+def zero_padding2d_forward(x, padding):
+    (top, bottom), (left, right) = padding
+    n, h, w, c = x.shape
+    y = np.zeros((n, h + top + bottom, w + left + right, c))
+    for b, i, j, ch in np.ndindex(*x.shape):
+        y[b, i + top, j + left, ch] = x[b, i, j, ch]
+    return y
+
+
+def cropping2d_forward(x, cropping):
+    (top, bottom), (left, right) = cropping
+    n, h, w, c = x.shape
+    y = np.zeros((n, h - top - bottom, w - left - right, c))
+    for b, i, j, ch in np.ndindex(*y.shape):
+        y[b, i, j, ch] = x[b, i + top, j + left, ch]
+    return y
+
+
+def global_pool_forward(x, mode):
+    """(N, ..., C) -> (N, C): max or mean over every position."""
+    n, c = x.shape[0], x.shape[-1]
+    y = np.zeros((n, c))
+    for b in range(n):
+        for ch in range(c):
+            cells = [x[(b, *pos, ch)] for pos in np.ndindex(*x.shape[1:-1])]
+            y[b, ch] = max(cells) if mode == "max" else sum(cells) / len(cells)
+    return y
