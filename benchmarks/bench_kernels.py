@@ -1,156 +1,108 @@
-"""Time the conv and pooling kernels at the seed convnet's shapes (batch 128).
+"""Conv and pooling kernels at the seed convnet's shapes (batch 128), against PyTorch.
 
-    python benchmarks/bench_kernels.py [--repeats 20]
+    python benchmarks/bench_kernels.py [--rounds 15]
 
-Prints the median time of each op and its GFLOP/s (2 flops per multiply-add), next to a
-plain sgemm of the same size as the op's GEMMs (the ceiling an im2col conv can reach) and
-PyTorch's op when ``import torch`` works. Pooling is memory-bound, so it reports GB/s moved
-(input read plus output written). Threading layer and BLAS pools are printed first: the
-numbers mean little without them (STYLE.md, "Measured on these 2-core machines").
+For each op: median time, GFLOP/s (2 flops per multiply-accumulate) and, when PyTorch is
+installed (``pip install torch==2.13.0``), PyTorch's op on the same data timed in turns with
+nbcnn's, and the median ratio (PyTorch time / nbcnn time: > 1 means nbcnn is faster). An sgemm
+of the forward's im2col shape shows the ceiling an im2col convolution can reach. Pooling is
+memory-bound, so it reports GB/s moved.
 """
 
 from __future__ import annotations
 
-import os
+import argparse
 
-# OpenBLAS reads this once when it loads, so before numpy: idle BLAS threads sleep after 1 ms
-# instead of spinning and taking the cores from numba's loops (STYLE.md).
-os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "1")
+import numpy as np  # noqa: E402  (timing sets OPENBLAS_THREAD_TIMEOUT first)
+from timing import interleaved, machine, median_ratio, try_torch
 
-import argparse  # noqa: E402
-import statistics  # noqa: E402
-import time  # noqa: E402
-
-import numpy as np  # noqa: E402
-
+from nbcnn import shapes  # noqa: E402
 from nbcnn.kernels import _jit, conv, pool  # noqa: E402
 
 BATCH = 128
-VALID = ((0, 0), (0, 0))
-CONVS = {  # name: (input H, W, C), filters; 3x3 kernel, stride 1, 'valid'
-    "conv1 28x28x1->32": ((28, 28, 1), 32),
-    "conv2 13x13x32->64": ((13, 13, 32), 64),
-}
-POOLS = {  # name: input H, W, C; 2x2 window, stride 2
-    "maxpool 26x26x32": (26, 26, 32),
-    "maxpool 11x11x64": (11, 11, 64),
-}
+# The seed model (configs/mnist_convnet.yaml): 3x3 'same' convolutions, 2x2 max pooling.
+CONVS = {"conv1 28x28x1->32": ((28, 28, 1), 32), "conv2 14x14x32->64": ((14, 14, 32), 64)}
+POOLS = {"maxpool 28x28x32": (28, 28, 32), "maxpool 14x14x64": (14, 14, 64)}
 
 
-def median_seconds(fn, repeats: int) -> float:
-    fn()  # compile / warm caches
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def report(name, seconds, amount, unit, ratio=None):
+    extra = "" if ratio is None else f"   nbcnn/torch speed {ratio:5.2f}x"
+    print(f"  {name:<28} {seconds * 1e3:8.2f} ms  {amount / seconds / 1e9:7.1f} {unit}{extra}")
 
 
-def row(name: str, seconds: float, amount: float, unit: str) -> None:
-    print(f"  {name:<34} {seconds * 1e3:8.2f} ms  {amount / seconds / 1e9:7.1f} {unit}")
-
-
-def try_torch():
-    try:
-        import torch
-    except ImportError:
-        return None
-    torch.set_num_threads(os.cpu_count() or 1)
-    return torch
-
-
-def bench_conv(name, in_shape, filters, repeats, rng, torch):
-    height, width, channels = in_shape
+def bench_conv(name, in_shape, filters, rounds, rng, torch):
+    h, w_, c = in_shape
+    pads = shapes.padding_amounts((h, w_), (3, 3), (1, 1), "same")
     x = rng.standard_normal((BATCH, *in_shape), dtype=np.float32)
-    w = rng.standard_normal((3, 3, channels, filters), dtype=np.float32)
+    w = rng.standard_normal((3, 3, c, filters), dtype=np.float32) * 0.1
     b = np.zeros(filters, np.float32)
-    out_h, out_w = height - 2, width - 2
-    dy = rng.standard_normal((BATCH, out_h, out_w, filters), dtype=np.float32)
-    rows, inner = BATCH * out_h * out_w, 9 * channels
-    flops = 2.0 * rows * inner * filters
-    args = ((1, 1), (1, 1), VALID)
-
-    print(f"{name}  (GEMM {rows} x {inner} x {filters})")
-    row(
-        "forward",
-        median_seconds(lambda: conv.conv2d_forward(x, w, b, *args), repeats),
-        flops,
-        "GFLOP/s",
-    )
-    row(
-        "backward (dx, dw, db)",
-        median_seconds(lambda: conv.conv2d_backward(dy, x, w, *args), repeats),
-        2 * flops,
-        "GFLOP/s",
-    )
-    row(
-        "backward (dw, db only)",
-        median_seconds(lambda: conv.conv2d_backward(dy, x, w, *args, need_dx=False), repeats),
-        flops,
-        "GFLOP/s",
-    )
-    a = rng.standard_normal((rows, inner), dtype=np.float32)
-    bmat = rng.standard_normal((inner, filters), dtype=np.float32)
-    row("sgemm of the forward's shape", median_seconds(lambda: a @ bmat, repeats), flops, "GFLOP/s")
+    dy = rng.standard_normal((BATCH, h, w_, filters), dtype=np.float32)
+    flops = 2.0 * BATCH * h * w_ * 9 * c * filters
+    args = ((1, 1), (1, 1), pads)
+    a = rng.standard_normal((BATCH * h * w_, 9 * c), dtype=np.float32)
+    bm = rng.standard_normal((9 * c, filters), dtype=np.float32)
+    fwd = {"nbcnn": lambda: conv.conv2d_forward(x, w, b, *args), "sgemm": lambda: a @ bm}
+    bwd = {"nbcnn": lambda: conv.conv2d_backward(dy, x, w, *args)}
     if torch is not None:
         tx = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous().requires_grad_(True)
         tw = torch.from_numpy(w).permute(3, 2, 0, 1).contiguous().requires_grad_(True)
+        tb = torch.from_numpy(b).requires_grad_(True)
         tdy = torch.from_numpy(dy).permute(0, 3, 1, 2).contiguous()
-        conv2d = torch.nn.functional.conv2d
-        with torch.no_grad():
-            row("torch forward", median_seconds(lambda: conv2d(tx, tw), repeats), flops, "GFLOP/s")
-        ty = conv2d(tx, tw)
-        row(
-            "torch backward",
-            median_seconds(
-                lambda: torch.autograd.grad(ty, (tx, tw), tdy, retain_graph=True), repeats
-            ),
-            2 * flops,
-            "GFLOP/s",
-        )
+        f = torch.nn.functional.conv2d
+
+        def torch_forward():
+            with torch.no_grad():
+                return f(tx, tw, tb, padding=1)
+
+        ty = f(tx, tw, tb, padding=1)
+        fwd["torch"] = torch_forward
+        bwd["torch"] = lambda: torch.autograd.grad(ty, (tx, tw, tb), tdy, retain_graph=True)
+    print(f"{name}  (im2col GEMM {BATCH * h * w_} x {9 * c} x {filters})")
+    med, times = interleaved(fwd, rounds)
+    ratio = median_ratio(times, "nbcnn", "torch") if torch else None
+    report("forward", med["nbcnn"], flops, "GFLOP/s", ratio)
+    if torch:
+        report("torch forward", med["torch"], flops, "GFLOP/s")
+    report("sgemm, forward's shape", med["sgemm"], flops, "GFLOP/s")
+    med, times = interleaved(bwd, rounds)
+    ratio = median_ratio(times, "nbcnn", "torch") if torch else None
+    report("backward (dx, dw, db)", med["nbcnn"], 2 * flops, "GFLOP/s", ratio)
+    if torch:
+        report("torch backward", med["torch"], 2 * flops, "GFLOP/s")
 
 
-def bench_pool(name, in_shape, repeats, rng, torch):
+def bench_pool(name, in_shape, rounds, rng, torch):
     x = rng.standard_normal((BATCH, *in_shape), dtype=np.float32)
-    y, argmax = pool.max_pool2d_forward(x, (2, 2), (2, 2), VALID)
+    none = ((0, 0), (0, 0))
+    y, argmax = pool.max_pool2d_forward(x, (2, 2), (2, 2), none)
     dy = np.ones_like(y)
     moved = 4.0 * (x.size + y.size)
-
-    print(name)
-    row(
-        "max forward",
-        median_seconds(lambda: pool.max_pool2d_forward(x, (2, 2), (2, 2), VALID), repeats),
-        moved,
-        "GB/s",
-    )
-    row(
-        "max backward",
-        median_seconds(lambda: pool.max_pool2d_backward(dy, argmax, x.shape), repeats),
-        moved,
-        "GB/s",
-    )
-    row(
-        "avg forward",
-        median_seconds(lambda: pool.avg_pool2d_forward(x, (2, 2), (2, 2), VALID), repeats),
-        moved,
-        "GB/s",
-    )
+    fwd = {"nbcnn": lambda: pool.max_pool2d_forward(x, (2, 2), (2, 2), none)}
+    bwd = {"nbcnn": lambda: pool.max_pool2d_backward(dy, argmax, x.shape)}
     if torch is not None:
-        tx = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
-        with torch.no_grad():
-            row(
-                "torch max forward",
-                median_seconds(lambda: torch.nn.functional.max_pool2d(tx, 2), repeats),
-                moved,
-                "GB/s",
-            )
+        tx = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous().requires_grad_(True)
+        ty = torch.nn.functional.max_pool2d(tx, 2)
+        tdy = torch.ones_like(ty)
+
+        def torch_forward():
+            with torch.no_grad():
+                return torch.nn.functional.max_pool2d(tx, 2)
+
+        fwd["torch"] = torch_forward
+        bwd["torch"] = lambda: torch.autograd.grad(ty, tx, tdy, retain_graph=True)
+    print(name)
+    for label, candidates in (("max forward", fwd), ("max backward", bwd)):
+        med, times = interleaved(candidates, rounds)
+        ratio = median_ratio(times, "nbcnn", "torch") if torch else None
+        report(label, med["nbcnn"], moved, "GB/s", ratio)
+        if torch:
+            report(f"torch {label}", med["torch"], moved, "GB/s")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=20)
-    repeats = parser.parse_args().repeats
+    parser.add_argument("--rounds", type=int, default=15)
+    rounds = parser.parse_args().rounds
     rng = np.random.default_rng(0)
     torch = try_torch()
     conv.conv2d_forward(  # launch numba's pool so that threading_info can report the layer
@@ -159,14 +111,17 @@ def main() -> None:
         None,
         (1, 1),
         (1, 1),
-        VALID,
+        ((0, 0), (0, 0)),
     )
+    print(machine())
     print("threading:", _jit.threading_info())
-    print("torch:", "not installed" if torch is None else torch.__version__)
+    big = rng.standard_normal((2048, 2048), dtype=np.float32)
+    med, _ = interleaved({"sgemm": lambda: big @ big}, rounds)
+    print(f"large square sgemm 2048^3: {2 * 2048**3 / med['sgemm'] / 1e9:.1f} GFLOP/s (ceiling)")
     for name, (in_shape, filters) in CONVS.items():
-        bench_conv(name, in_shape, filters, repeats, rng, torch)
+        bench_conv(name, in_shape, filters, rounds, rng, torch)
     for name, in_shape in POOLS.items():
-        bench_pool(name, in_shape, repeats, rng, torch)
+        bench_pool(name, in_shape, rounds, rng, torch)
 
 
 if __name__ == "__main__":

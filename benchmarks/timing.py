@@ -1,0 +1,66 @@
+"""Timing helpers shared by the benchmarks: interleaved repeats, medians, ratios.
+
+Machines here are shared and noisy, so candidates are timed in turns (A, B, A, B, ...) in one
+process and compared by the median of their per-round times, never by a single run.
+"""
+
+from __future__ import annotations
+
+import os
+
+# OpenBLAS reads this once, when numpy loads it (see nbcnn/__init__.py): set it first.
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "1")
+
+import statistics  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+
+
+def interleaved(candidates: dict[str, Callable[[], object]], rounds: int, warmup: int = 2):
+    """Median seconds of each candidate over ``rounds`` rounds, run in turns."""
+    for _ in range(warmup):
+        for fn in candidates.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in candidates}
+    for _ in range(rounds):
+        for name, fn in candidates.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}, times
+
+
+def median_ratio(times: dict[str, list[float]], numerator: str, denominator: str) -> float:
+    """Median over rounds of time[denominator] / time[numerator]: > 1 means numerator faster."""
+    return statistics.median(d / n for n, d in zip(times[numerator], times[denominator]))
+
+
+def try_torch(threads: int | None = None):
+    """PyTorch, if installed, set to ``threads`` threads (default: all cores); else None."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    torch.set_num_threads(threads or os.cpu_count() or 1)
+    return torch
+
+
+def machine() -> str:
+    """One line naming the machine, the date and the versions that matter."""
+    import platform
+
+    import numba
+    import numpy
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as handle:
+            cpu = next(line.split(":", 1)[1].strip() for line in handle if "model name" in line)
+    except (OSError, StopIteration):
+        pass
+    torch = try_torch()
+    return (
+        f"{time.strftime('%Y-%m-%d')}, {cpu}, {os.cpu_count()} cores, Python "
+        f"{platform.python_version()}, numpy {numpy.__version__}, numba {numba.__version__}, "
+        f"torch {torch.__version__ if torch else 'not installed'}"
+    )
