@@ -12,7 +12,6 @@ exactly, so a resumed run is bit-identical to an uninterrupted one.
 
 from __future__ import annotations
 
-import difflib
 import functools
 import inspect
 import math
@@ -21,12 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from nbcnn.errors import ConfigError, DataError
-
-
-def _did_you_mean(name: str, choices: list[str]) -> str:
-    """`` did you mean 'x'?`` for the closest choice, or an empty string."""
-    close = difflib.get_close_matches(name, choices, n=1)
-    return f" did you mean {close[0]!r}?" if close else ""
+from nbcnn.layers.args import did_you_mean
 
 
 def _number(name: str, value: object) -> float:
@@ -312,9 +306,9 @@ def _split_type(spec: object, where: str, choices: list[str]) -> tuple[str, dict
         raise ConfigError(f"missing 'type'; choose one of {', '.join(choices)}", where=where)
     kind = spec["type"]
     if not isinstance(kind, str) or kind.lower() not in choices:
-        hint = _did_you_mean(kind.lower(), choices) if isinstance(kind, str) else ""
+        hint = did_you_mean(kind.lower(), choices) if isinstance(kind, str) else ""
         raise ConfigError(
-            f"unknown type {kind!r};{hint} choose one of {', '.join(choices)}",
+            f"unknown type {kind!r}{hint}; choose one of {', '.join(choices)}",
             where=f"{where}.type",
         )
     return kind.lower(), {k: v for k, v in spec.items() if k != "type"}
@@ -324,7 +318,7 @@ def _check_keys(options: dict, allowed: list[str], kind: str, where: str) -> Non
     for key in options:
         if key not in allowed:
             raise ConfigError(
-                f"unknown option {key!r} for {kind};{_did_you_mean(str(key), allowed)} "
+                f"unknown option {key!r} for {kind}{did_you_mean(str(key), allowed)}; "
                 f"allowed: {', '.join(allowed) or 'none'}",
                 where=f"{where}.{key}",
             )
