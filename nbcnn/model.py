@@ -135,7 +135,8 @@ class Sequential:
 
     def initialize(self, seed: int = 0) -> Sequential:
         """Allocate weights as Keras initialises them (glorot_uniform kernels, zero biases),
-        drawn from ``seed``. Refuses layers that bring no compute, naming their distribution."""
+        drawn from ``seed``. Refuses layers that bring no compute, naming their distribution,
+        and weights larger than the available memory, before allocating them."""
         import numpy as np
 
         missing = self.without_compute()
@@ -146,6 +147,9 @@ class Sequential:
                 "(calculator only): it can be summarised but not run or trained",
                 where=layer_label(i, layer),
             )
+        from nbcnn.resources import check_parameter_memory
+
+        check_parameter_memory(self)  # a Dense of 10**9 units must not even try to allocate
         self.rng = np.random.default_rng(seed)
         for layer, (s_in, _) in zip(self.layers, self.shapes):
             layer.build(s_in, self.rng)
@@ -168,17 +172,24 @@ class Sequential:
                 raise _compute_error(self, i, "forward", err) from err
         return x
 
-    def backward(self, dy: np.ndarray) -> np.ndarray:
+    def backward(self, dy: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
         """Back-propagate ``dy`` (gradient w.r.t. the output of the last training forward);
-        fills each layer's ``grads``; returns the gradient w.r.t. the input."""
-        for i in range(len(self.layers) - 1, -1, -1):
-            try:
-                dy = self.layers[i].backward(dy)
-            except NbcnnError:
-                raise
-            except Exception as err:
-                raise _compute_error(self, i, "backward", err) from err
-        return dy
+        fills each layer's ``grads``; returns the gradient w.r.t. the input, or None with
+        ``input_grad=False`` (training has no use for it, and the first layer then skips it).
+        """
+        first = self.layers[0]
+        first.input_grad_needed = input_grad
+        try:
+            for i in range(len(self.layers) - 1, -1, -1):
+                try:
+                    dy = self.layers[i].backward(dy)
+                except NbcnnError:
+                    raise
+                except Exception as err:
+                    raise _compute_error(self, i, "backward", err) from err
+        finally:
+            first.input_grad_needed = True
+        return dy if input_grad else None
 
     def trainable_weights(self) -> tuple[list[np.ndarray], list[tuple[Layer, str]]]:
         """The arrays the optimizer updates, and ``(layer, name)`` of each."""
@@ -275,11 +286,7 @@ class Sequential:
         import numpy as np
 
         self._require_built()
-        slots = [
-            (i, layer, p)
-            for i, (layer, specs) in enumerate(zip(self.layers, self.param_specs()))
-            for p in specs
-        ]
+        slots = self._weight_slots()
         if len(weights) != len(slots):
             raise DataError(
                 f"expected {len(slots)} weight arrays for model {self.name!r}, got {len(weights)}",
@@ -300,6 +307,14 @@ class Sequential:
         for layer, name, w in checked:
             layer.params[name][...] = w
 
+    def _weight_slots(self) -> list[tuple[int, Layer, ParamSpec]]:
+        """``(layer index, layer, ParamSpec)`` of each array of ``get_weights``."""
+        return [
+            (i, layer, p)
+            for i, (layer, specs) in enumerate(zip(self.layers, self.param_specs()))
+            for p in specs
+        ]
+
     def weight_names(self) -> list[str]:
         """``layername/paramname`` for each array of ``get_weights``."""
         return [
@@ -315,19 +330,36 @@ class Sequential:
         save_npz_atomic(path, dict(zip(self.weight_names(), self.get_weights())))
 
     def load_weights(self, path: str | os.PathLike) -> None:
-        """Read weights saved by :meth:`save_weights`; DataError on any mismatch."""
+        """Read weights saved by :meth:`save_weights` (or a checkpoint.npz); DataError naming
+        the first layer that does not fit, with both shapes, on any mismatch."""
         from nbcnn.io import load_npz
 
         arrays = load_npz(path)
         names = self.weight_names()
-        missing = [n for n in names if n not in arrays]
-        if missing:
+        for name, (i, layer, p) in zip(names, self._weight_slots()):
+            if name not in arrays:
+                raise DataError(
+                    f"{layer_label(i, layer)} {p.name}: no array {name!r} of shape {p.shape} "
+                    f"(weights of another model? the file has {_listing(arrays)})",
+                    file=str(path),
+                )
+        # A checkpoint also holds the optimizer's state and its metadata: not weights.
+        extra = [
+            n for n in arrays if n not in names and n != "meta" and not n.startswith("optimizer/")
+        ]
+        if extra:
             raise DataError(
-                f"no array {missing[0]!r} (this file holds weights for another model? "
-                f"it has {', '.join(list(arrays)[:4])}{'...' if len(arrays) > 4 else ''})",
+                f"holds {len(extra)} array(s) this model does not have, first "
+                f"{_listing({n: arrays[n] for n in extra})} (weights of another model?)",
                 file=str(path),
             )
         self.set_weights([arrays[n] for n in names], source=str(path))
+
+
+def _listing(arrays: dict, first: int = 3) -> str:
+    """``'dense/kernel' (64, 10), 'dense/bias' (10,), ...``: the first arrays of a file."""
+    shown = [f"{name!r} {tuple(a.shape)}" for name, a in list(arrays.items())[:first]]
+    return ", ".join(shown) + (", ..." if len(arrays) > first else "") if shown else "no arrays"
 
 
 def _default_name(base: str, counts: dict[str, int], taken: set[str]) -> str:

@@ -26,6 +26,7 @@ from nbcnn.data import batches
 from nbcnn.errors import ConfigError, DataError, TrainingError
 from nbcnn.io import load_npz, save_npz_atomic, write_text_atomic
 from nbcnn.model import Sequential
+from nbcnn.resources import check_training_memory
 
 METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
 
@@ -140,6 +141,9 @@ class _SigintFlag:
         return False
 
 
+RUN_FILES = ("model.npz", "best.npz", "checkpoint.npz", "config.yaml", "metrics.jsonl")
+
+
 class RunFolder:
     """The output folder of a run: model.npz, best.npz, checkpoint.npz, config.yaml,
     metrics.jsonl, each written atomically."""
@@ -161,6 +165,16 @@ class RunFolder:
             raise TrainingError(
                 f"{self.path}: output folder is not writable: {err.strerror or err}"
             ) from None
+
+    def remove_stale_temporaries(self) -> None:
+        """Delete the temporary files a killed writer left (``.model.npz.x1y2.tmp``): they are
+        never read, and removing them at the start of a run keeps the folder clean."""
+        for name in RUN_FILES:
+            for tmp in self.path.glob(f".{name}.*.tmp"):
+                try:
+                    tmp.unlink()
+                except OSError:
+                    pass
 
     def save_checkpoint(self, model: Sequential, state: dict[str, Any], best: bool) -> None:
         weights = dict(zip(model.weight_names(), model.get_weights()))
@@ -250,9 +264,10 @@ def fit(
         y_val = _labels(validation_data[1], len(x_val), model)
     else:
         x_val, y_val = None, None
+    compiled = model.compiled
+    check_training_memory(model, min(batch_size, max(len(x), 1)), compiled.optimizer_spec)
     if not model.built:
         model.initialize(seed)
-    compiled = model.compiled
     schedule = optim.make_schedule(
         compiled.lr_schedule, compiled.optimizer.learning_rate, max(epochs, 1)
     )
@@ -267,6 +282,7 @@ def fit(
     best_value, wait, start_epoch = None, 0, 0
     if folder is not None:
         folder.check_writable()
+        folder.remove_stale_temporaries()
         if resume and folder.file("checkpoint.npz").exists():
             state = folder.load_checkpoint(model)
             _set_rng_state(shuffle_rng, state["shuffle_rng"])
@@ -302,6 +318,7 @@ def fit(
                     wait += 1
                 history.add(record)
                 if folder is not None:
+                    _check_finite_weights(model, epoch, math.ceil(len(x) / batch_size))
                     state = {
                         "epoch": epoch + 1,
                         "history": history.epochs,
@@ -326,6 +343,18 @@ def fit(
         if folder.file("best.npz").exists():
             model.load_weights(folder.file("best.npz"))
     return history
+
+
+def _check_finite_weights(model: Sequential, epoch: int, batches: int) -> None:
+    """The last step of an epoch can overflow the weights after its loss was computed: refuse
+    to checkpoint them, so the last checkpoint on disk stays a good one."""
+    arrays, owners = model.trainable_weights()
+    for (layer, name), w in zip(owners, arrays):
+        if not np.isfinite(w).all():
+            raise TrainingError(
+                f"weights of {layer.name!r} {name} became NaN or inf in epoch {epoch + 1}, "
+                f"batch {batches}; the last good checkpoint is kept. Try a lower learning_rate."
+            )
 
 
 def _min_delta(early_stopping):
@@ -368,7 +397,7 @@ def _run_epoch(model, x, y, batch_size, rng, lr, epoch, epochs, sigint, callback
                 f"loss became {loss} in epoch {epoch + 1}, batch {index + 1}; the last "
                 "good checkpoint is kept. Try a lower learning_rate."
             )
-        model.backward(grad)
+        model.backward(grad, input_grad=False)
         grads = [layer.grads[name] for layer, name in owners]
         optimizer.step(params, grads, lr)
         total_loss += loss * len(xb)

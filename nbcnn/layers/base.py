@@ -153,6 +153,10 @@ class Layer:
         ``self.grads`` with one array per trainable parameter."""
         raise NotImplementedError(f"{type(self).__name__} has no compute")
 
+    #: False while the model back-propagates into a first layer whose input gradient nobody
+    #: uses; a layer may then skip computing it (and return None).
+    input_grad_needed: bool = True
+
     #: Set by the model while training when this layer's softmax is fused with the
     #: cross-entropy loss: ``backward`` then receives the gradient w.r.t. the logits.
     fused_softmax: bool = False

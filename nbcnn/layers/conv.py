@@ -168,11 +168,12 @@ class _Conv(Layer):
             self._as_2d(self.strides),
             self._as_2d(self.dilation_rate),
             self._pads,
+            need_dx=self.input_grad_needed,
         )
         self.grads = {"kernel": dw.reshape(self.params["kernel"].shape)}
         if self.use_bias:
             self.grads["bias"] = db
-        return dx.reshape(dz.shape[0], *self.input_shape)
+        return None if dx is None else dx.reshape(dz.shape[0], *self.input_shape)
 
 
 class Conv2D(_Conv):
