@@ -221,7 +221,9 @@ def train(
     import yaml
 
     from nbcnn.io import write_text_atomic
+    from nbcnn.pictures import write_curves
     from nbcnn.progress import TrainingProgress
+    from nbcnn.resources import check_training_memory
     from nbcnn.spec import train_to_dict
     from nbcnn.train import RunFolder, StopRequested
 
@@ -236,6 +238,7 @@ def train(
             "threads": threads,
         },
     )
+    check_training_memory(model, tr.batch_size, tr.optimizer)  # before anything is allocated
     folder = RunFolder(tr.output)
     has_run = folder.file("checkpoint.npz").exists() or folder.file("model.npz").exists()
     if has_run and not (resume or overwrite):
@@ -275,6 +278,7 @@ def train(
             "--resume",
             file=sys.stderr,
         )
+        write_curves(tr.output, missing_ok=True)
         raise typer.Exit(130) from None
     result = model.evaluate(dataset.x_test, dataset.y_test)
     out.print(
@@ -282,6 +286,7 @@ def train(
         f"({result['samples']} samples)  weights: {folder.file('model.npz')}",
         highlight=False,
     )
+    write_curves(tr.output, missing_ok=True)
 
 
 def _model_with_weights(config: Path, weights: Path):
@@ -376,6 +381,9 @@ def predict(
     for r in results:
         others = ", ".join(f"{t['class']}: {t['probability']:.3f}" for t in r["top"])
         print(f"{r['input']}: class {r['class']}  ({others})")
+
+
+from nbcnn import cli_extra  # noqa: E402,F401  (registers convolve, featuremaps, ...)
 
 
 def main() -> None:
