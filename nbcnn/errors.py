@@ -31,7 +31,10 @@ class ConfigError(NbcnnError):
         super().__init__(self._format())
 
     def _format(self) -> str:
-        parts = [p for p in (self.file, self.where) if p]
+        where = self.where
+        if where is not None and (not where or not where.isprintable()):
+            where = repr(where)  # a key like "" or "a\nb" must stay visible and on one line
+        parts = [p for p in (self.file, where) if p]
         return ": ".join([*parts, self.message])
 
     def located(self, *, file: str | None = None, where: str | None = None) -> ConfigError:

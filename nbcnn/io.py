@@ -15,6 +15,16 @@ import numpy as np
 from nbcnn.errors import DataError, TrainingError
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# mkstemp creates files readable by their owner only; written files get the usual mode.
+_FILE_MODE = 0o666 & ~_umask()
+
+
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
     """Replace ``path`` with ``data`` atomically; TrainingError (the old file intact) on failure."""
     path = Path(path)
@@ -25,6 +35,7 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
         raise TrainingError(f"{path}: cannot write: {err.strerror or err}") from None
     try:
         with os.fdopen(fd, "wb") as handle:
+            os.chmod(tmp, _FILE_MODE)
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())

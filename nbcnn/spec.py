@@ -8,6 +8,7 @@ Loading is strict: ``yaml.SafeLoader`` (no tags run), duplicate keys refused, al
 from __future__ import annotations
 
 import os
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,10 +50,29 @@ class _StrictLoader(yaml.SafeLoader):
                 )
         return super().compose_node(parent, index)
 
+    def construct_object(self, node, deep=False):
+        # PyYAML's scalar constructors raise plain Python errors on values their tag cannot
+        # hold (`!!float ''`, `!!bool maybe`, the date 2001-13-45, an int of 5,000 digits).
+        try:
+            return super().construct_object(node, deep=deep)
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError):
+            tag = node.tag.replace("tag:yaml.org,2002:", "!!")
+            text = node.value if isinstance(node.value, str) else "this value"
+            what = repr(text if len(text) <= 40 else text[:37] + "...")
+            raise yaml.constructor.ConstructorError(
+                None, None, f"cannot read {what} as {tag}", node.start_mark
+            ) from None
+
     def construct_mapping(self, node, deep=False):
+        if not isinstance(node, yaml.MappingNode):  # `!!set 0`: the base class says why
+            return super().construct_mapping(node, deep)
         seen = set()
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, Hashable):  # `? [a, b]` keys: refuse before `in seen`
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"a {type(key).__name__} cannot be a key", key_node.start_mark
+                )
             if key in seen:
                 raise yaml.constructor.ConstructorError(
                     None, None, f"duplicate key {key!r}", key_node.start_mark

@@ -292,8 +292,10 @@ def fit(
                 history.add(record)
     _set_fused(model, _fuses_softmax(model))
     params, _ = model.trainable_weights()
+    # Overflow is detected (non-finite loss or weights) and reported as one TrainingError;
+    # numpy's RuntimeWarnings about it would only add noise lines before that message.
     try:
-        with _SigintFlag() as sigint:
+        with _SigintFlag() as sigint, np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             for epoch in range(start_epoch, epochs):
                 if early_stopping and wait > early_stopping["patience"]:
                     history.stopped_early = True

@@ -125,6 +125,13 @@ BAD_CONFIGS = {
         "input_shape: !!python/object/apply:os.system ['echo hacked']\nlayers: []\n",
         ["not valid YAML", "python/object"],
     ),
+    # Found by tests/test_fuzz_spec.py: each once escaped as a Python exception.
+    "list_as_key": ("? [1, 2]\n: 3\n", ["line 1", "not valid YAML", "a list cannot be a key"]),
+    "set_tag_on_scalar": ("!!set 0\n", ["line 1", "not valid YAML"]),
+    "bad_tagged_float": ("input_shape: !!float ''\n", ["line 1", "cannot read '' as !!float"]),
+    "impossible_date": ("name: 2001-13-45\n", ["cannot read '2001-13-45' as !!timestamp"]),
+    "huge_integer": ("input_shape: [" + "9" * 5000 + "]\n", ["line 1", "as !!int"]),
+    "control_character_key": ('"a\\rb": 1\n', ["'a\\rb'", "unknown top-level key"]),
     "bad_train_section": (
         {**model_doc({"type": "Flatten"}), "train": {"epochs": -1}},
         ["train.epochs", "-1"],
