@@ -10,6 +10,8 @@ os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "1")
 
 __version__ = "0.1.0"
 
+from nbcnn.layers.base import API_VERSION as PLUGIN_API_VERSION  # noqa: E402, F401 (public)
+
 
 def load_model(config, input_shape=None):
     """Build the Sequential model of a YAML config (see :func:`nbcnn.model.load_model`)."""

@@ -193,3 +193,26 @@ def test_name_clash_names_both_and_can_be_chosen(plugin_env, write_config):
     proc = run(plugin_env["clash"], "summary", chosen, "--json")
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["layers"][0]["distribution"] == "nbcnn-test-clash"
+
+
+def test_training_works_beside_broken_plugins(plugin_env, write_config, tmp_path):
+    """Broken neighbours only warn: a model of working layers still trains."""
+    doc = model_doc(
+        {"type": "Flatten"},
+        {"type": "Dense", "units": 10, "activation": "softmax"},
+        input_shape=(8, 8, 1),
+    )
+    doc["train"] = {"data": {"dataset": "digits"}, "epochs": 1, "batch_size": 64}
+    out = tmp_path / "run"
+    proc = run(plugin_env["plain"], "train", write_config(doc), "--output", out)
+    assert proc.returncode == 0, proc.stderr
+    assert "nbcnn-test-broken" in proc.stderr  # the warning
+    assert (out / "model.npz").exists()
+
+
+def test_train_refuses_calculator_only_plugin_naming_its_distribution(plugin_env, write_config):
+    doc = model_doc({"type": "Doubler"}, {"type": "Flatten"}, input_shape=(8, 8, 1))
+    proc = run(plugin_env["plain"], "train", write_config(doc))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "Doubler" in proc.stderr and "'nbcnn-test-good'" in proc.stderr
+    assert "calculator only" in proc.stderr
