@@ -152,7 +152,8 @@ def print_table(results, torch):
     print(head)
     for r in results:
         line = f"{r['model']:<14} {r['batch']:>5} {r['train_nbcnn']:>12,.0f}"
-        line += f" {r.get('train_torch', float('nan')):>12,.0f} {r.get('train_ratio', float('nan')):>5.2f}x"
+        nan = float("nan")
+        line += f" {r.get('train_torch', nan):>12,.0f} {r.get('train_ratio', nan):>5.2f}x"
         line += f" {r['infer_nbcnn']:>12,.0f} {r.get('infer_torch', float('nan')):>12,.0f}"
         line += f" {r.get('infer_ratio', float('nan')):>5.2f}x"
         print(line)
@@ -169,10 +170,10 @@ def set_threads(threads, torch):
 
 def peak_memory(framework, config, batch, steps):
     """Run training alone in a fresh process and return its peak resident memory in MiB."""
+    here = str(Path(__file__).parent)
     code = (
-        "import sys; sys.path.insert(0, %r); import bench_models as b; "
-        "b._train_only(%r, %r, %d, %d)"
-        % (str(Path(__file__).parent), framework, config, batch, steps)
+        f"import sys; sys.path.insert(0, {here!r}); import bench_models as b; "
+        f"b._train_only({framework!r}, {config!r}, {batch}, {steps})"
     )
     out = subprocess.run(
         [sys.executable, "-c", code],
