@@ -223,7 +223,7 @@ def fd_cases():
             yield pytest.param(op, g, id=f"{name}-{g.in_hw}-{g.kernel}-{g.strides}")
 
 
-@pytest.mark.parametrize("op, g", fd_cases())
+@pytest.mark.parametrize("op, g", list(fd_cases()))
 def test_gradients_match_finite_differences(op, g):
     """Kernel gradients equal central differences of L = sum(y * dy) on the float64 naive."""
     rng = np.random.default_rng(0)

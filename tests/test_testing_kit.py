@@ -75,7 +75,7 @@ def cases():
             yield pytest.param(name, kwargs, shape, id=f"{name}-{shape}-{kwargs}")
 
 
-@pytest.mark.parametrize("name, kwargs, input_shape", cases())
+@pytest.mark.parametrize("name, kwargs, input_shape", list(cases()))
 def test_builtin_fits_the_contract(name, kwargs, input_shape):
     check_layer(builtin_types()[name], kwargs, input_shape)
 
