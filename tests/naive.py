@@ -118,7 +118,7 @@ def _output_shape(x_shape, pool_size, strides, padding):
 
 
 def max_pool2d_forward(x, pool_size, strides, padding):
-    """(y (N, OH, OW, C) float64, argmax (N, OH, OW, C) int64 flat index h*W + w).
+    """(y (N, OH, OW, C) float64, argmax (N, OH, OW, C): the winner's index in x[n].ravel()).
 
     Only real cells compete (padding never wins); the first maximum in row-major order wins.
     """
@@ -126,14 +126,14 @@ def max_pool2d_forward(x, pool_size, strides, padding):
     shape = _output_shape(x.shape, pool_size, strides, padding)
     y = np.zeros(shape)
     argmax = np.zeros(shape, dtype=np.int64)
-    width = x.shape[2]
     for n in range(x.shape[0]):
         for c in range(x.shape[3]):
             for i, j, cells in _windows(x.shape, pool_size, strides, padding):
                 values = [x[n, h, wi, c] for h, wi in cells]
                 k = int(np.argmax(values))  # numpy's argmax returns the first maximum
                 y[n, i, j, c] = values[k]
-                argmax[n, i, j, c] = cells[k][0] * width + cells[k][1]
+                h, wi = cells[k]
+                argmax[n, i, j, c] = np.ravel_multi_index((h, wi, c), x.shape[1:])
     return y, argmax
 
 
@@ -141,10 +141,9 @@ def max_pool2d_backward(dy, argmax, x_shape):
     """dx (N, H, W, C) float64: each dy added to the cell its argmax names."""
     dy = np.asarray(dy, dtype=np.float64)
     dx = np.zeros(x_shape)
-    width = x_shape[2]
     for n, i, j, c in np.ndindex(*dy.shape):
-        index = argmax[n, i, j, c]
-        dx[n, index // width, index % width, c] += dy[n, i, j, c]
+        h, wi, channel = np.unravel_index(argmax[n, i, j, c], x_shape[1:])
+        dx[n, h, wi, channel] += dy[n, i, j, c]
     return dx
 
 

@@ -437,3 +437,48 @@ def test_threading_layer_is_workqueue():
     info = _jit.threading_info()
     assert info["layer"] == info["requested_layer"] == "workqueue"
     assert info["num_threads"] >= 1
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    channels=st.sampled_from([1, 3]),
+    stride=st.integers(1, 2),
+    same=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_fused_relu_forward_and_backward(channels, stride, same, seed):
+    """relu=True equals max(conv, 0); relu_output masks dy like ReLU's derivative."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(2, 7, 6, channels)).astype(np.float32)
+    w = rng.normal(size=(3, 3, channels, 4)).astype(np.float32)
+    b = rng.normal(size=4).astype(np.float32)
+    pads = ((1, 1), (1, 1)) if same else ((0, 0), (0, 0))
+    args = ((stride, stride), (1, 1), pads)
+    y = conv.conv2d_forward(x, w, b, *args, relu=True)
+    expected = np.maximum(naive.conv2d_forward(x, w, b, *args), 0)
+    np.testing.assert_allclose(y, expected, rtol=1e-4, atol=1e-4)
+    dy = rng.normal(size=y.shape).astype(np.float32)
+    dx, dw, db = conv.conv2d_backward(dy, x, w, *args, relu_output=y)
+    ndx, ndw, ndb = naive.conv2d_backward(dy * (y > 0), x, w, *args)
+    for got, want in ((dx, ndx), (dw, ndw), (db, ndb)):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_chunked_im2col_equals_one_block(monkeypatch):
+    """Batches whose columns exceed CHUNK_BYTES run in chunks of samples: same results."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(5, 6, 6, 3)).astype(np.float32)
+    w = rng.normal(size=(3, 3, 3, 4)).astype(np.float32)
+    b = rng.normal(size=4).astype(np.float32)
+    args = ((1, 1), (1, 1), ((1, 1), (1, 1)))
+    dy = rng.normal(size=(5, 6, 6, 4)).astype(np.float32)
+    whole = conv.conv2d_forward(x, w, b, *args), conv.conv2d_backward(dy, x, w, *args)
+    monkeypatch.setattr(conv, "CHUNK_BYTES", 2 * 36 * 27 * 4)  # two samples per chunk
+    assert len(conv._chunks(5, 36 * 27 * 4)) == 3
+    chunked = conv.conv2d_forward(x, w, b, *args), conv.conv2d_backward(dy, x, w, *args)
+    np.testing.assert_allclose(chunked[0], whole[0], rtol=1e-6, atol=1e-6)
+    for got, want in zip(chunked[1], whole[1]):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    ndx, ndw, _ = naive.conv2d_backward(dy, x, w, *args)
+    np.testing.assert_allclose(chunked[1][0], ndx, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(chunked[1][1], ndw, rtol=1e-4, atol=1e-4)

@@ -78,10 +78,11 @@ def _col2im(dcols, kh, kw, sh, sw, dil_h, dil_w, out_h, out_w, dx_padded):
 
 
 @kernel
-def _direct_forward(x, w, b, sh, sw, dil_h, dil_w, top, left, y):
+def _direct_forward(x, w, b, sh, sw, dil_h, dil_w, top, left, relu, y):
     """y (N, OH, OW, F) = conv(x, w) + b as a direct loop; the inner loop runs over F.
 
     Used for C == 1, where im2col would feed the GEMM an inner dimension of only KH*KW.
+    With ``relu`` the activation is applied in the same pass.
     """
     n_samples, height, width, channels = x.shape
     kh, kw, _, filters = w.shape
@@ -103,6 +104,19 @@ def _direct_forward(x, w, b, sh, sw, dil_h, dil_w, top, left, y):
                             v = x[n, h, wi, c]
                             for f in range(filters):
                                 y[n, i, j, f] += v * w[a, e, c, f]
+                if relu:
+                    for f in range(filters):
+                        y[n, i, j, f] = max(y[n, i, j, f], 0.0)
+
+
+@kernel
+def _bias_activation(y2d, b, relu):
+    """y2d (R, F) += b, then max(., 0) when ``relu``: one parallel pass over the GEMM output."""
+    rows, filters = y2d.shape
+    for r in numba.prange(rows):
+        for f in range(filters):
+            v = y2d[r, f] + b[f]
+            y2d[r, f] = max(v, 0.0) if relu else v
 
 
 @kernel
@@ -117,6 +131,22 @@ def _bias_grad(dy, db_per_sample):
             for j in range(out_w):
                 for f in range(filters):
                     db_per_sample[n, f] += dy[n, i, j, f]
+
+
+@kernel
+def _relu_grad_and_bias_grad(dy, y, dz, db_per_sample):
+    """dz = dy where the ReLU output y > 0, else 0; and db_per_sample as ``_bias_grad`` of dz.
+
+    One pass instead of a masking pass plus a summing pass over the same (N, OH, OW, F) arrays.
+    """
+    n_samples, out_h, out_w, filters = dy.shape
+    for n in numba.prange(n_samples):
+        for i in range(out_h):
+            for j in range(out_w):
+                for f in range(filters):
+                    g = dy[n, i, j, f] if y[n, i, j, f] > 0.0 else np.float32(0.0)
+                    dz[n, i, j, f] = g
+                    db_per_sample[n, f] += g
 
 
 # ----------------------------------------------------------------------------------- wrappers
@@ -139,6 +169,19 @@ def _geometry(x_shape, w_shape, strides, dilation, padding):
     return (sh, sw), (dil_h, dil_w), ((top, bottom), (left, right)), (out_h, out_w)
 
 
+#: Largest im2col block: batches whose columns would exceed it run in chunks of samples.
+#: Bounds peak memory (a VGG block's 32x32x32 layer at batch 128 needs 151 MB of columns)
+#: at no measurable GEMM cost, and keeps each block under glibc's 32 MiB mmap threshold
+#: (see _jit.py), so its memory is reused from batch to batch.
+CHUNK_BYTES = 32 << 20
+
+
+def _chunks(n_samples: int, row_bytes: int):
+    """Sample ranges ``(start, stop)`` whose im2col blocks stay within CHUNK_BYTES."""
+    step = max(1, CHUNK_BYTES // max(row_bytes, 1))
+    return [(start, min(start + step, n_samples)) for start in range(0, n_samples, step)]
+
+
 def _im2col_rows(x, kernel_hw, strides, dilation, padding, out_hw):
     """cols (N*OH*OW, KH*KW*C) float32 for contiguous float32 x (N, H, W, C)."""
     (kh, kw), (sh, sw), (dil_h, dil_w) = kernel_hw, strides, dilation
@@ -149,7 +192,7 @@ def _im2col_rows(x, kernel_hw, strides, dilation, padding, out_hw):
     return cols
 
 
-def conv2d_forward(x, w, b, strides, dilation, padding):
+def conv2d_forward(x, w, b, strides, dilation, padding, *, relu=False):
     """2-D cross-correlation with explicit zero padding, Keras layout.
 
     Parameters
@@ -160,6 +203,7 @@ def conv2d_forward(x, w, b, strides, dilation, padding):
     strides : (sh, sw) ints >= 1
     dilation : (dil_h, dil_w) ints >= 1
     padding : ((top, bottom), (left, right)) ints >= 0
+    relu : apply max(y, 0) in the same pass (a Conv2D with activation='relu')
 
     Returns
     -------
@@ -180,16 +224,20 @@ def conv2d_forward(x, w, b, strides, dilation, padding):
     if channels == 1:
         y = np.empty((n_samples, out_h, out_w, filters), dtype=np.float32)
         (sh, sw), (dil_h, dil_w), ((top, _), (left, _)) = strides, dilation, padding
-        _direct_forward(x, w, b, sh, sw, dil_h, dil_w, top, left, y)
+        _direct_forward(x, w, b, sh, sw, dil_h, dil_w, top, left, relu, y)
         return y
 
-    cols = _im2col_rows(x, (kh, kw), strides, dilation, padding, (out_h, out_w))
-    y2d = cols @ w.reshape(kh * kw * channels, filters)  # the one big GEMM
-    y2d += b
+    rows = out_h * out_w  # im2col rows per sample
+    w2d = w.reshape(kh * kw * channels, filters)
+    y2d = np.empty((n_samples * rows, filters), dtype=np.float32)
+    for start, stop in _chunks(n_samples, rows * kh * kw * channels * 4):
+        cols = _im2col_rows(x[start:stop], (kh, kw), strides, dilation, padding, (out_h, out_w))
+        np.matmul(cols, w2d, out=y2d[start * rows : stop * rows])  # the big GEMM
+    _bias_activation(y2d, b, relu)
     return y2d.reshape(n_samples, out_h, out_w, filters)
 
 
-def conv2d_backward(dy, x, w, strides, dilation, padding, *, need_dx=True):
+def conv2d_backward(dy, x, w, strides, dilation, padding, *, need_dx=True, relu_output=None):
     """Gradients of ``conv2d_forward`` given the upstream gradient dy.
 
     Parameters
@@ -199,6 +247,9 @@ def conv2d_backward(dy, x, w, strides, dilation, padding, *, need_dx=True):
     w : (KH, KW, C, F) float32
     strides, dilation, padding : as in ``conv2d_forward``
     need_dx : False skips dx (the first layer has no use for it): one GEMM and col2im fewer.
+    relu_output : (N, OH, OW, F) float32, the forward's output when it was computed with
+        ``relu=True``; dy is then the gradient w.r.t. that output and is masked by y > 0 here,
+        in the same pass that sums the bias gradient.
 
     Returns
     -------
@@ -217,21 +268,37 @@ def conv2d_backward(dy, x, w, strides, dilation, padding, *, need_dx=True):
     _checks.same_shape("dy", dy, (n_samples, out_h, out_w, filters))
 
     db_per_sample = np.zeros((n_samples, filters), dtype=np.float64)
-    _bias_grad(dy, db_per_sample)
+    if relu_output is None:
+        _bias_grad(dy, db_per_sample)
+    else:
+        relu_output = _checks.float32_array("relu_output", relu_output, 4)
+        _checks.same_shape("relu_output", relu_output, dy.shape)
+        dz = np.empty_like(dy)
+        _relu_grad_and_bias_grad(dy, relu_output, dz, db_per_sample)
+        dy = dz
     db = db_per_sample.sum(axis=0).astype(np.float32)
 
-    cols = _im2col_rows(x, (kh, kw), strides, dilation, padding, (out_h, out_w))
-    dy2d = dy.reshape(n_samples * out_h * out_w, filters)
-    dw = (cols.T @ dy2d).reshape(kh, kw, channels, filters)  # GEMM 2: sums over the batch
+    rows = out_h * out_w
+    k = kh * kw * channels
+    w2d = w.reshape(k, filters)
+    dy2d = dy.reshape(n_samples * rows, filters)
+    (sh, sw), (dil_h, dil_w), ((top, bottom), (left, right)) = strides, dilation, padding
+    dx_padded = None
+    if need_dx:
+        dx_padded = np.zeros(
+            (n_samples, height + top + bottom, width + left + right, channels), dtype=np.float32
+        )
+    dw = np.zeros((k, filters), dtype=np.float32)
+    for start, stop in _chunks(n_samples, rows * k * 4):
+        cols = _im2col_rows(x[start:stop], (kh, kw), strides, dilation, padding, (out_h, out_w))
+        dy_chunk = dy2d[start * rows : stop * rows]
+        dw += cols.T @ dy_chunk  # GEMM 2: sums over the samples of the chunk
+        if need_dx:
+            dcols = np.matmul(dy_chunk, w2d.T, out=cols)  # GEMM 3, into the spent columns
+            _col2im(dcols, kh, kw, sh, sw, dil_h, dil_w, out_h, out_w, dx_padded[start:stop])
+    dw = dw.reshape(kh, kw, channels, filters)
     if not need_dx:
         return None, dw, db
-
-    dcols = dy2d @ w.reshape(kh * kw * channels, filters).T  # GEMM 3
-    (sh, sw), (dil_h, dil_w), ((top, bottom), (left, right)) = strides, dilation, padding
-    dx_padded = np.zeros(
-        (n_samples, height + top + bottom, width + left + right, channels), dtype=np.float32
-    )
-    _col2im(dcols, kh, kw, sh, sw, dil_h, dil_w, out_h, out_w, dx_padded)
     if top or bottom or left or right:
         dx = np.ascontiguousarray(dx_padded[:, top : top + height, left : left + width, :])
     else:

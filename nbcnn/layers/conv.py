@@ -135,6 +135,10 @@ class _Conv(Layer):
             self.params["bias"] = initialize(self.bias_initializer, specs[1].shape, rng)
         self._pads = self._padding_2d(input_shape)
 
+    def _y4_shape(self) -> tuple[int, ...]:
+        """The kernel's (OH, OW, F) output shape: (1, L, F) for Conv1D."""
+        return (1, *self.out_shape) if self.rank == 1 else self.out_shape
+
     def _kernel_2d(self):
         w = self.params["kernel"]
         return w.reshape(1, *w.shape) if self.rank == 1 else w
@@ -143,6 +147,9 @@ class _Conv(Layer):
         from nbcnn.kernels.conv import conv2d_forward
 
         x4 = x.reshape(x.shape[0], 1, *x.shape[1:]) if self.rank == 1 else x
+        # ReLU runs inside the kernel's bias pass, and its mask inside the backward's bias-
+        # gradient pass: two passes over the output fewer each way.
+        fused_relu = self.activation == "relu"
         y = conv2d_forward(
             x4,
             self._kernel_2d(),
@@ -150,17 +157,19 @@ class _Conv(Layer):
             self._as_2d(self.strides),
             self._as_2d(self.dilation_rate),
             self._pads,
+            relu=fused_relu,
         )
         if training:
             self._x4 = x4
+            self._y4 = y if fused_relu else None
         y = y.reshape(x.shape[0], *self.out_shape)
-        return self.activate(y, training)
+        return y if fused_relu else self.activate(y, training)
 
     def backward(self, dy):
         from nbcnn.kernels.conv import conv2d_backward
 
-        dz = self.activation_grad(dy)
-        dz4 = dz.reshape(dz.shape[0], 1, *dz.shape[1:]) if self.rank == 1 else dz
+        dz = dy if self._y4 is not None else self.activation_grad(dy)
+        dz4 = dz.reshape(self._x4.shape[0], *self._y4_shape())
         dx, dw, db = conv2d_backward(
             dz4,
             self._x4,
@@ -169,6 +178,7 @@ class _Conv(Layer):
             self._as_2d(self.dilation_rate),
             self._pads,
             need_dx=self.input_grad_needed,
+            relu_output=self._y4,
         )
         self.grads = {"kernel": dw.reshape(self.params["kernel"].shape)}
         if self.use_bias:
