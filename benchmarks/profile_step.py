@@ -37,9 +37,9 @@ def main():
     params, owners = model.trainable_weights()
     totals: dict[str, float] = defaultdict(float)
 
-    def timed(name, fn):
+    def timed(name, fn, *args, **kwargs):
         start = time.perf_counter()
-        value = fn()
+        value = fn(*args, **kwargs)
         totals[name] += time.perf_counter() - start
         return value
 
@@ -49,14 +49,14 @@ def main():
             totals.clear()
         out = x
         for layer in model.layers:
-            out = timed(f"forward  {layer.name}", lambda: layer.forward(out, training=True))
-        _, grad, _ = timed("loss", lambda: loss_and_grad(model, out, y))
+            out = timed(f"forward  {layer.name}", layer.forward, out, training=True)
+        _, grad, _ = timed("loss", loss_and_grad, model, out, y)
         model.layers[0].input_grad_needed = False
         for layer in reversed(model.layers):
-            grad = timed(f"backward {layer.name}", lambda: layer.backward(grad))
+            grad = timed(f"backward {layer.name}", layer.backward, grad)
         model.layers[0].input_grad_needed = True
         grads = [layer.grads[name] for layer, name in owners]
-        timed("optimizer", lambda: model.compiled.optimizer.step(params, grads))
+        timed("optimizer", model.compiled.optimizer.step, params, grads)
     total = sum(totals.values())
     for name, seconds in totals.items():
         share = seconds / total
