@@ -482,3 +482,35 @@ def test_chunked_im2col_equals_one_block(monkeypatch):
     ndx, ndw, _ = naive.conv2d_backward(dy, x, w, *args)
     np.testing.assert_allclose(chunked[1][0], ndx, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(chunked[1][1], ndw, rtol=1e-4, atol=1e-4)
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    kernel=st.tuples(st.integers(1, 3), st.integers(1, 3)),
+    stride=st.integers(1, 3),
+    dilation=st.integers(1, 2),
+    same=st.booleans(),
+    relu=st.booleans(),
+    batch=st.integers(1, 3),
+    seed=st.integers(0, 2**16),
+)
+def test_first_layer_direct_weight_gradient(kernel, stride, dilation, same, relu, batch, seed):
+    """One input channel, no dx wanted (a first layer): the direct dw/db pass equals naive."""
+    if stride > 1 and dilation > 1:
+        dilation = 1  # Keras refuses the combination; the kernels need not support it
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(batch, 7, 8, 1)).astype(np.float32)
+    w = rng.normal(size=(*kernel, 1, 3)).astype(np.float32)
+    pads = tuple(
+        same_split(n, k, stride, dilation) if same else (0, 0) for n, k in zip((7, 8), kernel)
+    )
+    args = ((stride, stride), (dilation, dilation), pads)
+    y = conv.conv2d_forward(x, w, None, *args, relu=relu)
+    dy = rng.normal(size=y.shape).astype(np.float32)
+    dx, dw, db = conv.conv2d_backward(
+        dy, x, w, *args, need_dx=False, relu_output=y if relu else None
+    )
+    assert dx is None
+    _, ndw, ndb = naive.conv2d_backward(dy * (y > 0) if relu else dy, x, w, *args)
+    np.testing.assert_allclose(dw, ndw, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(db, ndb, rtol=1e-4, atol=1e-4)
