@@ -250,7 +250,6 @@ def train(
     _set_threads(tr.threads)
     dataset = _load_data(model, tr, config)
     model.compile(optimizer=tr.optimizer)
-    model.compiled.lr_schedule = tr.lr_schedule
     model.initialize(tr.seed)
     resolved = {**spec.raw, "train": train_to_dict(tr)}
     write_text_atomic(folder.file("config.yaml"), yaml.safe_dump(resolved, sort_keys=False))
