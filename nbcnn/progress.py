@@ -17,9 +17,12 @@ class TrainingProgress:
     """A ``callback(event, info)`` for :func:`nbcnn.train.fit` that draws on the console."""
 
     def __init__(self, console: Console | None = None):
-        # The live bar goes to stderr; the epoch lines to stdout, unwrapped, for logs and pipes.
+        # The live bar goes to stderr. On a terminal the epoch lines print through the bar's
+        # console, above the bar; otherwise (logs, pipes) to stdout, unwrapped.
         self.console = console or Console(stderr=True)
-        self.lines = Console(soft_wrap=True, highlight=False)
+        self.lines = (
+            self.console if self.console.is_terminal else Console(soft_wrap=True, highlight=False)
+        )
         self.progress = Progress(
             TextColumn("epoch {task.fields[epoch]}"),
             BarColumn(),
@@ -63,7 +66,7 @@ class TrainingProgress:
                 speed=f"{speed:,.0f} samples/s",
             )
         elif event == "epoch_end":
-            self.lines.print(epoch_line(info, self.epochs))
+            self.lines.print(epoch_line(info, self.epochs), soft_wrap=True, highlight=False)
 
 
 def epoch_line(record: dict[str, Any], epochs: int) -> str:
