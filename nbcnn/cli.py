@@ -15,7 +15,7 @@ from typing import Annotated
 
 import typer
 
-from nbcnn.errors import ConfigError, NbcnnError
+from nbcnn.errors import ConfigError, DataError, NbcnnError
 
 app = typer.Typer(
     name="nbcnn",
@@ -94,7 +94,10 @@ def summary(
     from nbcnn.summary import render_table, summarize, to_json
 
     model = load_model(config, input_shape=_parse_shape(input_shape))
-    result = summarize(model)
+    try:
+        result = summarize(model)
+    except ConfigError as err:
+        raise err.located(file=str(config)) from None
     if json_output:
         print(json.dumps(to_json(result), indent=2))
         return
@@ -155,6 +158,14 @@ def _prepare(config: Path, data: str | None, overrides: dict):
         changes["path"] = data
         changes["dataset"] = _dataset_for_path(data, train.dataset)
     train = replace(train, **changes)
+    early = train.early_stopping
+    if early and early["monitor"].startswith("val_") and train.validation_split == 0:
+        raise ConfigError(
+            f"monitor {early['monitor']!r} needs validation data: set "
+            "train.data.validation_split above 0 or monitor 'loss'",
+            file=str(config),
+            where="train.early_stopping.monitor",
+        )
     missing = model.without_compute()
     if missing:
         i, layer, dist = missing[0]
@@ -207,7 +218,7 @@ def train(
     output: Annotated[str | None, typer.Option(help="Override train.output.")] = None,
     seed: Annotated[int | None, typer.Option(min=0, help="Override train.seed.")] = None,
     threads: Annotated[
-        int | None, typer.Option(min=1, help="Numba threads (default: all cores).")
+        int | None, typer.Option(min=1, max=1024, help="Numba threads (default: all cores).")
     ] = None,
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue from the last completed epoch in output.")
@@ -240,17 +251,29 @@ def train(
     )
     check_training_memory(model, tr.batch_size, tr.optimizer)  # before anything is allocated
     folder = RunFolder(tr.output)
-    has_run = folder.file("checkpoint.npz").exists() or folder.file("model.npz").exists()
+    checkpoint = folder.file("checkpoint.npz")
+    has_run = checkpoint.exists() or folder.file("model.npz").exists()
     if has_run and not (resume or overwrite):
         raise ConfigError(
             f"{tr.output} already holds a run; pass --resume to continue it, --overwrite to "
             "replace it, or --output DIR to write elsewhere"
+        )
+    if resume and has_run and not checkpoint.exists() and not overwrite:
+        raise ConfigError(
+            f"{tr.output} holds weights but no checkpoint.npz to resume from; pass "
+            "--overwrite to start that run again"
         )
     folder.check_writable()
     _set_threads(tr.threads)
     dataset = _load_data(model, tr, config)
     model.compile(optimizer=tr.optimizer)
     model.initialize(tr.seed)
+    if resume and checkpoint.exists():
+        # Check that the checkpoint fits this model and optimizer before anything is
+        # written; fit loads it again (into the same values) when training starts.
+        folder.load_checkpoint(model)
+    elif overwrite:
+        folder.remove_run()
     resolved = {**spec.raw, "train": train_to_dict(tr)}
     write_text_atomic(folder.file("config.yaml"), yaml.safe_dump(resolved, sort_keys=False))
     out = console()
@@ -271,12 +294,19 @@ def train(
                 callback=progress,
             )
     except StopRequested as stop:
-        print(
-            f"nbcnn: interrupted in epoch {stop.epoch}; the checkpoint of the last completed "
-            f"epoch is in {tr.output}. Resume with: nbcnn train {config} --output {tr.output} "
-            "--resume",
-            file=sys.stderr,
-        )
+        if checkpoint.exists():
+            print(
+                f"nbcnn: interrupted in epoch {stop.epoch}; the checkpoint of the last completed "
+                f"epoch is in {tr.output}. Resume with: nbcnn train {config} --output "
+                f"{tr.output} --resume",
+                file=sys.stderr,
+            )
+        else:
+            print(
+                f"nbcnn: interrupted in epoch {stop.epoch}, before any epoch completed: "
+                "nothing to resume",
+                file=sys.stderr,
+            )
         write_curves(tr.output, missing_ok=True)
         raise typer.Exit(130) from None
     result = model.evaluate(dataset.x_test, dataset.y_test)
@@ -363,6 +393,8 @@ def predict(
     if images:
         batches.append(load_images([str(p) for p in images], model.input_shape))
         labels += [str(p) for p in images]
+    if not labels:
+        raise DataError("no images to predict: the inputs hold no arrays")
     probs = model.predict(np.concatenate(batches)).reshape(len(labels), -1)
     results = []
     for label, p in zip(labels, probs):

@@ -307,7 +307,8 @@ def _load_npz(path: str):
     arrays = {}
     try:
         with zipfile.ZipFile(path) as archive:
-            members = {n.removesuffix(".npy") for n in archive.namelist()}
+            # np.savez names members "<key>.npy"; only those are arrays np.load would read.
+            members = {n.removesuffix(".npy") for n in archive.namelist() if n.endswith(".npy")}
             missing = [k for k in NPZ_KEYS if k not in members]
             if missing:
                 raise DataError(
@@ -329,6 +330,9 @@ def _load_npz(path: str):
         zlib.error,
     ) as err:
         raise DataError(f"corrupt .npz archive ({err})", file=path) from None
+    for key in ("x_train", "x_test"):
+        if len(arrays[key]) == 0:
+            raise DataError(f"{key} holds no images", file=path)
 
     x_train = _scale_images(arrays["x_train"], path, "x_train")
     x_test = _scale_images(arrays["x_test"], path, "x_test")
@@ -504,5 +508,8 @@ def load_prediction_arrays(path: str, input_shape: tuple[int, ...]) -> np.ndarra
                 f"holds arrays {sorted(arrays)}; name the images 'x' (or 'x_test')", file=path
             )
         key = next(iter(arrays))
-    x = _fit_shape(np.asarray(arrays[key]), tuple(input_shape), path)
+    x = np.asarray(arrays[key])
+    if x.ndim == 0 or len(x) == 0:
+        raise DataError(f"array {key!r} holds no images", file=path)
+    x = _fit_shape(x, tuple(input_shape), path)
     return _scale_images(x, path, key)

@@ -142,9 +142,20 @@ def _keras3_keys(model: Any) -> list[str]:
 def match_layers(model: Any, path: str | os.PathLike) -> list[tuple[int, SavedLayer]]:
     """Pair each nbcnn layer that has weights with a saved layer; DataError when the file does
     not fit the model (naming the layer, the path in the file and both shapes)."""
+    file = str(path)
+    try:
+        return _match_layers(model, file)
+    except (KeyError, TypeError, AttributeError, ValueError) as err:
+        # h5py raises these for a file whose groups and datasets are not laid out as Keras
+        # writes them (a dataset where a group belongs, a name that points nowhere).
+        raise DataError(
+            f"not laid out as Keras saves weights: {type(err).__name__}: {err}", file=file
+        ) from None
+
+
+def _match_layers(model: Any, file: str) -> list[tuple[int, SavedLayer]]:
     from nbcnn.model import layer_label
 
-    file = str(path)
     specs = model.param_specs()
     wanted = [i for i, s in enumerate(specs) if s]
     with _open(file) as h5:

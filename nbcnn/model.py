@@ -50,6 +50,9 @@ class Sequential:
         self.distributions = distributions or ["nbcnn"] * len(layers)
         self.spec = spec
         self.shapes = self._infer_shapes()
+        self._param_specs = [
+            self.calculate(i, "param_shapes", s_in) for i, (s_in, _) in enumerate(self.shapes)
+        ]
         self.built = False
         self.rng = None
         self.compiled = None  # set by nbcnn.train.compile
@@ -118,7 +121,22 @@ class Sequential:
 
     def param_specs(self) -> list[list[ParamSpec]]:
         """Each layer's weights, in Keras's order and layout."""
-        return [layer.param_shapes(s_in) for layer, (s_in, _) in zip(self.layers, self.shapes)]
+        return self._param_specs
+
+    def calculate(self, i: int, method: str, *args: Any) -> Any:
+        """Call calculator ``method`` of layer ``i``; a third party's calculator that raises
+        becomes a ConfigError naming the layer and its distribution, not a traceback."""
+        layer = self.layers[i]
+        try:
+            return getattr(layer, method)(*args)
+        except NbcnnError:
+            raise
+        except Exception as err:
+            raise ConfigError(
+                f"{method} of {type(layer).__name__} (from {self.distributions[i]}) raised "
+                f"{type(err).__name__}: {err}",
+                where=layer_label(i, layer),
+            ) from None
 
     def count_params(self) -> int:
         return sum(p.size for specs in self.param_specs() for p in specs)

@@ -25,9 +25,16 @@ from nbcnn.layers.args import did_you_mean
 
 def _number(name: str, value: object) -> float:
     """``value`` as a float; bools and non-numbers are a ConfigError at ``name``."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ConfigError(f"expected a finite number, got {value!r}", where=name)
-    return float(value)
+    try:
+        ok = not isinstance(value, bool) and isinstance(value, (int, float))
+        ok = ok and math.isfinite(value)
+        result = float(value) if ok else None
+    except OverflowError:  # an int of hundreds of digits
+        ok = False
+    if not ok:
+        shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+        raise ConfigError(f"expected a finite number, got {shown}", where=name)
+    return result
 
 
 def _positive(name: str, value: object) -> float:

@@ -429,10 +429,13 @@ def write_curves(
     """Draw ``curves.png`` (or ``out``) from ``run_dir/metrics.jsonl``, atomically.
 
     Without matplotlib: DataError, or with ``missing_ok`` one note on stderr and ``None`` (what
-    ``nbcnn train`` wants: the run itself succeeded).
+    ``nbcnn train`` wants: the run itself succeeded). With ``missing_ok`` a folder without
+    metrics yet (interrupted in its first epoch) gives ``None`` quietly.
     """
     from nbcnn.io import write_bytes_atomic
 
+    if missing_ok and not (Path(run_dir) / "metrics.jsonl").exists():
+        return None
     records = read_metrics(run_dir)
     try:
         png = render_curves(records, title=Path(run_dir).resolve().name)

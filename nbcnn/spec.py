@@ -272,6 +272,13 @@ def _mapping(value: Any) -> dict:
     return value
 
 
+def _name_or_mapping(value: Any) -> dict:
+    """``cosine`` or ``{type: cosine, ...}``, as the optimizer key takes ``adam``."""
+    if isinstance(value, str) and value:
+        return {"type": value}
+    return _mapping(value)
+
+
 _DATA_SCHEMA = {
     "dataset": Arg(choice(*DATASETS), "digits", "which data"),
     "path": Arg(optional(string), None, "file or folder for npz and idx"),
@@ -288,12 +295,12 @@ _TRAIN_SCHEMA = {
     "epochs": Arg(integer(1), 10, "passes over the training data"),
     "batch_size": Arg(positive_int, 128, "samples per step"),
     "optimizer": Arg(lambda v: v, "adam", "optimizer"),
-    "lr_schedule": Arg(optional(_mapping), None, "learning-rate schedule"),
+    "lr_schedule": Arg(optional(_name_or_mapping), None, "learning-rate schedule"),
     "loss": Arg(choice(*LOSSES), "categorical_crossentropy", "loss"),
     "seed": Arg(integer(0), 0, "random seed"),
     "output": Arg(string, None, "output folder"),
     "early_stopping": Arg(optional(_mapping), None, "early stopping"),
-    "threads": Arg(optional(positive_int), None, "numba threads"),
+    "threads": Arg(optional(integer(1, 1024)), None, "numba threads"),
 }
 
 

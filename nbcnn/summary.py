@@ -66,12 +66,15 @@ def summarize(model: Sequential) -> Summary:
     rf: tuple[float, ...] | None = (1,) * spatial if spatial >= 1 else None
     jump: tuple[float, ...] | None = (1,) * spatial if spatial >= 1 else None
     rows = []
-    for layer, dist, (s_in, s_out) in zip(model.layers, model.distributions, model.shapes):
-        params = layer.param_shapes(s_in)
+    specs = model.param_specs()
+    for i, (layer, dist, (s_in, s_out)) in enumerate(
+        zip(model.layers, model.distributions, model.shapes)
+    ):
+        params = specs[i]
         trainable = sum(p.size for p in params if p.trainable)
         total = sum(p.size for p in params)
         if rf is not None:
-            field = layer.receptive_field(s_in, rf, jump)
+            field = model.calculate(i, "receptive_field", s_in, rf, jump)
             rf, jump = field if field is not None else (None, None)
         rows.append(
             Row(
@@ -82,11 +85,11 @@ def summarize(model: Sequential) -> Summary:
                 params=total,
                 trainable_params=trainable,
                 non_trainable_params=total - trainable,
-                macs=int(layer.macs(s_in)),
+                macs=int(model.calculate(i, "macs", s_in)),
                 activation_bytes=math.prod(s_out) * BYTES_PER_VALUE,
                 receptive_field=_plain(rf),
                 jump=_plain(jump),
-                explain=layer.explain(s_in),
+                explain=model.calculate(i, "explain", s_in),
             )
         )
     return Summary(model.name, list(model.input_shape), rows)

@@ -89,9 +89,9 @@ def loss_and_grad(model: Sequential, out: np.ndarray, y: np.ndarray):
 
 def evaluate_arrays(model: Sequential, x: np.ndarray, y: np.ndarray, batch_size: int = 256):
     """Loss, accuracy and per-class results of ``model`` on ``(x, y)`` in inference mode."""
-    probs = model.predict(x, batch_size=batch_size).reshape(len(x), -1)
     if len(x) == 0:
-        return {"loss": float("nan"), "accuracy": float("nan"), "samples": 0}
+        raise DataError("no samples to evaluate (the test split is empty)")
+    probs = model.predict(x, batch_size=batch_size).reshape(len(x), -1)
     loss, _ = losses.crossentropy_from_probs(probs, y)
     predicted = probs.argmax(axis=1)
     k = probs.shape[1]
@@ -176,6 +176,19 @@ class RunFolder:
                 except OSError:
                     pass
 
+    #: The files of a run, removed by ``remove_run`` before ``--overwrite`` starts a new one.
+    RUN_FILES = ("checkpoint.npz", "model.npz", "best.npz", "metrics.jsonl", "curves.png")
+
+    def remove_run(self) -> None:
+        """Delete an earlier run's files, so a new run never mixes with them."""
+        for name in self.RUN_FILES:
+            try:
+                self.file(name).unlink()
+            except FileNotFoundError:
+                pass
+            except OSError as err:
+                raise TrainingError(f"{self.file(name)}: cannot remove: {err.strerror}") from None
+
     def save_checkpoint(self, model: Sequential, state: dict[str, Any], best: bool) -> None:
         weights = dict(zip(model.weight_names(), model.get_weights()))
         optimizer = {f"optimizer/{k}": v for k, v in model.compiled.optimizer.state_dict().items()}
@@ -255,6 +268,13 @@ def fit(
     """
     from nbcnn import optim
 
+    if len(model.output_shape) != 1:
+        raise ConfigError(
+            f"training needs a last layer that outputs a vector of class scores, but the "
+            f"model outputs {tuple(model.output_shape)} per sample (add Flatten or global "
+            "pooling before the last Dense)",
+            where=f"layers[{len(model.layers) - 1}]",
+        )
     if model.compiled is None:
         compile(model)
     x = model.check_input(x)
@@ -280,6 +300,8 @@ def fit(
             f"monitor {monitor!r} needs validation data", where="train.early_stopping.monitor"
         )
     best_value, wait, start_epoch = None, 0, 0
+    restore_best = bool(early_stopping and early_stopping.get("restore_best_weights"))
+    best_weights = None
     if folder is not None:
         folder.check_writable()
         folder.remove_stale_temporaries()
@@ -287,6 +309,8 @@ def fit(
             state = folder.load_checkpoint(model)
             _set_rng_state(shuffle_rng, state["shuffle_rng"])
             _set_rng_state(model.rng, state["model_rng"])
+            for layer, layer_state in zip(_own_rng_layers(model), state.get("layer_rngs", [])):
+                _set_rng_state(layer.rng, layer_state)
             best_value, wait, start_epoch = state["best"], state["wait"], state["epoch"]
             for record in state["history"]:
                 history.add(record)
@@ -297,7 +321,7 @@ def fit(
     try:
         with _SigintFlag() as sigint, np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             for epoch in range(start_epoch, epochs):
-                if early_stopping and wait > early_stopping["patience"]:
+                if early_stopping and _patience_spent(early_stopping, wait, epoch):
                     history.stopped_early = True
                     break
                 lr = schedule(epoch)
@@ -316,6 +340,7 @@ def fit(
                 improved = _improved(monitor, value, best_value, _min_delta(early_stopping))
                 if improved:
                     best_value, wait = value, 0
+                    best_weights = model.get_weights() if restore_best else None
                 else:
                     wait += 1
                 history.add(record)
@@ -328,6 +353,7 @@ def fit(
                         "wait": wait,
                         "shuffle_rng": _rng_state(shuffle_rng),
                         "model_rng": _rng_state(model.rng),
+                        "layer_rngs": [_rng_state(la.rng) for la in _own_rng_layers(model)],
                     }
                     folder.save_checkpoint(model, state, best=improved)
                 if callback:
@@ -336,15 +362,34 @@ def fit(
                     from nbcnn.progress import epoch_line
 
                     print(epoch_line(record, epochs))
-                if early_stopping and wait > early_stopping["patience"]:
+                if early_stopping and _patience_spent(early_stopping, wait, epoch + 1):
                     history.stopped_early = epoch + 1 < epochs
                     break
     finally:
         _set_fused(model, False)
-    if early_stopping and early_stopping.get("restore_best_weights") and folder is not None:
-        if folder.file("best.npz").exists():
+    if restore_best:
+        # In memory when this run saw the best epoch; from best.npz when a resumed run did not.
+        if best_weights is not None:
+            model.set_weights(best_weights)
+        elif folder is not None and folder.file("best.npz").exists():
             model.load_weights(folder.file("best.npz"))
     return history
+
+
+def _patience_spent(early_stopping: dict, wait: int, epochs_done: int) -> bool:
+    """Keras's rule: stop after an epoch that did not improve (``wait > 0``) once ``wait``
+    reaches ``patience``, never before the second epoch."""
+    return epochs_done > 1 and wait > 0 and wait >= early_stopping["patience"]
+
+
+def _own_rng_layers(model: Sequential) -> list:
+    """Layers with a random stream of their own (Dropout with ``seed``), in model order: the
+    checkpoint saves each one's state so that a resumed run draws the same masks."""
+    return [
+        layer
+        for layer in model.layers
+        if getattr(layer, "rng", None) is not None and layer.rng is not model.rng
+    ]
 
 
 def _check_finite_weights(model: Sequential, epoch: int, batches: int) -> None:

@@ -27,6 +27,18 @@ def summary_error(path):
 
 # (config document or raw YAML text, fragments the one-line message must contain)
 BAD_CONFIGS = {
+    # ints too large for a float (OverflowError, not ValueError) found by review
+    "huge_int_layer": (
+        model_doc({"type": "Flatten"}, {"type": "Dropout", "rate": 10**400}),
+        ["layers[1].rate", "expected a number"],
+    ),
+    "huge_int_optimizer": (
+        {
+            **model_doc({"type": "Flatten"}),
+            "train": {"optimizer": {"type": "sgd", "learning_rate": 10**400}},
+        },
+        ["train.optimizer.learning_rate", "finite number"],
+    ),
     "not_yaml": (
         "input_shape: [28, 28, 1]\nlayers: [\n  - {type: Conv2D",
         ["line ", "not valid YAML"],

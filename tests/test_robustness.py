@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from helpers import ROOT, cli, cli_subprocess, model_doc
 from test_data import IDX_NAMES, idx_bytes
 from test_registry import make_distribution, pip_install_target
@@ -729,3 +730,43 @@ def test_same_config_seed_threads_give_identical_runs(tmp_path, write_config):
         return [_without_timings(json.loads(x)) for x in lines]
 
     assert metrics(runs[0]) == metrics(runs[1])
+
+
+def _tiny_config(tmp_path):
+    doc = {
+        "input_shape": [8, 8, 1],
+        "layers": [{"type": "Flatten"}, {"type": "Dense", "units": 10, "activation": "softmax"}],
+    }
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    weights = tmp_path / "w.npz"
+    nbcnn.load_model(path).initialize(0).save_weights(weights)
+    return path, weights
+
+
+def test_empty_test_split_and_empty_prediction_arrays_are_refused(tmp_path):
+    config, weights = _tiny_config(tmp_path)
+    rng = np.random.default_rng(0)
+    np.savez(
+        tmp_path / "empty.npz",
+        x_train=rng.integers(0, 255, (4, 8, 8), dtype=np.uint8),
+        y_train=np.arange(4),
+        x_test=np.zeros((0, 8, 8), np.uint8),
+        y_test=np.zeros(0, np.int64),
+    )
+    result = cli("evaluate", config, "--weights", weights, "--data", tmp_path / "empty.npz")
+    assert result.exit_code == 2 and "x_test holds no images" in result.stderr
+    np.savez(tmp_path / "none.npz", x=np.zeros((0, 8, 8), np.float32))
+    result = cli("predict", config, tmp_path / "none.npz", "--weights", weights)
+    assert result.exit_code == 2 and "holds no images" in result.stderr
+
+
+def test_npz_members_without_npy_suffix_are_missing_arrays(tmp_path):
+    import zipfile
+
+    config, weights = _tiny_config(tmp_path)
+    with zipfile.ZipFile(tmp_path / "nosuffix.npz", "w") as archive:
+        for key in ("x_train", "y_train", "x_test", "y_test"):
+            archive.writestr(key, b"not an array")
+    result = cli("evaluate", config, "--weights", weights, "--data", tmp_path / "nosuffix.npz")
+    assert result.exit_code == 2 and "missing arrays" in result.stderr

@@ -12,6 +12,7 @@ import time
 
 import numpy as np
 import pytest
+import yaml
 from helpers import ROOT, SHARED_DATA, cli, model_doc
 
 import nbcnn
@@ -301,3 +302,121 @@ def test_evaluate_on_shared_npz_loads(tmp_path, write_config):
     )
     assert ev.exit_code == 0, ev.stderr
     assert json.loads(ev.stdout)["samples"] == 2000
+
+
+def test_resume_equals_uninterrupted_with_a_seeded_dropout(tmp_path):
+    """A Dropout with its own seed has its own random stream: the checkpoint carries it."""
+    layers = [*TINY[:-1], {"type": "Dropout", "rate": 0.3, "seed": 7}, TINY[-1]]
+
+    def run(output, epochs, resume=False):
+        model = tiny_model(layers)
+        model.compile(optimizer={"type": "adam", "learning_rate": 0.01})
+        x, y = synthetic()
+        model.fit(x, y, epochs=epochs, batch_size=16, output=output, resume=resume, verbose=0)
+        return model
+
+    full = run(tmp_path / "full", 3)
+    run(tmp_path / "part", 1)
+    resumed = run(tmp_path / "part", 3, resume=True)
+    for a, b in zip(full.get_weights(), resumed.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+SOFTMAX_ONLY = [{"type": "Flatten"}, {"type": "Dense", "units": 3, "activation": "softmax"}]
+
+
+@pytest.mark.parametrize(("patience", "epochs_run"), [(0, 2), (1, 2), (2, 3), (4, 5)])
+def test_early_stopping_follows_keras(patience, epochs_run):
+    """Nothing counts as an improvement after the first epoch (min_delta huge): Keras stops
+    once `wait` reaches `patience`, never before the second epoch."""
+    model = tiny_model(SOFTMAX_ONLY)
+    x, y = synthetic()
+    history = model.fit(
+        x,
+        y,
+        epochs=10,
+        batch_size=32,
+        verbose=0,
+        early_stopping={
+            "patience": patience,
+            "monitor": "loss",
+            "min_delta": 1e9,
+            "restore_best_weights": False,
+        },
+    )
+    assert len(history.epochs) == epochs_run and history.stopped_early
+
+
+def test_restore_best_weights_without_an_output_folder():
+    model = tiny_model(SOFTMAX_ONLY)
+    x, y = synthetic()
+    first = tiny_model(SOFTMAX_ONLY)
+    first.fit(x, y, epochs=1, batch_size=32, verbose=0)
+    model.fit(
+        x,
+        y,
+        epochs=4,
+        batch_size=32,
+        verbose=0,
+        early_stopping={
+            "patience": 5,
+            "monitor": "loss",
+            "min_delta": 1e9,
+            "restore_best_weights": True,
+        },
+    )
+    # Only epoch 1 improved (min_delta huge), so its weights come back: those of a 1-epoch run.
+    for a, b in zip(model.get_weights(), first.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_training_needs_a_vector_output():
+    from nbcnn.errors import ConfigError
+
+    model = tiny_model([{"type": "Dense", "units": 3, "activation": "softmax"}], shape=(4, 4, 2))
+    x, y = synthetic(shape=(4, 4, 2))
+    with pytest.raises(ConfigError, match="vector of class scores"):
+        model.fit(x, y, epochs=1, verbose=0)
+
+
+def test_ctrl_c_in_the_first_epoch_exits_130_with_nothing_to_resume(write_config, tmp_path):
+    config = write_run_config(write_config, tmp_path, epochs=2, batch_size=16)
+    code = (
+        "import os, signal, sys\n"
+        "from nbcnn import progress\n"
+        "orig = progress.TrainingProgress.__call__\n"
+        "def patched(self, event, info):\n"
+        "    if event == 'batch_end' and info['batch'] == 2:\n"
+        "        os.kill(os.getpid(), signal.SIGINT)\n"
+        "    return orig(self, event, info)\n"
+        "progress.TrainingProgress.__call__ = patched\n"
+        "from nbcnn.cli import app\n"
+        f"sys.argv = ['nbcnn', 'train', {str(config)!r}]\n"
+        "app()\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 130, proc.stderr
+    assert "nothing to resume" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_resume_refuses_a_folder_without_checkpoint(write_config, tmp_path):
+    config = write_run_config(write_config, tmp_path, epochs=1)
+    assert cli("train", config).exit_code == 0
+    (tmp_path / "run" / "checkpoint.npz").unlink()
+    before = (tmp_path / "run" / "model.npz").read_bytes()
+    result = cli("train", config, "--resume")
+    assert result.exit_code == 2 and "no checkpoint.npz" in result.stderr
+    assert (tmp_path / "run" / "model.npz").read_bytes() == before
+
+
+def test_refused_resume_leaves_the_run_untouched(write_config, tmp_path):
+    """A resume whose config no longer fits the checkpoint is refused before any write."""
+    config = write_run_config(write_config, tmp_path, epochs=1)
+    assert cli("train", config).exit_code == 0
+    saved = {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir()}
+    doc = yaml.safe_load(config.read_text())
+    doc["layers"][0]["filters"] = 8
+    config.write_text(yaml.safe_dump(doc))
+    result = cli("train", config, "--resume")
+    assert result.exit_code == 2 and "(3, 3, 1, 8)" in result.stderr
+    assert {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir()} == saved

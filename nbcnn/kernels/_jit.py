@@ -97,7 +97,8 @@ def threading_info() -> dict[str, object]:
 def set_threads(threads: int) -> None:
     """Run numba's parallel loops on ``threads`` threads (at most the cores numba found) and
     cap the BLAS pools to the same number, so the two never ask for more than that."""
-    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    threads = max(1, min(int(threads), numba.config.NUMBA_NUM_THREADS))
+    numba.set_num_threads(threads)
     try:
         from threadpoolctl import threadpool_limits
     except ImportError:

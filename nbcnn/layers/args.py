@@ -101,9 +101,14 @@ def number(
             ok = value > minimum if min_open else value >= minimum
         if ok and maximum is not None:
             ok = value < maximum if max_open else value <= maximum
+        if ok:
+            try:
+                result = float(value)  # an int of hundreds of digits overflows a float
+            except OverflowError:
+                ok = False
         if not ok:
             raise ValueError(f"expected a number{bounds}")
-        return float(value)
+        return result
 
     return parse
 
