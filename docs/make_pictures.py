@@ -6,7 +6,7 @@ seconds (configs/digits.yaml, 10 epochs). Run from the repository root:
 
     python docs/make_pictures.py
 
-Each command is printed as it runs; docs/pictures.md shows the same commands.
+Each command is printed as it runs; README.md ("Pictures and interop") shows the same commands.
 """
 
 from __future__ import annotations
