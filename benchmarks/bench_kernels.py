@@ -43,6 +43,8 @@ def bench_conv(name, in_shape, filters, rounds, rng, torch):
     bm = rng.standard_normal((9 * c, filters), dtype=np.float32)
     fwd = {"nbcnn": lambda: conv.conv2d_forward(x, w, b, *args), "sgemm": lambda: a @ bm}
     bwd = {"nbcnn": lambda: conv.conv2d_backward(dy, x, w, *args)}
+    # A first layer's backward: only dw and db (training never needs the input's gradient).
+    wgrad = {"nbcnn": lambda: conv.conv2d_backward(dy, x, w, *args, need_dx=False)}
     if torch is not None:
         tx = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous().requires_grad_(True)
         tw = torch.from_numpy(w).permute(3, 2, 0, 1).contiguous().requires_grad_(True)
@@ -57,6 +59,8 @@ def bench_conv(name, in_shape, filters, rounds, rng, torch):
         ty = f(tx, tw, tb, padding=1)
         fwd["torch"] = torch_forward
         bwd["torch"] = lambda: torch.autograd.grad(ty, (tx, tw, tb), tdy, retain_graph=True)
+        ty_first = f(tx.detach(), tw, tb, padding=1)  # an input that needs no gradient
+        wgrad["torch"] = lambda: torch.autograd.grad(ty_first, (tw, tb), tdy, retain_graph=True)
     print(f"{name}  (im2col GEMM {BATCH * h * w_} x {9 * c} x {filters})")
     med, times = interleaved(fwd, rounds)
     ratio = median_ratio(times, "nbcnn", "torch") if torch else None
@@ -69,6 +73,11 @@ def bench_conv(name, in_shape, filters, rounds, rng, torch):
     report("backward (dx, dw, db)", med["nbcnn"], 2 * flops, "GFLOP/s", ratio)
     if torch:
         report("torch backward", med["torch"], 2 * flops, "GFLOP/s")
+    med, times = interleaved(wgrad, rounds)
+    ratio = median_ratio(times, "nbcnn", "torch") if torch else None
+    report("backward, first layer (dw, db)", med["nbcnn"], flops, "GFLOP/s", ratio)
+    if torch:
+        report("torch backward (dw, db)", med["torch"], flops, "GFLOP/s")
 
 
 def bench_pool(name, in_shape, rounds, rng, torch):
