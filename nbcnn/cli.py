@@ -27,6 +27,26 @@ app = typer.Typer(
 )
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from nbcnn import __version__
+
+        print(f"nbcnn {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the version."
+        ),
+    ] = False,
+):
+    """Small, fast CNNs on the CPU: YAML models, Keras-exact summaries, Numba kernels."""
+
+
 def _fail(message: str, code: int) -> None:
     # One line, whatever the message holds: scripts grep it, people read it.
     print(f"nbcnn: error: {' '.join(message.split())}", file=sys.stderr)

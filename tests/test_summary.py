@@ -226,3 +226,10 @@ def test_to_json_totals_consistent():
     assert doc["layers"][1]["receptive_field"] is None
     assert doc["activation_bytes_per_sample"] == 4 * (3 * 3 * 2 + 18 + 4)
     assert math.isclose(doc["params_bytes"], doc["total_params"] * 4)
+
+
+def test_version_option():
+    import nbcnn
+
+    result = cli("--version")
+    assert result.exit_code == 0 and result.stdout.strip() == f"nbcnn {nbcnn.__version__}"
