@@ -315,7 +315,6 @@ def fit(
             for record in state["history"]:
                 history.add(record)
     _set_fused(model, _fuses_softmax(model))
-    params, _ = model.trainable_weights()
     # Overflow is detected (non-finite loss or weights) and reported as one TrainingError;
     # numpy's RuntimeWarnings about it would only add noise lines before that message.
     try:
@@ -426,8 +425,7 @@ def _labels(y, n: int, model: Sequential) -> np.ndarray:
 
 
 def _run_epoch(model, x, y, batch_size, rng, lr, epoch, epochs, sigint, callback):
-    params, _ = model.trainable_weights()
-    owners = model.trainable_weights()[1]
+    params, owners = model.trainable_weights()
     optimizer = model.compiled.optimizer
     total_loss = 0.0
     correct = 0
