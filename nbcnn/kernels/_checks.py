@@ -63,3 +63,22 @@ def same_shape(name: str, a: np.ndarray, expected: tuple[int, ...]) -> None:
     """Raise ``ValueError`` unless ``a.shape == expected``."""
     if a.shape != tuple(expected):
         raise ValueError(f"{name} must have shape {tuple(expected)}, got {a.shape}")
+
+
+def conv_geometry(x_shape, w_shape, strides, dilation, padding):
+    """Checked ``((sh, sw), (dil_h, dil_w), ((top, bottom), (left, right)), (OH, OW))`` of a
+    2-D convolution of x (N, H, W, C) with w (KH, KW, C, ...): the one check every conv kernel
+    wrapper (core and plugins) runs before allocating its output."""
+    sh, sw = int_pair("strides", strides, 1)
+    dil_h, dil_w = int_pair("dilation", dilation, 1)
+    (top, bottom), (left, right) = padding_pairs(padding)
+    _, height, width, channels = x_shape
+    kh, kw, w_channels, _ = w_shape
+    if w_channels != channels:
+        raise ValueError(
+            f"w has {w_channels} input channels (shape {w_shape}) but x has {channels} "
+            f"(shape {x_shape})"
+        )
+    out_h = output_size(height, top, bottom, (kh - 1) * dil_h + 1, sh)
+    out_w = output_size(width, left, right, (kw - 1) * dil_w + 1, sw)
+    return (sh, sw), (dil_h, dil_w), ((top, bottom), (left, right)), (out_h, out_w)

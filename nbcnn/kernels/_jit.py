@@ -60,9 +60,6 @@ MALLOC_TUNED = _keep_freed_memory_for_reuse()
 #: Decorator for kernels with a ``numba.prange`` loop.
 kernel = functools.partial(numba.njit, cache=True, parallel=True, nogil=True, fastmath=False)
 
-#: Decorator for serial helpers (called from kernels or on small arrays).
-serial_kernel = functools.partial(numba.njit, cache=True, nogil=True, fastmath=False)
-
 
 def threading_info() -> dict[str, object]:
     """Which threading layer numba runs and with how many threads, and the BLAS thread pools.

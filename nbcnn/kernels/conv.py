@@ -188,23 +188,6 @@ def _relu_grad_and_bias_grad(dy, y, dz, db_per_sample):
 # ----------------------------------------------------------------------------------- wrappers
 
 
-def _geometry(x_shape, w_shape, strides, dilation, padding):
-    """Checked (strides, dilation, padding, (OH, OW)) for input x_shape and weights w_shape."""
-    sh, sw = _checks.int_pair("strides", strides, 1)
-    dil_h, dil_w = _checks.int_pair("dilation", dilation, 1)
-    (top, bottom), (left, right) = _checks.padding_pairs(padding)
-    _, height, width, channels = x_shape
-    kh, kw, w_channels, _ = w_shape
-    if w_channels != channels:
-        raise ValueError(
-            f"w has {w_channels} input channels (shape {w_shape}) but x has {channels} "
-            f"(shape {x_shape})"
-        )
-    out_h = _checks.output_size(height, top, bottom, (kh - 1) * dil_h + 1, sh)
-    out_w = _checks.output_size(width, left, right, (kw - 1) * dil_w + 1, sw)
-    return (sh, sw), (dil_h, dil_w), ((top, bottom), (left, right)), (out_h, out_w)
-
-
 #: Largest im2col block: batches whose columns would exceed it run in chunks of samples.
 #: Bounds peak memory (a VGG block's 32x32x32 layer at batch 128 needs 151 MB of columns)
 #: at no measurable GEMM cost, and keeps each block under glibc's 32 MiB mmap threshold
@@ -255,7 +238,7 @@ def conv2d_forward(x, w, b, strides, dilation, padding, *, relu=False):
     """
     x = _checks.float32_array("x", x, 4)
     w = _checks.float32_array("w", w, 4)
-    strides, dilation, padding, (out_h, out_w) = _geometry(
+    strides, dilation, padding, (out_h, out_w) = _checks.conv_geometry(
         x.shape, w.shape, strides, dilation, padding
     )
     kh, kw, channels, filters = w.shape
@@ -304,7 +287,7 @@ def conv2d_backward(dy, x, w, strides, dilation, padding, *, need_dx=True, relu_
     x = _checks.float32_array("x", x, 4)
     w = _checks.float32_array("w", w, 4)
     dy = _checks.float32_array("dy", dy, 4)
-    strides, dilation, padding, (out_h, out_w) = _geometry(
+    strides, dilation, padding, (out_h, out_w) = _checks.conv_geometry(
         x.shape, w.shape, strides, dilation, padding
     )
     n_samples, height, width, channels = x.shape

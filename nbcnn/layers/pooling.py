@@ -159,7 +159,7 @@ class _GlobalPool(Layer):
         if self.mode == "max":
             y = x.max(axis=axes, keepdims=True)
             if training:
-                self._x, self._y = x, y
+                self._x = x
         else:
             y = x.mean(axis=axes, keepdims=True, dtype="float32")
         return y.reshape(x.shape[0], *self.out_shape)

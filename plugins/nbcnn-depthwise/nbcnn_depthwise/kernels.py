@@ -95,19 +95,10 @@ def _backward(dy, x, w, sh, sw, dil_h, dil_w, top, left, need_dx, dx, dw_per_sam
 
 
 def _geometry(x_shape, w_shape, strides, dilation, padding):
-    """Checked ``(sh, sw, dil_h, dil_w, top, left, out_h, out_w)``."""
-    sh, sw = _checks.int_pair("strides", strides, 1)
-    dil_h, dil_w = _checks.int_pair("dilation", dilation, 1)
-    (top, bottom), (left, right) = _checks.padding_pairs(padding)
-    _, height, width, channels = x_shape
-    kh, kw, w_channels, _ = w_shape
-    if w_channels != channels:
-        raise ValueError(
-            f"w has {w_channels} input channels (shape {w_shape}) but x has {channels} "
-            f"(shape {x_shape})"
-        )
-    out_h = _checks.output_size(height, top, bottom, (kh - 1) * dil_h + 1, sh)
-    out_w = _checks.output_size(width, left, right, (kw - 1) * dil_w + 1, sw)
+    """Checked ``(sh, sw, dil_h, dil_w, top, left, out_h, out_w)`` (nbcnn's conv check)."""
+    (sh, sw), (dil_h, dil_w), ((top, _), (left, _)), (out_h, out_w) = _checks.conv_geometry(
+        x_shape, w_shape, strides, dilation, padding
+    )
     return sh, sw, dil_h, dil_w, top, left, out_h, out_w
 
 
