@@ -56,6 +56,10 @@ class Sequential:
         self.built = False
         self.rng = None
         self.compiled = None  # set by nbcnn.train.compile
+        #: Run Conv2D/Conv1D(relu) -> max pooling pairs as one fused step (nbcnn/fusion.py).
+        #: Same results either way; False runs every layer on its own (to measure the gain).
+        self.fuse = True
+        self._steps: list[tuple[int, Any]] = []
 
     # ------------------------------------------------------------------ building
 
@@ -178,16 +182,27 @@ class Sequential:
         if not self.built:
             self.initialize()
 
+    def steps(self) -> list[tuple[int, Any]]:
+        """What forward runs, in order: ``(index of the first layer, layer or fused step)``."""
+        from nbcnn.fusion import plan
+
+        self._require_built()
+        if self.fuse:
+            return plan(self.layers)
+        return list(enumerate(self.layers))
+
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
         """``x : (N, *input_shape) float32`` -> ``(N, *output_shape) float32``."""
-        self._require_built()
-        for i, layer in enumerate(self.layers):
+        steps = self.steps()
+        for i, step in steps:
             try:
-                x = layer.forward(x, training=training)
+                x = step.forward(x, training=training)
             except NbcnnError:
                 raise
             except Exception as err:
                 raise _compute_error(self, i, "forward", err) from err
+        if training:
+            self._steps = steps  # backward runs the same steps
         return x
 
     def backward(self, dy: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
@@ -195,12 +210,14 @@ class Sequential:
         fills each layer's ``grads``; returns the gradient w.r.t. the input, or None with
         ``input_grad=False`` (training has no use for it, and the first layer then skips it).
         """
+        if not self._steps:
+            raise RuntimeError("backward needs a forward with training=True first")
         first = self.layers[0]
         first.input_grad_needed = input_grad
         try:
-            for i in range(len(self.layers) - 1, -1, -1):
+            for i, step in reversed(self._steps):
                 try:
-                    dy = self.layers[i].backward(dy)
+                    dy = step.backward(dy)
                 except NbcnnError:
                     raise
                 except Exception as err:

@@ -254,14 +254,26 @@ def conv2d_forward(x, w, b, strides, dilation, padding, *, relu=False):
         _direct_forward(_padded(x, padding), w, b, sh, sw, dil_h, dil_w, relu, y)
         return y
 
-    rows = out_h * out_w  # im2col rows per sample
+    y2d = im2col_gemm(x, w, strides, dilation, padding, (out_h, out_w))
+    _bias_activation(y2d, b, relu)
+    return y2d.reshape(n_samples, out_h, out_w, filters)
+
+
+def im2col_gemm(x, w, strides, dilation, padding, out_hw):
+    """The convolution without bias: y2d (N*OH*OW, F) float32 = im2col(x) @ w.reshape(-1, F).
+
+    For checked, contiguous float32 x (N, H, W, C) and w (KH, KW, C, F); the GEMM runs once
+    per chunk of samples (CHUNK_BYTES), outside any parallel loop.
+    """
+    kh, kw, channels, filters = w.shape
+    n_samples = x.shape[0]
+    rows = out_hw[0] * out_hw[1]  # im2col rows per sample
     w2d = w.reshape(kh * kw * channels, filters)
     y2d = np.empty((n_samples * rows, filters), dtype=np.float32)
     for start, stop in _chunks(n_samples, rows * kh * kw * channels * 4):
-        cols = _im2col_rows(x[start:stop], (kh, kw), strides, dilation, padding, (out_h, out_w))
+        cols = _im2col_rows(x[start:stop], (kh, kw), strides, dilation, padding, out_hw)
         np.matmul(cols, w2d, out=y2d[start * rows : stop * rows])  # the big GEMM
-    _bias_activation(y2d, b, relu)
-    return y2d.reshape(n_samples, out_h, out_w, filters)
+    return y2d
 
 
 def conv2d_backward(dy, x, w, strides, dilation, padding, *, need_dx=True, relu_output=None):
@@ -326,11 +338,22 @@ def conv2d_backward(dy, x, w, strides, dilation, padding, *, need_dx=True, relu_
         _relu_grad_and_bias_grad(dy, relu_output, dz, db_per_sample)
         dy = dz
     db = db_per_sample.sum(axis=0).astype(np.float32)
+    dx, dw = im2col_gemm_backward(dy, x, w, strides, dilation, padding, need_dx)
+    return dx, dw, db
 
+
+def im2col_gemm_backward(dz, x, w, strides, dilation, padding, need_dx):
+    """dx (N, H, W, C) or None, and dw (KH, KW, C, F), of ``im2col_gemm`` given dz (N, OH, OW, F).
+
+    dz is the gradient after any activation; inputs are checked, contiguous float32.
+    """
+    n_samples, height, width, channels = x.shape
+    kh, kw, _, filters = w.shape
+    _, out_h, out_w, _ = dz.shape
     rows = out_h * out_w
     k = kh * kw * channels
     w2d = w.reshape(k, filters)
-    dy2d = dy.reshape(n_samples * rows, filters)
+    dy2d = dz.reshape(n_samples * rows, filters)
     (sh, sw), (dil_h, dil_w), ((top, bottom), (left, right)) = strides, dilation, padding
     dx_padded = None
     if need_dx:
@@ -347,9 +370,9 @@ def conv2d_backward(dy, x, w, strides, dilation, padding, *, need_dx=True, relu_
             _col2im(dcols, kh, kw, sh, sw, dil_h, dil_w, out_h, out_w, dx_padded[start:stop])
     dw = dw.reshape(kh, kw, channels, filters)
     if not need_dx:
-        return None, dw, db
+        return None, dw
     if top or bottom or left or right:
         dx = np.ascontiguousarray(dx_padded[:, top : top + height, left : left + width, :])
     else:
         dx = dx_padded
-    return dx, dw, db
+    return dx, dw

@@ -1,0 +1,105 @@
+"""Layer fusion: which neighbouring layers a model runs as one step, and that step.
+
+A Sequential model runs its layers one by one, except where a built-in ``Conv2D`` or
+``Conv1D`` with ``activation='relu'`` is followed by a built-in max pooling of the same rank
+whose windows tile the input (strides = pool_size, no padding). That pair runs as one
+:class:`ConvReluMaxPool` step through ``nbcnn/kernels/fused.py``: the convolution's full-size
+output is never stored. The results are those of the two layers run one after the other (the
+same sums and tie rule; tests/test_fusion.py checks it), so fusion is invisible except in speed.
+Layers from plugins are never fused; calling a layer's own forward (feature maps, the testing
+kit) runs it alone, as always.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from nbcnn.layers.base import Layer
+from nbcnn.layers.conv import Conv1D, Conv2D
+from nbcnn.layers.pooling import MaxPooling1D, MaxPooling2D
+
+_POOL_OF = {Conv2D: MaxPooling2D, Conv1D: MaxPooling1D}
+
+
+def fusable(conv: Layer, pool: Layer) -> bool:
+    """Whether ``conv`` then ``pool`` (built layers) can run as one ConvReluMaxPool step."""
+    from nbcnn.kernels.fused import MAX_WINDOW
+
+    return (
+        type(conv) in _POOL_OF
+        and type(pool) is _POOL_OF[type(conv)]
+        and conv.activation == "relu"
+        and tuple(pool.strides) == tuple(pool.pool_size)
+        and not any(any(side) for side in pool._pads)
+        and math.prod(pool.pool_size) <= MAX_WINDOW
+    )
+
+
+class ConvReluMaxPool:
+    """One step for ``conv`` (ReLU) then ``pool``: the layers' forward/backward contract.
+
+    ``forward(x, training)`` takes the conv's input and returns the pool's output;
+    ``backward(dy)`` takes the gradient w.r.t. the pool's output, fills ``conv.grads`` and
+    returns the gradient w.r.t. the conv's input (None when ``conv.input_grad_needed`` is
+    False). ``index`` is the conv's position in the model, for error messages.
+    """
+
+    def __init__(self, index: int, conv: Layer, pool: Layer):
+        self.index, self.conv, self.pool = index, conv, pool
+        self.layers = (conv, pool)
+
+    def forward(self, x: Any, training: bool = False) -> Any:
+        from nbcnn.kernels.fused import conv_relu_maxpool_forward
+
+        conv = self.conv
+        x4 = x.reshape(x.shape[0], 1, *x.shape[1:]) if conv.rank == 1 else x
+        pooled, code = conv_relu_maxpool_forward(
+            x4,
+            conv._kernel_2d(),
+            conv.params.get("bias"),
+            conv._as_2d(conv.strides),
+            conv._as_2d(conv.dilation_rate),
+            conv._pads,
+            self.pool._as_2d(self.pool.pool_size),
+        )
+        if training:
+            self._saved = (x4, pooled, code)
+        return pooled.reshape(x.shape[0], *self.pool.out_shape)
+
+    def backward(self, dy: Any) -> Any:
+        from nbcnn.kernels.fused import conv_relu_maxpool_backward
+
+        conv = self.conv
+        x4, pooled, code = self._saved
+        dx, dw, db = conv_relu_maxpool_backward(
+            dy.reshape(pooled.shape),
+            x4,
+            conv._kernel_2d(),
+            pooled,
+            code,
+            conv._as_2d(conv.strides),
+            conv._as_2d(conv.dilation_rate),
+            conv._pads,
+            self.pool._as_2d(self.pool.pool_size),
+            need_dx=conv.input_grad_needed,
+        )
+        conv.grads = {"kernel": dw.reshape(conv.params["kernel"].shape)}
+        if conv.use_bias:
+            conv.grads["bias"] = db
+        return None if dx is None else dx.reshape(dy.shape[0], *conv.input_shape)
+
+
+def plan(layers: list[Layer]) -> list[tuple[int, Any]]:
+    """The steps a model runs: ``(index of the step's first layer, step)``, where a step is a
+    layer or a :class:`ConvReluMaxPool` standing for two."""
+    steps: list[tuple[int, Any]] = []
+    i = 0
+    while i < len(layers):
+        if i + 1 < len(layers) and fusable(layers[i], layers[i + 1]):
+            steps.append((i, ConvReluMaxPool(i, layers[i], layers[i + 1])))
+            i += 2
+        else:
+            steps.append((i, layers[i]))
+            i += 1
+    return steps

@@ -1,0 +1,201 @@
+"""Fused Conv(ReLU) -> max pooling (nbcnn/kernels/fused.py, nbcnn/fusion.py).
+
+The fused op must be invisible except in speed: its pooled output equals the layer-by-layer
+kernels' bit for bit (ties included), its gradients equal theirs, and both equal the naive
+reference chain (conv, ReLU, max pooling). Models fuse exactly the pairs they may.
+"""
+
+from __future__ import annotations
+
+import naive
+import numpy as np
+import pytest
+from helpers import model_doc
+from hypothesis import given
+from hypothesis import strategies as st
+from test_kernels import HYPOTHESIS, assert_close, geometries, values
+
+import nbcnn
+from nbcnn.errors import NbcnnError
+from nbcnn.fusion import ConvReluMaxPool
+from nbcnn.kernels import conv, fused, pool
+from nbcnn.model import Sequential
+from nbcnn.spec import parse_spec
+
+
+@st.composite
+def cases(draw, *, seeded_values: bool = False):
+    """(geometry, pool_size, x, w, b, dpooled, need_dx) for a conv whose output can be pooled."""
+    g = draw(geometries(dilated=True))
+    pool_size = tuple(draw(st.integers(1, min(3, out))) for out in g.out_hw)
+    n, c, f = draw(st.integers(1, 3)), draw(st.sampled_from([1, 1, 2, 4])), draw(st.integers(1, 4))
+    pooled_hw = tuple(out // p for out, p in zip(g.out_hw, pool_size))
+
+    def array(shape):
+        if seeded_values:  # continuous values: no near-ties that float32 and float64 break apart
+            seed = draw(st.integers(0, 2**32 - 1))
+            return np.random.default_rng(seed).uniform(-2, 2, shape).astype(np.float32)
+        return draw(values(shape))
+
+    x, w, b = array((n, *g.in_hw, c)), array((*g.kernel, c, f)), array((f,))
+    return g, pool_size, x, w, b, array((n, *pooled_hw, f)), draw(st.booleans())
+
+
+def unfused(g, pool_size, x, w, b, dpooled, need_dx):
+    """The layer-by-layer kernels: conv with ReLU, max pooling, and back."""
+    y = conv.conv2d_forward(x, w, b, g.strides, g.dilation, g.padding, relu=True)
+    pooled, argmax = pool.max_pool2d_forward(y, pool_size, pool_size, ((0, 0), (0, 0)))
+    dy = pool.max_pool2d_backward(dpooled, argmax, y.shape)
+    grads = conv.conv2d_backward(
+        dy, x, w, g.strides, g.dilation, g.padding, need_dx=need_dx, relu_output=y
+    )
+    return pooled, argmax, y.shape, grads
+
+
+def run_fused(g, pool_size, x, w, b, dpooled, need_dx):
+    pooled, code = fused.conv_relu_maxpool_forward(
+        x, w, b, g.strides, g.dilation, g.padding, pool_size
+    )
+    grads = fused.conv_relu_maxpool_backward(
+        dpooled, x, w, pooled, code, g.strides, g.dilation, g.padding, pool_size, need_dx=need_dx
+    )
+    return pooled, code, grads
+
+
+def code_as_argmax(code, pool_size, conv_shape):
+    """The fused op's window codes as max pooling's flat argmax indices into conv's output."""
+    (ph, pw), (_, _, width, filters) = pool_size, conv_shape
+    _, i, j, f = np.indices(code.shape)
+    h = i * ph + code // pw
+    wi = j * pw + code % pw
+    return (h * width + wi) * filters + f
+
+
+@HYPOTHESIS
+@given(cases())
+def test_fused_equals_the_layer_by_layer_kernels(case):
+    g, pool_size, x, w, b, dpooled, need_dx = case
+    pooled, code, (dx, dw, db) = run_fused(*case)
+    ref_pooled, argmax, conv_shape, (ref_dx, ref_dw, ref_db) = unfused(*case)
+    np.testing.assert_array_equal(pooled, ref_pooled)  # same sums in the same order
+    assert code.dtype == np.int8
+    np.testing.assert_array_equal(code_as_argmax(code, pool_size, conv_shape), argmax)
+    np.testing.assert_allclose(dw, ref_dw, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(db, ref_db, rtol=1e-5, atol=1e-5)
+    if need_dx:
+        np.testing.assert_allclose(dx, ref_dx, rtol=1e-5, atol=1e-5)
+    else:
+        assert dx is None
+
+
+@HYPOTHESIS
+@given(cases(seeded_values=True))
+def test_fused_against_the_naive_chain(case):
+    g, pool_size, x, w, b, dpooled, need_dx = case
+    pooled, _, (dx, dw, db) = run_fused(*case)
+    y = np.maximum(naive.conv2d_forward(x, w, b, g.strides, g.dilation, g.padding), 0.0)
+    ref_pooled, argmax = naive.max_pool2d_forward(y, pool_size, pool_size, ((0, 0), (0, 0)))
+    assert_close(pooled, ref_pooled, "pooled")
+    dy = naive.max_pool2d_backward(dpooled, argmax, y.shape) * (y > 0)
+    ref_dx, ref_dw, ref_db = naive.conv2d_backward(dy, x, w, g.strides, g.dilation, g.padding)
+    assert_close(dw, ref_dw, "dw")
+    assert_close(db, ref_db, "db")
+    if need_dx:
+        assert_close(dx, ref_dx, "dx")
+
+
+def test_fused_rejects_bad_codes_and_windows():
+    x = np.ones((1, 4, 4, 1), np.float32)
+    w = np.ones((1, 1, 1, 2), np.float32)
+    args = ((1, 1), (1, 1), ((0, 0), (0, 0)))
+    pooled, code = fused.conv_relu_maxpool_forward(x, w, None, *args, (2, 2))
+    with pytest.raises(ValueError, match="int8 cell indices"):
+        fused.conv_relu_maxpool_backward(pooled, x, w, pooled, code + 4, *args, (2, 2))
+    with pytest.raises(ValueError, match="larger than the conv output"):
+        fused.conv_relu_maxpool_forward(x, w, None, *args, (5, 1))
+    with pytest.raises(ValueError, match="at most 127 cells"):
+        fused.conv_relu_maxpool_forward(x, w, None, *args, (12, 12))
+
+
+# ------------------------------------------------------------------------------- models
+
+
+def fused_pairs(model):
+    return [(s.conv.name, s.pool.name) for _, s in model.steps() if isinstance(s, ConvReluMaxPool)]
+
+
+def build(*layers, input_shape=(12, 12, 1)):
+    return Sequential.from_spec(parse_spec(model_doc(*layers, input_shape=input_shape)))
+
+
+def test_the_seed_convnet_fuses_both_blocks_and_trains_the_same():
+    model = nbcnn.load_model("configs/mnist_convnet.yaml").initialize(0)
+    assert fused_pairs(model) == [("conv2d", "max_pooling2d"), ("conv2d_1", "max_pooling2d_1")]
+    rng = np.random.default_rng(0)
+    x = rng.random((5, 28, 28, 1), dtype=np.float32)
+    dy = rng.standard_normal((5, 10)).astype(np.float32)
+    results = {}
+    for fuse in (True, False):
+        model.fuse = fuse
+        out = model.forward(x, training=True)
+        dx = model.backward(dy)
+        grads = [layer.grads[k].copy() for layer in model.layers for k in sorted(layer.grads)]
+        results[fuse] = (out, dx, grads)
+    (out, dx, grads), (ref_out, ref_dx, ref_grads) = results[True], results[False]
+    np.testing.assert_array_equal(out, ref_out)
+    np.testing.assert_allclose(dx, ref_dx, rtol=1e-5, atol=1e-6)
+    for got, want in zip(grads, ref_grads, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("conv", "pooling", "fuses"),
+    [
+        ({"activation": "relu"}, {}, True),
+        ({"activation": "relu", "padding": "same", "strides": 2}, {"pool_size": 3}, True),
+        ({"activation": None}, {}, False),  # no ReLU to fold in
+        ({"activation": "tanh"}, {}, False),
+        ({"activation": "relu"}, {"strides": 1}, False),  # overlapping windows
+        ({"activation": "relu"}, {"pool_size": 4, "padding": "same"}, False),  # 10 % 4: padded
+    ],
+)
+def test_which_pairs_fuse(conv, pooling, fuses):
+    model = build(
+        {"type": "Conv2D", "filters": 2, "kernel_size": 3, **conv},
+        {"type": "MaxPooling2D", **pooling},
+        {"type": "Flatten"},
+    ).initialize(0)
+    assert bool(fused_pairs(model)) == fuses
+    x = np.random.default_rng(1).random((2, 12, 12, 1), dtype=np.float32)
+    out = model.forward(x)
+    model.fuse = False
+    np.testing.assert_array_equal(out, model.forward(x))
+
+
+def test_conv1d_pairs_fuse_and_match():
+    model = build(
+        {"type": "Conv1D", "filters": 3, "kernel_size": 3, "activation": "relu"},
+        {"type": "MaxPooling1D", "pool_size": 2},
+        {"type": "Conv1D", "filters": 2, "kernel_size": 2, "activation": "relu"},
+        {"type": "MaxPooling1D", "pool_size": 2},
+        input_shape=(20, 2),
+    ).initialize(0)
+    assert len(fused_pairs(model)) == 2
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((3, 20, 2)).astype(np.float32)
+    out = model.forward(x, training=True)
+    dy = rng.standard_normal(out.shape).astype(np.float32)
+    dx = model.backward(dy)
+    model.fuse = False
+    np.testing.assert_array_equal(model.forward(x, training=True), out)
+    np.testing.assert_allclose(model.backward(dy), dx, rtol=1e-5, atol=1e-6)
+
+
+def test_a_layer_named_in_an_error_is_the_conv_of_a_fused_step():
+    model = build(
+        {"type": "Conv2D", "filters": 2, "kernel_size": 3, "activation": "relu"},
+        {"type": "MaxPooling2D"},
+    ).initialize(0)
+    model.layers[0].params["kernel"] = np.ones((3, 3, 2, 2), np.float32)  # wrong C
+    with pytest.raises(NbcnnError, match=r"layers\[0\] 'conv2d' \(Conv2D\).*forward"):
+        model.forward(np.ones((1, 12, 12, 1), np.float32))
