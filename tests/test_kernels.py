@@ -206,6 +206,24 @@ def test_kernel_matches_naive(name, data):
     check_against_naive(op, g, inputs, dy)
 
 
+@pytest.mark.parametrize("row_kernel_below", [1, 64], ids=["along-filters", "along-rows"])
+@HYPOTHESIS
+@given(data=st.data())
+def test_one_channel_direct_forward_both_vectorisations(row_kernel_below, data):
+    """C == 1 runs a direct kernel vectorised along filters or, for few filters, along output
+    rows (conv.ROW_KERNEL_BELOW); both equal the naive convolution, with and without ReLU."""
+    g = data.draw(geometries(dilated=True))
+    n, f = data.draw(st.integers(1, 3)), data.draw(st.integers(1, 20))
+    x = data.draw(values((n, *g.in_hw, 1)))
+    w, b = data.draw(values((*g.kernel, 1, f))), data.draw(values((f,)))
+    relu = data.draw(st.booleans())
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(conv, "ROW_KERNEL_BELOW", row_kernel_below)
+        y = conv.conv2d_forward(x, w, b, g.strides, g.dilation, g.padding, relu=relu)
+    want = naive.conv2d_forward(x, w, b, g.strides, g.dilation, g.padding)
+    assert_close(y, np.maximum(want, 0) if relu else want, "y")
+
+
 # ---------------------------------------------------------------------- finite differences
 
 FD_GEOMETRIES = [

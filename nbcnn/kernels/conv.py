@@ -17,7 +17,8 @@ own slice of a padded dx buffer, so overlapping windows (stride < kernel) are ra
 
 With one input channel an im2col row has only KH*KW entries, a GEMM with a tiny inner
 dimension; STYLE.md measured a direct numba loop to be faster there, so the forward uses
-``_direct_forward`` when C == 1, and a first layer's backward (no dx) ``_direct_weight_grad``.
+``_direct_forward`` (``_direct_forward_rows`` for fewer than 16 filters) when C == 1, and a
+first layer's backward (no dx) ``_direct_weight_grad``.
 """
 
 from __future__ import annotations
@@ -112,6 +113,45 @@ def _direct_forward(xp, w, b, sh, sw, dil_h, dil_w, relu, y):
 
 
 @kernel
+def _direct_forward_rows(x3, w, b, sh, sw, dil_h, dil_w, relu, y):
+    """``_direct_forward`` for few filters: vectorised along output rows instead of filters.
+
+    x3 : (N, H+pads, W+pads) the padded single input channel. With F < ROW_KERNEL_BELOW filters
+    the filter loop is too short for a vector; each (sample, row, filter) sums its whole output
+    row at once, in the same order (bias, then taps), so results equal ``_direct_forward``'s.
+    The tap's input row is sliced (``xr[off:]``) rather than indexed with ``j + off``, whose
+    possible negativity (numba wraps negative indices) kept LLVM from vectorising: LeNet-5's
+    5x5 first layer with 6 filters, batch 128, 4.0 -> 1.2 ms.
+    """
+    n_samples = x3.shape[0]
+    kh, kw, _, filters = w.shape
+    _, out_h, out_w, _ = y.shape
+    for n in numba.prange(n_samples):
+        row = np.empty(out_w, dtype=np.float32)
+        for i in range(out_h):
+            for f in range(filters):
+                for j in range(out_w):
+                    row[j] = b[f]
+                for a in range(kh):
+                    xr = x3[n, i * sh + a * dil_h]
+                    for e in range(kw):
+                        wv = w[a, e, 0, f]
+                        if sw == 1:
+                            xs = xr[e * dil_w :]
+                            for j in range(out_w):
+                                row[j] += wv * xs[j]
+                        else:
+                            for j in range(out_w):
+                                row[j] += wv * xr[j * sw + e * dil_w]
+                if relu:
+                    for j in range(out_w):
+                        y[n, i, j, f] = max(row[j], np.float32(0.0))
+                else:
+                    for j in range(out_w):
+                        y[n, i, j, f] = row[j]
+
+
+@kernel
 def _direct_weight_grad(
     xp, dy, y, relu, kh, kw, sh, sw, dil_h, dil_w, dw_per_sample, db_per_sample
 ):
@@ -188,6 +228,12 @@ def _relu_grad_and_bias_grad(dy, y, dz, db_per_sample):
 # ----------------------------------------------------------------------------------- wrappers
 
 
+#: With one input channel and fewer filters than this, the direct forward vectorises along
+#: output rows (``_direct_forward_rows``), otherwise along filters (``_direct_forward``): the
+#: seed model's 32 filters, 1.7 ms along filters vs 2.6 along rows; LeNet-5's 6 filters, 4.0 vs
+#: 1.2 ms (batch 128, interleaved minima). One AVX-512 vector holds 16 floats.
+ROW_KERNEL_BELOW = 16
+
 #: Largest im2col block: batches whose columns would exceed it run in chunks of samples.
 #: Bounds peak memory (a VGG block's 32x32x32 layer at batch 128 needs 151 MB of columns)
 #: at no measurable GEMM cost, and keeps each block under glibc's 32 MiB mmap threshold
@@ -251,7 +297,12 @@ def conv2d_forward(x, w, b, strides, dilation, padding, *, relu=False):
     if channels == 1:
         y = np.empty((n_samples, out_h, out_w, filters), dtype=np.float32)
         (sh, sw), (dil_h, dil_w) = strides, dilation
-        _direct_forward(_padded(x, padding), w, b, sh, sw, dil_h, dil_w, relu, y)
+        xp = _padded(x, padding)
+        if filters < ROW_KERNEL_BELOW:
+            xp3 = xp.reshape(xp.shape[:3])
+            _direct_forward_rows(xp3, w, b, sh, sw, dil_h, dil_w, relu, y)
+        else:
+            _direct_forward(xp, w, b, sh, sw, dil_h, dil_w, relu, y)
         return y
 
     y2d = im2col_gemm(x, w, strides, dilation, padding, (out_h, out_w))
