@@ -54,7 +54,7 @@ class ConvReluMaxPool:
 
         conv = self.conv
         x4 = x.reshape(x.shape[0], 1, *x.shape[1:]) if conv.rank == 1 else x
-        pooled, code = conv_relu_maxpool_forward(
+        pooled, code, cols = conv_relu_maxpool_forward(
             x4,
             conv._kernel_2d(),
             conv.params.get("bias"),
@@ -62,16 +62,18 @@ class ConvReluMaxPool:
             conv._as_2d(conv.dilation_rate),
             conv._pads,
             self.pool._as_2d(self.pool.pool_size),
+            return_cols=True,
         )
         if training:
-            self._saved = (x4, pooled, code)
+            self._saved = (x4, pooled, code, cols)
         return pooled.reshape(x.shape[0], *self.pool.out_shape)
 
     def backward(self, dy: Any) -> Any:
         from nbcnn.kernels.fused import conv_relu_maxpool_backward
 
         conv = self.conv
-        x4, pooled, code = self._saved
+        x4, pooled, code, cols = self._saved
+        self._saved = (x4, pooled, code, None)  # the backward overwrites the columns
         dx, dw, db = conv_relu_maxpool_backward(
             dy.reshape(pooled.shape),
             x4,
@@ -83,6 +85,7 @@ class ConvReluMaxPool:
             conv._pads,
             self.pool._as_2d(self.pool.pool_size),
             need_dx=conv.input_grad_needed,
+            cols=cols,
         )
         conv.grads = {"kernel": dw.reshape(conv.params["kernel"].shape)}
         if conv.use_bias:

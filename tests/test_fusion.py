@@ -199,3 +199,24 @@ def test_a_layer_named_in_an_error_is_the_conv_of_a_fused_step():
     model.layers[0].params["kernel"] = np.ones((3, 3, 2, 2), np.float32)  # wrong C
     with pytest.raises(NbcnnError, match=r"layers\[0\] 'conv2d' \(Conv2D\).*forward"):
         model.forward(np.ones((1, 12, 12, 1), np.float32))
+
+
+def test_a_fused_step_backward_twice_gives_the_same_gradients():
+    """The forward's im2col columns are spent by the first backward; a second rebuilds them."""
+    model = build(
+        {"type": "Conv2D", "filters": 2, "kernel_size": 3, "activation": "relu"},
+        {"type": "MaxPooling2D"},
+        {"type": "Conv2D", "filters": 3, "kernel_size": 2, "activation": "relu"},
+        {"type": "MaxPooling2D"},
+    ).initialize(0)
+    assert len(fused_pairs(model)) == 2
+    x = np.random.default_rng(3).random((2, 12, 12, 1), dtype=np.float32)
+    out = model.forward(x, training=True)
+    dy = np.ones_like(out)
+    runs = []
+    for _ in range(2):
+        dx = model.backward(dy)
+        runs.append((dx, [g.copy() for layer in model.layers for g in layer.grads.values()]))
+    np.testing.assert_array_equal(runs[0][0], runs[1][0])
+    for got, want in zip(runs[0][1], runs[1][1], strict=True):
+        np.testing.assert_array_equal(got, want)

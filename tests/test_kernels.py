@@ -502,6 +502,44 @@ def test_chunked_im2col_equals_one_block(monkeypatch):
     np.testing.assert_allclose(chunked[1][1], ndw, rtol=1e-4, atol=1e-4)
 
 
+def test_backward_reuses_the_forward_columns(monkeypatch):
+    """A training forward hands its im2col columns to the backward: the same gradients as
+    columns rebuilt; none are handed over when the batch ran in chunks or had one channel."""
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(3, 5, 6, 2)).astype(np.float32)
+    w = rng.normal(size=(3, 2, 2, 4)).astype(np.float32)
+    dy = rng.normal(size=(3, 3, 3, 4)).astype(np.float32)
+    args = ((2, 2), (1, 1), ((1, 1), (0, 1)))
+    y, cols = conv.conv2d_forward(x, w, None, *args, return_cols=True)
+    np.testing.assert_array_equal(y, conv.conv2d_forward(x, w, None, *args))
+    assert cols.shape == (3 * 3 * 3, 3 * 2 * 2)
+    rebuilt = conv.conv2d_backward(dy, x, w, *args)
+    reused = conv.conv2d_backward(dy, x, w, *args, cols=cols)
+    for got, want in zip(reused, rebuilt, strict=True):
+        np.testing.assert_array_equal(got, want)
+    with pytest.raises(ValueError, match="cols"):
+        conv.conv2d_backward(dy, x, w, *args, cols=cols[1:])
+    assert conv.conv2d_forward(x[..., :1], w[:, :, :1], None, *args, return_cols=True)[1] is None
+    monkeypatch.setattr(conv, "CHUNK_BYTES", 9 * 12 * 4)  # one sample per chunk
+    assert conv.conv2d_forward(x, w, None, *args, return_cols=True)[1] is None
+
+
+def test_conv_layer_backward_twice_gives_the_same_gradients():
+    """The kept columns are spent by the first backward; a second one rebuilds them."""
+    from nbcnn.layers.conv import Conv2D
+
+    layer = Conv2D(filters=3, kernel_size=3, padding="same", activation="relu")
+    layer.build((6, 6, 2), np.random.default_rng(0))
+    x = np.random.default_rng(1).normal(size=(2, 6, 6, 2)).astype(np.float32)
+    dy = np.random.default_rng(2).normal(size=(2, 6, 6, 3)).astype(np.float32)
+    layer.forward(x, training=True)
+    first = layer.backward(dy), dict(layer.grads)
+    second = layer.backward(dy), dict(layer.grads)
+    np.testing.assert_array_equal(first[0], second[0])
+    for name in first[1]:
+        np.testing.assert_array_equal(first[1][name], second[1][name])
+
+
 @settings(max_examples=30, deadline=None)
 @given(
     kernel=st.tuples(st.integers(1, 3), st.integers(1, 3)),

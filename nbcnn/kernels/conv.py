@@ -265,7 +265,7 @@ def _im2col_rows(x, kernel_hw, strides, dilation, padding, out_hw):
     return cols
 
 
-def conv2d_forward(x, w, b, strides, dilation, padding, *, relu=False):
+def conv2d_forward(x, w, b, strides, dilation, padding, *, relu=False, return_cols=False):
     """2-D cross-correlation with explicit zero padding, Keras layout.
 
     Parameters
@@ -277,10 +277,13 @@ def conv2d_forward(x, w, b, strides, dilation, padding, *, relu=False):
     dilation : (dil_h, dil_w) ints >= 1
     padding : ((top, bottom), (left, right)) ints >= 0
     relu : apply max(y, 0) in the same pass (a Conv2D with activation='relu')
+    return_cols : also return the im2col columns, for ``conv2d_backward(cols=...)``
 
     Returns
     -------
     y : (N, OH, OW, F) float32, OH = (H + top + bottom - dil_h*(KH-1) - 1) // sh + 1 (same for OW).
+    cols : with ``return_cols``: (N*OH*OW, KH*KW*C) float32, or None when there were none (one
+        input channel) or the batch ran in several chunks (CHUNK_BYTES)
     """
     x = _checks.float32_array("x", x, 4)
     w = _checks.float32_array("w", w, 4)
@@ -303,18 +306,22 @@ def conv2d_forward(x, w, b, strides, dilation, padding, *, relu=False):
             _direct_forward_rows(xp3, w, b, sh, sw, dil_h, dil_w, relu, y)
         else:
             _direct_forward(xp, w, b, sh, sw, dil_h, dil_w, relu, y)
-        return y
+        return (y, None) if return_cols else y
 
-    y2d = im2col_gemm(x, w, strides, dilation, padding, (out_h, out_w))
+    y2d, cols = im2col_gemm(x, w, strides, dilation, padding, (out_h, out_w))
     _bias_activation(y2d, b, relu)
-    return y2d.reshape(n_samples, out_h, out_w, filters)
+    y = y2d.reshape(n_samples, out_h, out_w, filters)
+    return (y, cols) if return_cols else y
 
 
 def im2col_gemm(x, w, strides, dilation, padding, out_hw):
     """The convolution without bias: y2d (N*OH*OW, F) float32 = im2col(x) @ w.reshape(-1, F).
 
     For checked, contiguous float32 x (N, H, W, C) and w (KH, KW, C, F); the GEMM runs once
-    per chunk of samples (CHUNK_BYTES), outside any parallel loop.
+    per chunk of samples (CHUNK_BYTES), outside any parallel loop. Returns ``(y2d, cols)``:
+    cols are the columns when the batch was one chunk (a training forward keeps them so that
+    the backward need not build them again: seed convnet step 27.5 -> 26.6 ms, median of 5
+    runs, for +29 MB held between the passes at batch 128), else None.
     """
     kh, kw, channels, filters = w.shape
     n_samples = x.shape[0]
@@ -324,10 +331,12 @@ def im2col_gemm(x, w, strides, dilation, padding, out_hw):
     for start, stop in _chunks(n_samples, rows * kh * kw * channels * 4):
         cols = _im2col_rows(x[start:stop], (kh, kw), strides, dilation, padding, out_hw)
         np.matmul(cols, w2d, out=y2d[start * rows : stop * rows])  # the big GEMM
-    return y2d
+    return y2d, (cols if stop - start == n_samples else None)
 
 
-def conv2d_backward(dy, x, w, strides, dilation, padding, *, need_dx=True, relu_output=None):
+def conv2d_backward(
+    dy, x, w, strides, dilation, padding, *, need_dx=True, relu_output=None, cols=None
+):
     """Gradients of ``conv2d_forward`` given the upstream gradient dy.
 
     Parameters
@@ -340,6 +349,8 @@ def conv2d_backward(dy, x, w, strides, dilation, padding, *, need_dx=True, relu_
     relu_output : (N, OH, OW, F) float32, the forward's output when it was computed with
         ``relu=True``; dy is then the gradient w.r.t. that output and is masked by y > 0 here,
         in the same pass that sums the bias gradient.
+    cols : the columns ``conv2d_forward(..., return_cols=True)`` returned for this x, or None
+        (they are rebuilt). They are overwritten: pass them to one backward only.
 
     Returns
     -------
@@ -389,14 +400,15 @@ def conv2d_backward(dy, x, w, strides, dilation, padding, *, need_dx=True, relu_
         _relu_grad_and_bias_grad(dy, relu_output, dz, db_per_sample)
         dy = dz
     db = db_per_sample.sum(axis=0).astype(np.float32)
-    dx, dw = im2col_gemm_backward(dy, x, w, strides, dilation, padding, need_dx)
+    dx, dw = im2col_gemm_backward(dy, x, w, strides, dilation, padding, need_dx, cols)
     return dx, dw, db
 
 
-def im2col_gemm_backward(dz, x, w, strides, dilation, padding, need_dx):
+def im2col_gemm_backward(dz, x, w, strides, dilation, padding, need_dx, cols=None):
     """dx (N, H, W, C) or None, and dw (KH, KW, C, F), of ``im2col_gemm`` given dz (N, OH, OW, F).
 
-    dz is the gradient after any activation; inputs are checked, contiguous float32.
+    dz is the gradient after any activation; inputs are checked, contiguous float32. cols, if
+    given, are the forward's columns of the whole batch (checked here, then overwritten).
     """
     n_samples, height, width, channels = x.shape
     kh, kw, _, filters = w.shape
@@ -411,15 +423,25 @@ def im2col_gemm_backward(dz, x, w, strides, dilation, padding, need_dx):
         dx_padded = np.zeros(
             (n_samples, height + top + bottom, width + left + right, channels), dtype=np.float32
         )
-    dw = np.zeros((k, filters), dtype=np.float32)
-    for start, stop in _chunks(n_samples, rows * k * 4):
-        cols = _im2col_rows(x[start:stop], (kh, kw), strides, dilation, padding, (out_h, out_w))
+    given = cols
+    if given is not None:
+        given = _checks.float32_array("cols", given, 2)
+        _checks.same_shape("cols", given, (n_samples * rows, k))
+    chunks = [(0, n_samples)] if given is not None else _chunks(n_samples, rows * k * 4)
+    dw_t = np.zeros((filters, k), dtype=np.float32)
+    for start, stop in chunks:
+        if given is not None:
+            cols = given
+        else:
+            cols = _im2col_rows(x[start:stop], (kh, kw), strides, dilation, padding, (out_h, out_w))
         dy_chunk = dy2d[start * rows : stop * rows]
-        dw += cols.T @ dy_chunk  # GEMM 2: sums over the samples of the chunk
+        # GEMM 2, summing over the chunk's samples; dz.T @ cols measured 0.35 ms faster than
+        # cols.T @ dz on conv2 (25088 x 288 columns).
+        dw_t += dy_chunk.T @ cols
         if need_dx:
             dcols = np.matmul(dy_chunk, w2d.T, out=cols)  # GEMM 3, into the spent columns
             _col2im(dcols, kh, kw, sh, sw, dil_h, dil_w, out_h, out_w, dx_padded[start:stop])
-    dw = dw.reshape(kh, kw, channels, filters)
+    dw = np.ascontiguousarray(dw_t.T).reshape(kh, kw, channels, filters)
     if not need_dx:
         return None, dw
     if top or bottom or left or right:

@@ -171,7 +171,7 @@ def _geometry(x, w, strides, dilation, padding, pool_size):
     return x, w, strides, dilation, padding, out_hw, (ph, pw), pooled_hw
 
 
-def conv_relu_maxpool_forward(x, w, b, strides, dilation, padding, pool_size):
+def conv_relu_maxpool_forward(x, w, b, strides, dilation, padding, pool_size, *, return_cols=False):
     """relu(conv2d(x, w) + b), then max pooling with windows of ``pool_size`` and equal strides.
 
     Parameters
@@ -181,6 +181,7 @@ def conv_relu_maxpool_forward(x, w, b, strides, dilation, padding, pool_size):
     b : (F,) float32 or None
     strides, dilation, padding : as in ``conv.conv2d_forward``
     pool_size : (ph, pw), at most 127 cells; the pooling has no padding and strides = pool_size
+    return_cols : also return the im2col columns (or None), as ``conv.conv2d_forward`` does
 
     Returns
     -------
@@ -196,19 +197,20 @@ def conv_relu_maxpool_forward(x, w, b, strides, dilation, padding, pool_size):
     shape = (x.shape[0], *pooled_hw, filters)
     pooled = np.empty(shape, dtype=np.float32)
     code = np.empty(shape, dtype=np.int8)
+    cols = None
     if channels == 1:
         (sh, sw), (dil_h, dil_w) = strides, dilation
         xp = _padded(x, padding)
         _direct_forward_pooled(xp, w, b, sh, sw, dil_h, dil_w, ph, pw, pooled, code)
     else:
-        y2d = im2col_gemm(x, w, strides, dilation, padding, out_hw)
+        y2d, cols = im2col_gemm(x, w, strides, dilation, padding, out_hw)
         y = y2d.reshape(x.shape[0], *out_hw, filters)
         _bias_relu_maxpool(y, b, ph, pw, pooled, code)
-    return pooled, code
+    return (pooled, code, cols) if return_cols else (pooled, code)
 
 
 def conv_relu_maxpool_backward(
-    dpooled, x, w, pooled, code, strides, dilation, padding, pool_size, *, need_dx=True
+    dpooled, x, w, pooled, code, strides, dilation, padding, pool_size, *, need_dx=True, cols=None
 ):
     """Gradients of ``conv_relu_maxpool_forward`` given dpooled, the gradient w.r.t. pooled.
 
@@ -218,6 +220,7 @@ def conv_relu_maxpool_backward(
     code : (N, PH, PW, F) int8
     x, w, strides, dilation, padding, pool_size : the forward's
     need_dx : False skips dx (a first layer)
+    cols : the forward's columns (``return_cols``), or None; overwritten, as in ``conv``
 
     Returns
     -------
@@ -249,5 +252,5 @@ def conv_relu_maxpool_backward(
         return None, dw, db_per_sample.sum(axis=0).astype(np.float32)
     dz = np.empty((x.shape[0], *out_hw, filters), dtype=np.float32)
     _unpool_relu_bias_grad(dpooled, pooled, code, ph, pw, dz, db_per_sample)
-    dx, dw = im2col_gemm_backward(dz, x, w, strides, dilation, padding, need_dx)
+    dx, dw = im2col_gemm_backward(dz, x, w, strides, dilation, padding, need_dx, cols)
     return dx, dw, db_per_sample.sum(axis=0).astype(np.float32)

@@ -150,7 +150,8 @@ class _Conv(Layer):
         # ReLU runs inside the kernel's bias pass, and its mask inside the backward's bias-
         # gradient pass: two passes over the output fewer each way.
         fused_relu = self.activation == "relu"
-        y = conv2d_forward(
+        # A training forward keeps its im2col columns for the backward (see im2col_gemm).
+        y, cols = conv2d_forward(
             x4,
             self._kernel_2d(),
             self.params.get("bias"),
@@ -158,9 +159,10 @@ class _Conv(Layer):
             self._as_2d(self.dilation_rate),
             self._pads,
             relu=fused_relu,
+            return_cols=True,
         )
         if training:
-            self._x4 = x4
+            self._x4, self._cols = x4, cols
             self._y4 = y if fused_relu else None
         y = y.reshape(x.shape[0], *self.out_shape)
         return y if fused_relu else self.activate(y, training)
@@ -179,7 +181,9 @@ class _Conv(Layer):
             self._pads,
             need_dx=self.input_grad_needed,
             relu_output=self._y4,
+            cols=self._cols,
         )
+        self._cols = None  # overwritten by the backward, and no longer needed
         self.grads = {"kernel": dw.reshape(self.params["kernel"].shape)}
         if self.use_bias:
             self.grads["bias"] = db
