@@ -11,13 +11,15 @@ memory-bound, so it reports GB/s moved.
 
 from __future__ import annotations
 
+# First, before numpy loads: timing sets OPENBLAS_THREAD_TIMEOUT (see nbcnn/__init__.py).
+from timing import interleaved, machine, median_ratio, try_torch  # isort: skip
+
 import argparse
 
-import numpy as np  # noqa: E402  (timing sets OPENBLAS_THREAD_TIMEOUT first)
-from timing import interleaved, machine, median_ratio, try_torch
+import numpy as np
 
-from nbcnn import shapes  # noqa: E402
-from nbcnn.kernels import _jit, conv, pool  # noqa: E402
+from nbcnn import shapes
+from nbcnn.kernels import _jit, conv, pool
 
 BATCH = 128
 # The seed model (configs/mnist_convnet.yaml): 3x3 'same' convolutions, 2x2 max pooling.

@@ -10,16 +10,18 @@ Reports test accuracy and training samples/s (the training loop only, data in me
 
 from __future__ import annotations
 
+# First, before numpy loads: timing sets OPENBLAS_THREAD_TIMEOUT (see nbcnn/__init__.py).
+from timing import machine, try_torch  # isort: skip
+
 import argparse
 import statistics
 import time
 from pathlib import Path
 
-import numpy as np  # noqa: E402
-from timing import machine, try_torch
+import numpy as np
 
-import nbcnn  # noqa: E402
-from nbcnn.data import load_dataset  # noqa: E402
+import nbcnn
+from nbcnn.data import load_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 MNIST = ROOT.parent / "shared" / "data" / "mnist_10k.npz"

@@ -15,6 +15,9 @@ shape; the others use synthetic data.
 
 from __future__ import annotations
 
+# First, before numpy loads: timing sets OPENBLAS_THREAD_TIMEOUT (see nbcnn/__init__.py).
+from timing import interleaved, machine, median_ratio, try_torch  # isort: skip
+
 import argparse
 import json
 import resource
@@ -22,12 +25,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np  # noqa: E402
-from timing import interleaved, machine, median_ratio, try_torch
+import numpy as np
 
-import nbcnn  # noqa: E402
-from nbcnn.data import load_dataset  # noqa: E402
-from nbcnn.train import loss_and_grad  # noqa: E402
+import nbcnn
+from nbcnn.data import load_dataset
+from nbcnn.train import loss_and_grad
 
 ROOT = Path(__file__).resolve().parents[1]
 MNIST = ROOT.parent / "shared" / "data" / "mnist_10k.npz"

@@ -11,16 +11,18 @@ on its own. Use it before and after a change to a kernel.
 
 from __future__ import annotations
 
+# First, before numpy loads: timing sets OPENBLAS_THREAD_TIMEOUT (see nbcnn/__init__.py).
+import timing  # noqa: F401  # isort: skip
+
 import argparse
 import time
 from collections import defaultdict
 from pathlib import Path
 
-import numpy as np  # noqa: E402
-import timing  # noqa: F401  (sets OPENBLAS_THREAD_TIMEOUT before numpy loads)
+import numpy as np
 
-import nbcnn  # noqa: E402
-from nbcnn.train import loss_and_grad  # noqa: E402
+import nbcnn
+from nbcnn.train import loss_and_grad
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import os
+import sys
 
 # OpenBLAS reads this once, when numpy first loads it: a short spin timeout keeps OpenBLAS's
-# idle threads from taking the cores from numba's loops between GEMMs (STYLE.md's numbers).
+# idle threads from taking the cores from numba's loops between GEMMs (STYLE.md's numbers; a
+# seed convnet training step measured 10% slower without it). A program that imports numpy
+# before nbcnn comes too late for it; ``nbcnn.kernels._jit.threading_info()`` then says so.
+_OPENBLAS_TIMEOUT_APPLIED = "OPENBLAS_THREAD_TIMEOUT" in os.environ or "numpy" not in sys.modules
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "1")
 
 __version__ = "0.1.0"

@@ -457,6 +457,22 @@ def test_threading_layer_is_workqueue():
     assert info["num_threads"] >= 1
 
 
+@pytest.mark.parametrize(
+    ("imports", "expected"), [("import nbcnn, numpy", "1"), ("import numpy, nbcnn", "None")]
+)
+def test_threading_info_says_whether_openblas_saw_the_thread_timeout(imports, expected):
+    """OpenBLAS reads OPENBLAS_THREAD_TIMEOUT when numpy loads: nbcnn sets it on import, too
+    late when numpy came first, and threading_info reports which happened."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
+    code = f"{imports}; from nbcnn.kernels import _jit; "
+    code += "print(_jit.threading_info()['openblas_thread_timeout'])"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.stdout.strip() == expected, out.stderr
+
+
 @settings(max_examples=25, deadline=None)
 @given(
     channels=st.sampled_from([1, 3]),

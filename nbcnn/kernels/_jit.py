@@ -67,8 +67,13 @@ def threading_info() -> dict[str, object]:
     Returns a dict with ``layer`` (the layer actually loaded, e.g. ``'workqueue'``, or
     ``None`` before any parallel kernel has run), ``requested_layer`` (the configured
     choice), ``num_threads`` (``numba.get_num_threads()``) and ``blas`` (threadpoolctl's
-    description of the loaded BLAS pools, or ``None`` if threadpoolctl is not installed).
+    description of the loaded BLAS pools, or ``None`` if threadpoolctl is not installed),
+    ``malloc_tuned`` and ``openblas_thread_timeout``: the value OpenBLAS read when numpy loaded
+    it, or ``None`` when numpy was imported before nbcnn without the variable set (OpenBLAS then
+    spins its idle threads for its long default; import nbcnn first, or set it yourself).
     """
+    import nbcnn
+
     try:
         layer = numba.threading_layer()
     except ValueError:  # raised until the first parallel kernel has launched the pool
@@ -88,6 +93,9 @@ def threading_info() -> dict[str, object]:
         "num_threads": numba.get_num_threads(),
         "blas": blas,
         "malloc_tuned": MALLOC_TUNED,
+        "openblas_thread_timeout": (
+            os.environ.get("OPENBLAS_THREAD_TIMEOUT") if nbcnn._OPENBLAS_TIMEOUT_APPLIED else None
+        ),
     }
 
 
