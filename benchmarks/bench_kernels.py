@@ -19,7 +19,7 @@ import argparse
 import numpy as np
 
 from nbcnn import shapes
-from nbcnn.kernels import _jit, conv, pool
+from nbcnn.kernels import _jit, conv, fused, pool
 
 BATCH = 128
 # The seed model (configs/mnist_convnet.yaml): 3x3 'same' convolutions, 2x2 max pooling.
@@ -82,6 +82,58 @@ def bench_conv(name, in_shape, filters, rounds, rng, torch):
         report("torch backward (dw, db)", med["torch"], flops, "GFLOP/s")
 
 
+def bench_block(name, in_shape, filters, rounds, rng, torch):
+    """A seed-model block as training runs it: Conv2D(relu) + 2x2 max pooling, fused
+    (nbcnn/kernels/fused.py); the first block's backward skips dx, as a first layer's does.
+    PyTorch runs conv2d, relu and max_pool2d."""
+    h, w_, c = in_shape
+    pads = shapes.padding_amounts((h, w_), (3, 3), (1, 1), "same")
+    x = rng.standard_normal((BATCH, *in_shape), dtype=np.float32)
+    w = rng.standard_normal((3, 3, c, filters), dtype=np.float32) * 0.1
+    b = np.zeros(filters, np.float32)
+    args = ((1, 1), (1, 1), pads, (2, 2))
+    need_dx = c > 1
+    pooled, code, _ = fused.conv_relu_maxpool_forward(x, w, b, *args, return_cols=True)
+    dp = rng.standard_normal(pooled.shape, dtype=np.float32)
+    flops = 2.0 * BATCH * h * w_ * 9 * c * filters
+
+    def train_pair():  # forward keeping its columns, then the backward that uses them
+        p, k, cols = fused.conv_relu_maxpool_forward(x, w, b, *args, return_cols=True)
+        fused.conv_relu_maxpool_backward(dp, x, w, p, k, *args, need_dx=need_dx, cols=cols)
+
+    fwd = {"nbcnn": lambda: fused.conv_relu_maxpool_forward(x, w, b, *args)}
+    both = {"nbcnn": train_pair}
+    if torch is not None:
+        functional = torch.nn.functional
+        tx = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous().requires_grad_(need_dx)
+        tw = torch.from_numpy(w).permute(3, 2, 0, 1).contiguous().requires_grad_(True)
+        tb = torch.from_numpy(b).requires_grad_(True)
+        tdp = torch.from_numpy(dp).permute(0, 3, 1, 2).contiguous()
+        wanted = (tx, tw, tb) if need_dx else (tw, tb)
+
+        def block():
+            return functional.max_pool2d(
+                functional.relu(functional.conv2d(tx, tw, tb, padding=1)), 2
+            )
+
+        def torch_forward():
+            with torch.no_grad():
+                return block()
+
+        fwd["torch"] = torch_forward
+        both["torch"] = lambda: torch.autograd.grad(block(), wanted, tdp)
+    print(f"{name}  fused conv(relu) + 2x2 max pool{'' if need_dx else ', backward without dx'}")
+    for label, candidates, work in (
+        ("forward", fwd, flops),
+        ("forward + backward", both, (3 if need_dx else 2) * flops),
+    ):
+        med, times = interleaved(candidates, rounds)
+        ratio = median_ratio(times, "nbcnn", "torch") if torch else None
+        report(label, med["nbcnn"], work, "GFLOP/s", ratio)
+        if torch:
+            report(f"torch {label}", med["torch"], work, "GFLOP/s")
+
+
 def bench_pool(name, in_shape, rounds, rng, torch):
     x = rng.standard_normal((BATCH, *in_shape), dtype=np.float32)
     none = ((0, 0), (0, 0))
@@ -133,6 +185,8 @@ def main() -> None:
         bench_conv(name, in_shape, filters, rounds, rng, torch)
     for name, in_shape in POOLS.items():
         bench_pool(name, in_shape, rounds, rng, torch)
+    for name, (in_shape, filters) in CONVS.items():
+        bench_block(name.split()[0] + " + pool", in_shape, filters, rounds, rng, torch)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """Timing helpers shared by the benchmarks: interleaved repeats, medians, ratios.
 
 Machines here are shared and noisy, so candidates are timed in turns (A, B, A, B, ...) in one
-process and compared by the median of their per-round times, never by a single run.
+process and compared by the median of their per-round times, never by a single run; each turn
+starts with an untimed run that absorbs the hand-over from the other framework.
 """
 
 from __future__ import annotations
@@ -17,13 +18,22 @@ from collections.abc import Callable  # noqa: E402
 
 
 def interleaved(candidates: dict[str, Callable[[], object]], rounds: int, warmup: int = 2):
-    """Median seconds of each candidate over ``rounds`` rounds, run in turns."""
+    """Median seconds of each candidate over ``rounds`` rounds, run in turns.
+
+    In each turn the candidate runs once untimed, then once timed: the untimed run absorbs
+    the switch from the other framework. Without it, whoever follows PyTorch finds PyTorch's
+    OpenMP workers still spinning on both cores for up to ~20 ms after its op (measured: an
+    nbcnn conv2 forward took 8.3 ms right after PyTorch's, 4.2 ms on its own), which measures
+    the hand-over, not the framework; a program runs one framework, warm. The rounds still
+    alternate, so both see the same drift of a shared, noisy machine.
+    """
     for _ in range(warmup):
         for fn in candidates.values():
             fn()
     times: dict[str, list[float]] = {name: [] for name in candidates}
     for _ in range(rounds):
         for name, fn in candidates.items():
+            fn()  # untimed: takes the switch
             start = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - start)
