@@ -2,7 +2,7 @@
 
 Machines here are shared and noisy, so candidates are timed in turns (A, B, A, B, ...) in one
 process and compared by the median of their per-round times, never by a single run; each turn
-starts with an untimed run that absorbs the hand-over from the other framework.
+starts with untimed runs that absorb the hand-over from the other framework.
 """
 
 from __future__ import annotations
@@ -16,16 +16,21 @@ import statistics  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 
+#: Seconds each turn runs its candidate untimed before timing it (see ``interleaved``).
+SETTLE = 0.1
+
 
 def interleaved(candidates: dict[str, Callable[[], object]], rounds: int, warmup: int = 2):
     """Median seconds of each candidate over ``rounds`` rounds, run in turns.
 
-    In each turn the candidate runs once untimed, then once timed: the untimed run absorbs
-    the switch from the other framework. Without it, whoever follows PyTorch finds PyTorch's
-    OpenMP workers still spinning on both cores for up to ~20 ms after its op (measured: an
-    nbcnn conv2 forward took 8.3 ms right after PyTorch's, 4.2 ms on its own), which measures
-    the hand-over, not the framework; a program runs one framework, warm. The rounds still
-    alternate, so both see the same drift of a shared, noisy machine.
+    In each turn the candidate first runs untimed for at least ``SETTLE`` seconds, then once
+    timed: the untimed runs absorb the switch from the other framework. Without them, whoever
+    follows PyTorch finds PyTorch's OpenMP workers still spinning on both cores for up to
+    ~20 ms after its op (measured: an nbcnn conv2 forward took 8.3 ms right after PyTorch's,
+    4.2 ms on its own; one untimed run of a 2 ms kernel was not enough), which measures the
+    hand-over, not the framework: a program runs one framework, warm. Sleeping instead would
+    let the candidate's own threads fall asleep too (PyTorch's conv2 then took 3.0 ms instead
+    of 2.3). The rounds still alternate, so both see the same drift of a shared machine.
     """
     for _ in range(warmup):
         for fn in candidates.values():
@@ -33,7 +38,9 @@ def interleaved(candidates: dict[str, Callable[[], object]], rounds: int, warmup
     times: dict[str, list[float]] = {name: [] for name in candidates}
     for _ in range(rounds):
         for name, fn in candidates.items():
-            fn()  # untimed: takes the switch
+            settle_until = time.perf_counter() + SETTLE
+            while time.perf_counter() < settle_until:  # untimed: takes the switch
+                fn()
             start = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - start)
