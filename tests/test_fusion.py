@@ -152,6 +152,7 @@ def test_the_seed_convnet_fuses_both_blocks_and_trains_the_same():
     ("conv", "pooling", "fuses"),
     [
         ({"activation": "relu"}, {}, True),
+        ({"activation": "relu", "use_bias": False, "dilation_rate": 2}, {}, True),
         ({"activation": "relu", "padding": "same", "strides": 2}, {"pool_size": 3}, True),
         ({"activation": None}, {}, False),  # no ReLU to fold in
         ({"activation": "tanh"}, {}, False),
@@ -159,17 +160,32 @@ def test_the_seed_convnet_fuses_both_blocks_and_trains_the_same():
         ({"activation": "relu"}, {"pool_size": 4, "padding": "same"}, False),  # 10 % 4: padded
     ],
 )
-def test_which_pairs_fuse(conv, pooling, fuses):
+@pytest.mark.parametrize("channels", [1, 3])
+def test_which_pairs_fuse(conv, pooling, fuses, channels):
+    """Exactly the pairs that may fuse do, and fused or not, training gives the same results."""
     model = build(
         {"type": "Conv2D", "filters": 2, "kernel_size": 3, **conv},
         {"type": "MaxPooling2D", **pooling},
         {"type": "Flatten"},
+        input_shape=(12, 12, channels),
     ).initialize(0)
     assert bool(fused_pairs(model)) == fuses
-    x = np.random.default_rng(1).random((2, 12, 12, 1), dtype=np.float32)
-    out = model.forward(x)
-    model.fuse = False
-    np.testing.assert_array_equal(out, model.forward(x))
+    rng = np.random.default_rng(1)
+    x = rng.random((2, 12, 12, channels), dtype=np.float32)
+    results = []
+    for fuse in (True, False):
+        model.fuse = fuse
+        out = model.forward(x, training=True)
+        dx = model.backward(np.linspace(-1, 1, out.size, dtype=np.float32).reshape(out.shape))
+        grads = {name: g.copy() for name, g in model.layers[0].grads.items()}
+        results.append((out, dx, grads))
+    (out, dx, grads), (ref_out, ref_dx, ref_grads) = results
+    np.testing.assert_array_equal(out, ref_out)
+    np.testing.assert_allclose(dx, ref_dx, rtol=1e-5, atol=1e-6)
+    expected = {"kernel"} if conv.get("use_bias") is False else {"kernel", "bias"}
+    assert grads.keys() == ref_grads.keys() == expected
+    for name in grads:
+        np.testing.assert_allclose(grads[name], ref_grads[name], rtol=1e-5, atol=1e-6)
 
 
 def test_conv1d_pairs_fuse_and_match():
