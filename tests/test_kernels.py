@@ -206,24 +206,6 @@ def test_kernel_matches_naive(name, data):
     check_against_naive(op, g, inputs, dy)
 
 
-@pytest.mark.parametrize("row_kernel_below", [1, 64], ids=["along-filters", "along-rows"])
-@HYPOTHESIS
-@given(data=st.data())
-def test_one_channel_direct_forward_both_vectorisations(row_kernel_below, data):
-    """C == 1 runs a direct kernel vectorised along filters or, for few filters, along output
-    rows (conv.ROW_KERNEL_BELOW); both equal the naive convolution, with and without ReLU."""
-    g = data.draw(geometries(dilated=True))
-    n, f = data.draw(st.integers(1, 3)), data.draw(st.integers(1, 20))
-    x = data.draw(values((n, *g.in_hw, 1)))
-    w, b = data.draw(values((*g.kernel, 1, f))), data.draw(values((f,)))
-    relu = data.draw(st.booleans())
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(conv, "ROW_KERNEL_BELOW", row_kernel_below)
-        y = conv.conv2d_forward(x, w, b, g.strides, g.dilation, g.padding, relu=relu)
-    want = naive.conv2d_forward(x, w, b, g.strides, g.dilation, g.padding)
-    assert_close(y, np.maximum(want, 0) if relu else want, "y")
-
-
 # ---------------------------------------------------------------------- finite differences
 
 FD_GEOMETRIES = [
@@ -518,25 +500,29 @@ def test_chunked_im2col_equals_one_block(monkeypatch):
     np.testing.assert_allclose(chunked[1][1], ndw, rtol=1e-4, atol=1e-4)
 
 
-def test_backward_reuses_the_forward_columns(monkeypatch):
+@pytest.mark.parametrize("channels", [1, 2])
+def test_backward_reuses_the_forward_columns(monkeypatch, channels):
     """A training forward hands its im2col columns to the backward: the same gradients as
-    columns rebuilt; none are handed over when the batch ran in chunks or had one channel."""
+    columns rebuilt; none are handed over when the batch ran in chunks. With one channel the
+    columns are built transposed, (KH*KW, N*OH*OW)."""
     rng = np.random.default_rng(4)
-    x = rng.normal(size=(3, 5, 6, 2)).astype(np.float32)
-    w = rng.normal(size=(3, 2, 2, 4)).astype(np.float32)
+    x = rng.normal(size=(3, 5, 6, channels)).astype(np.float32)
+    w = rng.normal(size=(3, 2, channels, 4)).astype(np.float32)
     dy = rng.normal(size=(3, 3, 3, 4)).astype(np.float32)
     args = ((2, 2), (1, 1), ((1, 1), (0, 1)))
     y, cols = conv.conv2d_forward(x, w, None, *args, return_cols=True)
     np.testing.assert_array_equal(y, conv.conv2d_forward(x, w, None, *args))
-    assert cols.shape == (3 * 3 * 3, 3 * 2 * 2)
+    rows, k = 3 * 3 * 3, 3 * 2 * channels
+    assert cols.shape == ((k, rows) if channels == 1 else (rows, k))
     rebuilt = conv.conv2d_backward(dy, x, w, *args)
-    reused = conv.conv2d_backward(dy, x, w, *args, cols=cols)
-    for got, want in zip(reused, rebuilt, strict=True):
-        np.testing.assert_array_equal(got, want)
+    for need_dx in (True, False):
+        reused = conv.conv2d_backward(dy, x, w, *args, need_dx=need_dx, cols=cols.copy())
+        for got, want in zip(reused, rebuilt, strict=True):
+            if need_dx or got is not None:
+                np.testing.assert_array_equal(got, want)
     with pytest.raises(ValueError, match="cols"):
         conv.conv2d_backward(dy, x, w, *args, cols=cols[1:])
-    assert conv.conv2d_forward(x[..., :1], w[:, :, :1], None, *args, return_cols=True)[1] is None
-    monkeypatch.setattr(conv, "CHUNK_BYTES", 9 * 12 * 4)  # one sample per chunk
+    monkeypatch.setattr(conv, "CHUNK_BYTES", 9 * 6 * channels * 4)  # one sample per chunk
     assert conv.conv2d_forward(x, w, None, *args, return_cols=True)[1] is None
 
 
@@ -566,8 +552,9 @@ def test_conv_layer_backward_twice_gives_the_same_gradients():
     batch=st.integers(1, 3),
     seed=st.integers(0, 2**16),
 )
-def test_first_layer_direct_weight_gradient(kernel, stride, dilation, same, relu, batch, seed):
-    """One input channel, no dx wanted (a first layer): the direct dw/db pass equals naive."""
+def test_first_layer_weight_gradient(kernel, stride, dilation, same, relu, batch, seed):
+    """One input channel (columns built transposed), no dx wanted (a first layer), the
+    forward's columns reused: dw and db equal naive."""
     if stride > 1 and dilation > 1:
         dilation = 1  # Keras refuses the combination; the kernels need not support it
     rng = np.random.default_rng(seed)
@@ -577,10 +564,10 @@ def test_first_layer_direct_weight_gradient(kernel, stride, dilation, same, relu
         same_split(n, k, stride, dilation) if same else (0, 0) for n, k in zip((7, 8), kernel)
     )
     args = ((stride, stride), (dilation, dilation), pads)
-    y = conv.conv2d_forward(x, w, None, *args, relu=relu)
+    y, cols = conv.conv2d_forward(x, w, None, *args, relu=relu, return_cols=True)
     dy = rng.normal(size=y.shape).astype(np.float32)
     dx, dw, db = conv.conv2d_backward(
-        dy, x, w, *args, need_dx=False, relu_output=y if relu else None
+        dy, x, w, *args, need_dx=False, relu_output=y if relu else None, cols=cols
     )
     assert dx is None
     _, ndw, ndb = naive.conv2d_backward(dy * (y > 0) if relu else dy, x, w, *args)

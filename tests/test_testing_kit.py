@@ -32,7 +32,7 @@ EXAMPLES: dict[str, list[tuple[dict, tuple[int, ...]]]] = {
         ({"filters": 3, "kernel_size": 3, "padding": "same", "activation": "tanh"}, (5, 5, 2)),
         ({"filters": 2, "kernel_size": [2, 3], "strides": 2}, (6, 7, 1)),
         ({"filters": 2, "kernel_size": 2, "dilation_rate": 2, "use_bias": False}, (5, 5, 2)),
-        # activation relu runs fused inside the kernels: C == 1 (direct) and C > 1 (im2col)
+        # activation relu runs fused inside the kernels: C == 1 (transposed columns) and C > 1
         ({"filters": 3, "kernel_size": 3, "activation": "relu"}, (5, 6, 1)),
         ({"filters": 3, "kernel_size": 3, "padding": "same", "activation": "relu"}, (5, 4, 2)),
     ],

@@ -15,10 +15,11 @@ nest inside numba's. The backward computes dw = cols.T @ dy and dcols = dy @ w.T
 then col2im scatters dcols back in a ``prange`` over samples, each sample adding only into its
 own slice of a padded dx buffer, so overlapping windows (stride < kernel) are race-free.
 
-With one input channel an im2col row has only KH*KW entries, a GEMM with a tiny inner
-dimension; STYLE.md measured a direct numba loop to be faster there, so the forward uses
-``_direct_forward`` (``_direct_forward_rows`` for fewer than 16 filters) when C == 1, and a
-first layer's backward (no dx) ``_direct_weight_grad``.
+With one input channel an im2col row has only KH*KW entries, which numba fills one scalar at a
+time; the columns are then built transposed, (KH*KW, N*OH*OW), each tap's row a run of
+contiguous copies of input rows (``_im2col_one_channel``), and the GEMMs take them transposed.
+The seed model's first layer: forward 1.8 ms as a direct numba loop, 0.8 ms this way (its
+columns 0.15 ms, its GEMM 0.4 ms; batch 128, interleaved medians).
 """
 
 from __future__ import annotations
@@ -58,6 +59,29 @@ def _im2col(x, kh, kw, sh, sw, dil_h, dil_w, top, left, out_h, out_w, cols):
 
 
 @kernel
+def _im2col_one_channel(xp3, kh, kw, sh, sw, dil_h, dil_w, out_h, out_w, cols_t):
+    """Fill cols_t (KH*KW, N*OH*OW) from a padded single channel xp3 (N, H+pads, W+pads).
+
+    Row a*KW + e holds, for every output position (n, i, j) in order, the input under tap
+    (a, e): the transpose of ``_im2col``'s columns for C == 1. With stride 1 each (tap, n, i)
+    is one contiguous copy of an input row. Iteration n writes only sample n's columns.
+    """
+    n_samples = xp3.shape[0]
+    for n in numba.prange(n_samples):
+        for a in range(kh):
+            for e in range(kw):
+                t = a * kw + e
+                for i in range(out_h):
+                    base = (n * out_h + i) * out_w
+                    src = xp3[n, i * sh + a * dil_h]
+                    if sw == 1:
+                        cols_t[t, base : base + out_w] = src[e * dil_w : e * dil_w + out_w]
+                    else:
+                        for j in range(out_w):
+                            cols_t[t, base + j] = src[j * sw + e * dil_w]
+
+
+@kernel
 def _col2im(dcols, kh, kw, sh, sw, dil_h, dil_w, out_h, out_w, dx_padded):
     """Add dcols (N*OH*OW, KH*KW*C) back into dx_padded (N, H+top+bottom, W+left+right, C).
 
@@ -76,113 +100,6 @@ def _col2im(dcols, kh, kw, sh, sw, dil_h, dil_w, out_h, out_w, dx_padded):
                         wi = j * sw + e * dil_w
                         for c in range(channels):
                             dx_padded[n, h, wi, c] += dcols[row, col + c]
-
-
-@kernel
-def _direct_forward(xp, w, b, sh, sw, dil_h, dil_w, relu, y):
-    """y (N, OH, OW, F) = conv(xp, w) + b as a direct loop over an already padded xp.
-
-    Used for C == 1, where im2col would feed the GEMM an inner dimension of only KH*KW. The
-    input is padded first so that no tap needs a bounds check, and each output position sums
-    into a small per-sample accumulator before one store: 4.7 -> 2.5 ms on the seed model's
-    first layer at batch 128. With ``relu`` the activation is applied at the store.
-    """
-    n_samples, _, _, channels = xp.shape
-    kh, kw, _, filters = w.shape
-    _, out_h, out_w, _ = y.shape
-    for n in numba.prange(n_samples):
-        acc = np.empty(filters, dtype=np.float32)
-        for i in range(out_h):
-            for j in range(out_w):
-                for f in range(filters):
-                    acc[f] = b[f]
-                for a in range(kh):
-                    h = i * sh + a * dil_h
-                    for e in range(kw):
-                        wi = j * sw + e * dil_w
-                        for c in range(channels):
-                            v = xp[n, h, wi, c]
-                            for f in range(filters):
-                                acc[f] += v * w[a, e, c, f]
-                if relu:
-                    for f in range(filters):
-                        y[n, i, j, f] = max(acc[f], np.float32(0.0))
-                else:
-                    for f in range(filters):
-                        y[n, i, j, f] = acc[f]
-
-
-@kernel
-def _direct_forward_rows(x3, w, b, sh, sw, dil_h, dil_w, relu, y):
-    """``_direct_forward`` for few filters: vectorised along output rows instead of filters.
-
-    x3 : (N, H+pads, W+pads) the padded single input channel. With F < ROW_KERNEL_BELOW filters
-    the filter loop is too short for a vector; each (sample, row, filter) sums its whole output
-    row at once, in the same order (bias, then taps), so results equal ``_direct_forward``'s.
-    The tap's input row is sliced (``xr[off:]``) rather than indexed with ``j + off``, whose
-    possible negativity (numba wraps negative indices) kept LLVM from vectorising: LeNet-5's
-    5x5 first layer with 6 filters, batch 128, 4.0 -> 1.2 ms.
-    """
-    n_samples = x3.shape[0]
-    kh, kw, _, filters = w.shape
-    _, out_h, out_w, _ = y.shape
-    for n in numba.prange(n_samples):
-        row = np.empty(out_w, dtype=np.float32)
-        for i in range(out_h):
-            for f in range(filters):
-                for j in range(out_w):
-                    row[j] = b[f]
-                for a in range(kh):
-                    xr = x3[n, i * sh + a * dil_h]
-                    for e in range(kw):
-                        wv = w[a, e, 0, f]
-                        if sw == 1:
-                            xs = xr[e * dil_w :]
-                            for j in range(out_w):
-                                row[j] += wv * xs[j]
-                        else:
-                            for j in range(out_w):
-                                row[j] += wv * xr[j * sw + e * dil_w]
-                if relu:
-                    for j in range(out_w):
-                        y[n, i, j, f] = max(row[j], np.float32(0.0))
-                else:
-                    for j in range(out_w):
-                        y[n, i, j, f] = row[j]
-
-
-@kernel
-def _direct_weight_grad(
-    xp, dy, y, relu, kh, kw, sh, sw, dil_h, dil_w, dw_per_sample, db_per_sample
-):
-    """dw and db of a direct convolution, per sample, in one pass over dy.
-
-    xp : (N, H+pads, W+pads, C) padded input; dy, y : (N, OH, OW, F) (y is read only with
-    ``relu``: dy counts only where y > 0). dw_per_sample (N, KH, KW, C, F) float32 and
-    db_per_sample (N, F) float64 must be zeroed; iteration n writes only row n, and the caller
-    sums the rows. For C == 1 this replaces a masking pass, im2col and a GEMM whose inner
-    dimension is the whole batch: 4.7 -> 3.6 ms on the seed model's first layer.
-    """
-    n_samples, out_h, out_w, filters = dy.shape
-    channels = xp.shape[3]
-    for n in numba.prange(n_samples):
-        g = np.empty(filters, dtype=np.float32)
-        for i in range(out_h):
-            for j in range(out_w):
-                for f in range(filters):
-                    v = dy[n, i, j, f]
-                    if relu and y[n, i, j, f] <= 0.0:
-                        v = np.float32(0.0)
-                    g[f] = v
-                    db_per_sample[n, f] += v
-                for a in range(kh):
-                    h = i * sh + a * dil_h
-                    for e in range(kw):
-                        wi = j * sw + e * dil_w
-                        for c in range(channels):
-                            xv = xp[n, h, wi, c]
-                            for f in range(filters):
-                                dw_per_sample[n, a, e, c, f] += xv * g[f]
 
 
 @kernel
@@ -228,12 +145,6 @@ def _relu_grad_and_bias_grad(dy, y, dz, db_per_sample):
 # ----------------------------------------------------------------------------------- wrappers
 
 
-#: With one input channel and fewer filters than this, the direct forward vectorises along
-#: output rows (``_direct_forward_rows``), otherwise along filters (``_direct_forward``): the
-#: seed model's 32 filters, 1.7 ms along filters vs 2.6 along rows; LeNet-5's 6 filters, 4.0 vs
-#: 1.2 ms (batch 128, interleaved minima). One AVX-512 vector holds 16 floats.
-ROW_KERNEL_BELOW = 16
-
 #: Largest im2col block: batches whose columns would exceed it run in chunks of samples.
 #: Bounds peak memory (a VGG block's 32x32x32 layer at batch 128 needs 151 MB of columns)
 #: at no measurable GEMM cost, and keeps each block under glibc's 32 MiB mmap threshold
@@ -255,12 +166,20 @@ def _padded(x, padding):
     return np.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))
 
 
-def _im2col_rows(x, kernel_hw, strides, dilation, padding, out_hw):
-    """cols (N*OH*OW, KH*KW*C) float32 for contiguous float32 x (N, H, W, C)."""
+def _columns(x, kernel_hw, strides, dilation, padding, out_hw):
+    """im2col of contiguous float32 x (N, H, W, C): cols (N*OH*OW, KH*KW*C) float32, or for
+    C == 1 their transpose (KH*KW, N*OH*OW) (see the module docstring)."""
     (kh, kw), (sh, sw), (dil_h, dil_w) = kernel_hw, strides, dilation
     (top, _), (left, _) = padding
     out_h, out_w = out_hw
-    cols = np.empty((x.shape[0] * out_h * out_w, kh * kw * x.shape[3]), dtype=np.float32)
+    n_samples, _, _, channels = x.shape
+    if channels == 1:
+        xp = _padded(x, padding)
+        cols_t = np.empty((kh * kw, n_samples * out_h * out_w), dtype=np.float32)
+        xp3 = xp.reshape(xp.shape[:3])
+        _im2col_one_channel(xp3, kh, kw, sh, sw, dil_h, dil_w, out_h, out_w, cols_t)
+        return cols_t
+    cols = np.empty((n_samples * out_h * out_w, kh * kw * channels), dtype=np.float32)
     _im2col(x, kh, kw, sh, sw, dil_h, dil_w, top, left, out_h, out_w, cols)
     return cols
 
@@ -282,8 +201,8 @@ def conv2d_forward(x, w, b, strides, dilation, padding, *, relu=False, return_co
     Returns
     -------
     y : (N, OH, OW, F) float32, OH = (H + top + bottom - dil_h*(KH-1) - 1) // sh + 1 (same for OW).
-    cols : with ``return_cols``: (N*OH*OW, KH*KW*C) float32, or None when there were none (one
-        input channel) or the batch ran in several chunks (CHUNK_BYTES)
+    cols : with ``return_cols``: the im2col columns (see ``im2col_gemm``), or None when the
+        batch ran in several chunks (CHUNK_BYTES)
     """
     x = _checks.float32_array("x", x, 4)
     w = _checks.float32_array("w", w, 4)
@@ -297,17 +216,6 @@ def conv2d_forward(x, w, b, strides, dilation, padding, *, relu=False, return_co
     _checks.same_shape("b", b, (filters,))
     n_samples = x.shape[0]
 
-    if channels == 1:
-        y = np.empty((n_samples, out_h, out_w, filters), dtype=np.float32)
-        (sh, sw), (dil_h, dil_w) = strides, dilation
-        xp = _padded(x, padding)
-        if filters < ROW_KERNEL_BELOW:
-            xp3 = xp.reshape(xp.shape[:3])
-            _direct_forward_rows(xp3, w, b, sh, sw, dil_h, dil_w, relu, y)
-        else:
-            _direct_forward(xp, w, b, sh, sw, dil_h, dil_w, relu, y)
-        return (y, None) if return_cols else y
-
     y2d, cols = im2col_gemm(x, w, strides, dilation, padding, (out_h, out_w))
     _bias_activation(y2d, b, relu)
     y = y2d.reshape(n_samples, out_h, out_w, filters)
@@ -319,7 +227,8 @@ def im2col_gemm(x, w, strides, dilation, padding, out_hw):
 
     For checked, contiguous float32 x (N, H, W, C) and w (KH, KW, C, F); the GEMM runs once
     per chunk of samples (CHUNK_BYTES), outside any parallel loop. Returns ``(y2d, cols)``:
-    cols are the columns when the batch was one chunk (a training forward keeps them so that
+    cols are the columns, (N*OH*OW, KH*KW*C), or (KH*KW, N*OH*OW) for C == 1, when the batch
+    was one chunk (a training forward keeps them so that
     the backward need not build them again: seed convnet step 27.5 -> 26.6 ms, median of 5
     runs, for +29 MB held between the passes at batch 128), else None.
     """
@@ -329,8 +238,9 @@ def im2col_gemm(x, w, strides, dilation, padding, out_hw):
     w2d = w.reshape(kh * kw * channels, filters)
     y2d = np.empty((n_samples * rows, filters), dtype=np.float32)
     for start, stop in _chunks(n_samples, rows * kh * kw * channels * 4):
-        cols = _im2col_rows(x[start:stop], (kh, kw), strides, dilation, padding, out_hw)
-        np.matmul(cols, w2d, out=y2d[start * rows : stop * rows])  # the big GEMM
+        cols = _columns(x[start:stop], (kh, kw), strides, dilation, padding, out_hw)
+        rows_view = cols.T if channels == 1 else cols  # C == 1: columns built transposed
+        np.matmul(rows_view, w2d, out=y2d[start * rows : stop * rows])  # the big GEMM
     return y2d, (cols if stop - start == n_samples else None)
 
 
@@ -372,27 +282,6 @@ def conv2d_backward(
     if relu_output is not None:
         relu_output = _checks.float32_array("relu_output", relu_output, 4)
         _checks.same_shape("relu_output", relu_output, dy.shape)
-    if channels == 1 and not need_dx:
-        # One input channel and no dx wanted (a first layer): one direct pass for dw and db.
-        (sh, sw), (dil_h, dil_w) = strides, dilation
-        dw_per_sample = np.zeros((n_samples, kh, kw, channels, filters), dtype=np.float32)
-        relu = relu_output is not None
-        _direct_weight_grad(
-            _padded(x, padding),
-            dy,
-            relu_output if relu else dy,
-            relu,
-            kh,
-            kw,
-            sh,
-            sw,
-            dil_h,
-            dil_w,
-            dw_per_sample,
-            db_per_sample,
-        )
-        dw = dw_per_sample.sum(axis=0, dtype=np.float64).astype(np.float32)
-        return None, dw, db_per_sample.sum(axis=0).astype(np.float32)
     if relu_output is None:
         _bias_grad(dy, db_per_sample)
     else:
@@ -423,23 +312,25 @@ def im2col_gemm_backward(dz, x, w, strides, dilation, padding, need_dx, cols=Non
         dx_padded = np.zeros(
             (n_samples, height + top + bottom, width + left + right, channels), dtype=np.float32
         )
+    one = channels == 1  # columns transposed, (k, rows)
     given = cols
     if given is not None:
         given = _checks.float32_array("cols", given, 2)
-        _checks.same_shape("cols", given, (n_samples * rows, k))
+        _checks.same_shape("cols", given, (k, n_samples * rows) if one else (n_samples * rows, k))
     chunks = [(0, n_samples)] if given is not None else _chunks(n_samples, rows * k * 4)
     dw_t = np.zeros((filters, k), dtype=np.float32)
     for start, stop in chunks:
         if given is not None:
             cols = given
         else:
-            cols = _im2col_rows(x[start:stop], (kh, kw), strides, dilation, padding, (out_h, out_w))
+            cols = _columns(x[start:stop], (kh, kw), strides, dilation, padding, (out_h, out_w))
         dy_chunk = dy2d[start * rows : stop * rows]
         # GEMM 2, summing over the chunk's samples; dz.T @ cols measured 0.35 ms faster than
-        # cols.T @ dz on conv2 (25088 x 288 columns).
-        dw_t += dy_chunk.T @ cols
+        # cols.T @ dz on conv2 (25088 x 288 columns), cols_t @ dz than dz.T @ cols_t.T on conv1.
+        dw_t += (cols @ dy_chunk).T if one else dy_chunk.T @ cols
         if need_dx:
-            dcols = np.matmul(dy_chunk, w2d.T, out=cols)  # GEMM 3, into the spent columns
+            # GEMM 3, into the spent columns when their layout allows
+            dcols = dy_chunk @ w2d.T if one else np.matmul(dy_chunk, w2d.T, out=cols)
             _col2im(dcols, kh, kw, sh, sw, dil_h, dil_w, out_h, out_w, dx_padded[start:stop])
     dw = np.ascontiguousarray(dw_t.T).reshape(kh, kw, channels, filters)
     if not need_dx:

@@ -2,17 +2,19 @@
 
 The block ``Conv2D(activation='relu') -> MaxPooling2D(pool_size=p, strides=p)`` is the
 backbone of the seed convnet, LeNet and VGG. Run layer by layer, it writes the convolution's
-whole output (12.8 MB for the seed model's first layer at batch 128), reads it back to pool,
-and in the backward writes and reads a gradient of that size twice more (unpooling, then the
-ReLU mask). Fused, the pooled maxima and a one-byte code of where each came from are all that
-is stored, and the backward starts from them. Measured on the seed model's first block, hot
-caches, batch 128: 7.4 -> 3.5 ms for forward and backward together.
+whole output (12.8 MB for the seed model's first layer at batch 128) with bias and ReLU, reads
+it back to pool, and in the backward writes and reads a gradient of that size twice more
+(unpooling, then the ReLU mask). Fused, the forward's GEMM output is read once by one pass that
+adds the bias, applies the ReLU and pools, and only the pooled maxima and a one-byte code of
+where each came from are stored; the backward starts from them, and for a first layer (one
+input channel, no dx) takes the weight gradient straight from the pooled gradient without
+unpooling it. Seed convnet training step at batch 128: 33.5-36.3 -> 26.6-29.2 ms.
 
-Results equal the layer-by-layer ones: the same sums in the same order, and the same tie rule
-as ``pool.max_pool2d_forward`` (the FIRST maximum in row-major window order wins, compared
-after the ReLU). ``code[n, i, j, f] = u * pw + v`` names the winning cell (u, v) of window
-(i, j); convolution outputs beyond the last whole window (pooling floors) are never computed
-in the direct path and get zero gradient, as they do layer by layer.
+Results equal the layer-by-layer ones: the same GEMM and the same bias/ReLU arithmetic, and the
+same tie rule as ``pool.max_pool2d_forward`` (the FIRST maximum in row-major window order wins,
+compared after the ReLU), so pooled maxima are bit for bit the same. ``code[n, i, j, f] =
+u * pw + v`` names the winning cell (u, v) of window (i, j); convolution outputs beyond the
+last whole window (pooling floors) get zero gradient, as they do layer by layer.
 
 Layouts are Keras's: x (N, H, W, C), w (KH, KW, C, F), pooled and code (N, OH//ph, OW//pw, F).
 """
@@ -30,47 +32,6 @@ from nbcnn.kernels.conv import _padded, im2col_gemm, im2col_gemm_backward
 MAX_WINDOW = 127
 
 # ------------------------------------------------------------------------------------ kernels
-
-
-@kernel
-def _direct_forward_pooled(xp, w, b, sh, sw, dil_h, dil_w, ph, pw, pooled, code):
-    """One input channel: each window's ph*pw convolution outputs, ReLU, max, in registers.
-
-    xp : (N, H+pads, W+pads, 1) padded input. The sums run as ``conv._direct_forward``'s
-    (bias first, then taps in (a, e, c) order), so the maxima equal the unfused ones bit for bit.
-    """
-    n_samples, _, _, channels = xp.shape
-    kh, kw, _, filters = w.shape
-    _, out_h, out_w, _ = pooled.shape
-    for n in numba.prange(n_samples):
-        acc = np.empty(filters, dtype=np.float32)
-        for pi in range(out_h):
-            for pj in range(out_w):
-                for u in range(ph):
-                    for v in range(pw):
-                        i = pi * ph + u
-                        j = pj * pw + v
-                        for f in range(filters):
-                            acc[f] = b[f]
-                        for a in range(kh):
-                            h = i * sh + a * dil_h
-                            for e in range(kw):
-                                wi = j * sw + e * dil_w
-                                for c in range(channels):
-                                    xv = xp[n, h, wi, c]
-                                    for f in range(filters):
-                                        acc[f] += xv * w[a, e, c, f]
-                        q = u * pw + v
-                        if q == 0:
-                            for f in range(filters):
-                                pooled[n, pi, pj, f] = max(acc[f], np.float32(0.0))
-                                code[n, pi, pj, f] = 0
-                        else:
-                            for f in range(filters):
-                                r = max(acc[f], np.float32(0.0))
-                                if r > pooled[n, pi, pj, f]:
-                                    pooled[n, pi, pj, f] = r
-                                    code[n, pi, pj, f] = q
 
 
 @kernel
@@ -197,15 +158,8 @@ def conv_relu_maxpool_forward(x, w, b, strides, dilation, padding, pool_size, *,
     shape = (x.shape[0], *pooled_hw, filters)
     pooled = np.empty(shape, dtype=np.float32)
     code = np.empty(shape, dtype=np.int8)
-    cols = None
-    if channels == 1:
-        (sh, sw), (dil_h, dil_w) = strides, dilation
-        xp = _padded(x, padding)
-        _direct_forward_pooled(xp, w, b, sh, sw, dil_h, dil_w, ph, pw, pooled, code)
-    else:
-        y2d, cols = im2col_gemm(x, w, strides, dilation, padding, out_hw)
-        y = y2d.reshape(x.shape[0], *out_hw, filters)
-        _bias_relu_maxpool(y, b, ph, pw, pooled, code)
+    y2d, cols = im2col_gemm(x, w, strides, dilation, padding, out_hw)
+    _bias_relu_maxpool(y2d.reshape(x.shape[0], *out_hw, filters), b, ph, pw, pooled, code)
     return (pooled, code, cols) if return_cols else (pooled, code)
 
 
