@@ -207,6 +207,32 @@ def batch_statistics(x):
     return mean, var
 
 
+def batchnorm_backward(dy, x, gamma, epsilon):
+    """(dx, dgamma, dbeta), float64, of batch normalisation with the batch's own statistics,
+    y = gamma * xhat + beta, xhat = (x - mean) / sqrt(var + epsilon), channel by channel.
+
+    Every x[i] moves xhat[i] directly and, through mean and var, every xhat of its channel:
+    dxhat/dx = (1/s) * (delta - 1/m - xhat_i * xhat_j / m), with s = sqrt(var + epsilon).
+    """
+    x = np.asarray(x, dtype=np.float64)
+    dy = np.asarray(dy, dtype=np.float64)
+    channels = x.shape[-1]
+    mean, var = batch_statistics(x)
+    dx, dgamma, dbeta = np.zeros_like(x), np.zeros(channels), np.zeros(channels)
+    for c in range(channels):
+        xs, gs = x[..., c].ravel(), dy[..., c].ravel()
+        s, m = np.sqrt(var[c] + epsilon), len(xs)
+        xhat = (xs - mean[c]) / s
+        dgamma[c] = sum(g * h for g, h in zip(gs, xhat))
+        dbeta[c] = sum(gs)
+        grad = [
+            sum(gamma[c] * gs[j] * ((i == j) - 1 / m - xhat[i] * xhat[j] / m) / s for j in range(m))
+            for i in range(m)
+        ]
+        dx[..., c] = np.reshape(grad, x.shape[:-1])
+    return dx, dgamma, dbeta
+
+
 def upsampling2d_forward(x, size):
     """Nearest neighbour: y[n, i, j, c] = x[n, i // sh, j // sw, c]."""
     n, h, w, c = x.shape

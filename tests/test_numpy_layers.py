@@ -1,6 +1,7 @@
-"""The NumPy-computed layers (Dense, BatchNormalization, reshaping, global pooling, Dropout,
-activations) against the loop references in naive.py. Gradients of every layer are checked
-against finite differences by the contract test (tests/test_testing_kit.py)."""
+"""The layers outside the conv and pooling kernels (Dense, BatchNormalization, reshaping, global
+pooling, Dropout, activations) against the loop references in naive.py; BatchNormalization's
+numba kernels have their own property test (tests/test_batchnorm.py). Gradients of every layer
+are checked against finite differences by the contract test (tests/test_testing_kit.py)."""
 
 from __future__ import annotations
 

@@ -77,38 +77,43 @@ class BatchNormalization(Layer):
     def forward(self, x, training=False):
         import numpy as np
 
+        from nbcnn.kernels import batchnorm
+
         c = x.shape[-1]
         gamma = self.params.get("gamma", np.ones(c, np.float32))
         beta = self.params.get("beta", np.zeros(c, np.float32))
+        x2 = np.ascontiguousarray(x, dtype=np.float32).reshape(-1, c)
+        eps = np.float32(self.epsilon)
         if not training:
-            inv = gamma / np.sqrt(self.params["moving_variance"] + np.float32(self.epsilon))
-            return (x - self.params["moving_mean"]) * inv + beta
-        x2 = x.reshape(-1, c)
-        mean = x2.mean(axis=0)
-        var = x2.var(axis=0)
-        inv_std = 1.0 / np.sqrt(var + np.float32(self.epsilon))
-        xhat = (x2 - mean) * inv_std
+            inv = gamma / np.sqrt(self.params["moving_variance"] + eps)
+            y2 = batchnorm.normalize(x2, self.params["moving_mean"], inv, beta)
+            return y2.reshape(x.shape)
+        mean64, var64 = batchnorm.batch_statistics(x2)
+        mean, var = mean64.astype(np.float32), var64.astype(np.float32)
+        inv_std = np.float32(1.0) / np.sqrt(var + eps)
         m = np.float32(self.momentum)
         self.params["moving_mean"] *= m
         self.params["moving_mean"] += (1 - m) * mean
         self.params["moving_variance"] *= m
         self.params["moving_variance"] += (1 - m) * var
-        self._xhat, self._inv_std, self._gamma = xhat, inv_std, gamma
-        return (xhat * gamma + beta).reshape(x.shape)
+        # The backward recomputes the normalised x from these rather than keeping it.
+        self._x2, self._mean, self._inv_std, self._gamma = x2, mean, inv_std, gamma
+        return batchnorm.normalize(x2, mean, inv_std * gamma, beta).reshape(x.shape)
 
     def backward(self, dy):
-        c = dy.shape[-1]
-        dy2 = dy.reshape(-1, c)
-        xhat = self._xhat
+        import numpy as np
+
+        from nbcnn.kernels import batchnorm
+
+        dy2 = np.ascontiguousarray(dy, dtype=np.float32).reshape(self._x2.shape)
+        # Standard batch-norm backward (Ioffe & Szegedy 2015, eq. after Alg. 1):
+        # dx = gamma * inv_std * (dy - mean(dy) - xhat * mean(dy * xhat)).
+        dx2, dgamma, dbeta = batchnorm.batchnorm_backward(
+            dy2, self._x2, self._mean, self._inv_std, self._gamma
+        )
         self.grads = {}
         if self.scale:
-            self.grads["gamma"] = (dy2 * xhat).sum(axis=0)
+            self.grads["gamma"] = dgamma
         if self.center:
-            self.grads["beta"] = dy2.sum(axis=0)
-        # Standard batch-norm backward (Ioffe & Szegedy 2015, eq. after Alg. 1), vectorised.
-        dxhat = dy2 * self._gamma
-        m = dy2.shape[0]
-        dx = (self._inv_std / m) * (
-            m * dxhat - dxhat.sum(axis=0) - xhat * (dxhat * xhat).sum(axis=0)
-        )
-        return dx.reshape(dy.shape)
+            self.grads["beta"] = dbeta
+        return dx2.reshape(dy.shape)
