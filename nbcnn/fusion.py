@@ -53,14 +53,15 @@ class ConvReluMaxPool:
         from nbcnn.kernels.fused import conv_relu_maxpool_forward
 
         conv = self.conv
-        x4 = x.reshape(x.shape[0], 1, *x.shape[1:]) if conv.rank == 1 else x
+        x4 = conv._as_4d(x)
+        w, strides, dilation, pads = conv._kernel_args()
         pooled, code, cols = conv_relu_maxpool_forward(
             x4,
-            conv._kernel_2d(),
+            w,
             conv.params.get("bias"),
-            conv._as_2d(conv.strides),
-            conv._as_2d(conv.dilation_rate),
-            conv._pads,
+            strides,
+            dilation,
+            pads,
             self.pool._as_2d(self.pool.pool_size),
             return_cols=True,
         )
@@ -74,22 +75,21 @@ class ConvReluMaxPool:
         conv = self.conv
         x4, pooled, code, cols = self._saved
         self._saved = (x4, pooled, code, None)  # the backward overwrites the columns
+        w, strides, dilation, pads = conv._kernel_args()
         dx, dw, db = conv_relu_maxpool_backward(
             dy.reshape(pooled.shape),
             x4,
-            conv._kernel_2d(),
+            w,
             pooled,
             code,
-            conv._as_2d(conv.strides),
-            conv._as_2d(conv.dilation_rate),
-            conv._pads,
+            strides,
+            dilation,
+            pads,
             self.pool._as_2d(self.pool.pool_size),
             need_dx=conv.input_grad_needed,
             cols=cols,
         )
-        conv.grads = {"kernel": dw.reshape(conv.params["kernel"].shape)}
-        if conv.use_bias:
-            conv.grads["bias"] = db
+        conv._store_grads(dw, db)
         return None if dx is None else dx.reshape(dy.shape[0], *conv.input_shape)
 
 

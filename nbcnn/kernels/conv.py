@@ -274,17 +274,15 @@ def conv2d_backward(
     strides, dilation, padding, (out_h, out_w) = _checks.conv_geometry(
         x.shape, w.shape, strides, dilation, padding
     )
-    n_samples, height, width, channels = x.shape
-    kh, kw, _, filters = w.shape
+    n_samples, filters = x.shape[0], w.shape[3]
     _checks.same_shape("dy", dy, (n_samples, out_h, out_w, filters))
 
     db_per_sample = np.zeros((n_samples, filters), dtype=np.float64)
-    if relu_output is not None:
-        relu_output = _checks.float32_array("relu_output", relu_output, 4)
-        _checks.same_shape("relu_output", relu_output, dy.shape)
     if relu_output is None:
         _bias_grad(dy, db_per_sample)
     else:
+        relu_output = _checks.float32_array("relu_output", relu_output, 4)
+        _checks.same_shape("relu_output", relu_output, dy.shape)
         dz = np.empty_like(dy)
         _relu_grad_and_bias_grad(dy, relu_output, dz, db_per_sample)
         dy = dz

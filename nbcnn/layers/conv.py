@@ -143,21 +143,37 @@ class _Conv(Layer):
         w = self.params["kernel"]
         return w.reshape(1, *w.shape) if self.rank == 1 else w
 
+    def _as_4d(self, x):
+        """x as the 2-D kernels take it, (N, H, W, C): a height of 1 for Conv1D."""
+        return x.reshape(x.shape[0], 1, *x.shape[1:]) if self.rank == 1 else x
+
+    def _kernel_args(self):
+        """``(w, strides, dilation, padding)`` in the 2-D kernels' form (also nbcnn/fusion.py)."""
+        dims = (self._as_2d(self.strides), self._as_2d(self.dilation_rate))
+        return (self._kernel_2d(), *dims, self._pads)
+
+    def _store_grads(self, dw, db) -> None:
+        """Set ``grads`` from the kernels' dw (2-D form) and db."""
+        self.grads = {"kernel": dw.reshape(self.params["kernel"].shape)}
+        if self.use_bias:
+            self.grads["bias"] = db
+
     def forward(self, x, training=False):
         from nbcnn.kernels.conv import conv2d_forward
 
-        x4 = x.reshape(x.shape[0], 1, *x.shape[1:]) if self.rank == 1 else x
+        x4 = self._as_4d(x)
         # ReLU runs inside the kernel's bias pass, and its mask inside the backward's bias-
         # gradient pass: two passes over the output fewer each way.
         fused_relu = self.activation == "relu"
         # A training forward keeps its im2col columns for the backward (see im2col_gemm).
+        w, strides, dilation, pads = self._kernel_args()
         y, cols = conv2d_forward(
             x4,
-            self._kernel_2d(),
+            w,
             self.params.get("bias"),
-            self._as_2d(self.strides),
-            self._as_2d(self.dilation_rate),
-            self._pads,
+            strides,
+            dilation,
+            pads,
             relu=fused_relu,
             return_cols=True,
         )
@@ -175,18 +191,13 @@ class _Conv(Layer):
         dx, dw, db = conv2d_backward(
             dz4,
             self._x4,
-            self._kernel_2d(),
-            self._as_2d(self.strides),
-            self._as_2d(self.dilation_rate),
-            self._pads,
+            *self._kernel_args(),
             need_dx=self.input_grad_needed,
             relu_output=self._y4,
             cols=self._cols,
         )
         self._cols = None  # overwritten by the backward, and no longer needed
-        self.grads = {"kernel": dw.reshape(self.params["kernel"].shape)}
-        if self.use_bias:
-            self.grads["bias"] = db
+        self._store_grads(dw, db)
         return None if dx is None else dx.reshape(dz.shape[0], *self.input_shape)
 
 
