@@ -63,9 +63,10 @@ def convolve(
     from nbcnn import pictures
 
     w = pictures.load_kernel(kernel)
-    pictures.rescale(w, rescale)  # checks the mode before any work
+    pictures.check_rescale(rescale)  # before any work
     x = pictures.read_image(image, grey=grey)
-    y = pictures.convolve_image(x, w, stride=stride, padding=padding)
+    kernel_file = None if kernel in pictures.FILTERS else kernel
+    y = pictures.convolve_image(x, w, stride=stride, padding=padding, kernel_file=kernel_file)
     pictures.write_image(out, pictures.to_uint8(pictures.rescale(y, rescale, w)))
     h, wd, c = y.shape
     _say(
@@ -90,7 +91,8 @@ def featuremaps(
     from nbcnn.data import load_images
 
     _, model, _ = _model_with_weights(config, weights)
-    x = load_images([str(image)], model.input_shape)[0]
+    with pictures.refuse_image_bombs(image):
+        x = load_images([str(image)], model.input_shape)[0]
     grid = pictures.featuremap_grid(model, x, layer, source=Path(image).name)
     pictures.write_image(out, grid.pixels)
     _say(f"{out}: {len(grid.boxes)} feature maps of {grid.tile_shape[0]}x{grid.tile_shape[1]}")

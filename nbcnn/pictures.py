@@ -10,6 +10,11 @@
 * :func:`write_curves` draws loss and accuracy per epoch from a run's ``metrics.jsonl`` with
   matplotlib, an optional extra (``pip install 'nbcnn[plots]'``) imported only here.
 
+Sizes are checked before anything is allocated: a convolution's work memory against
+:func:`nbcnn.resources.available_memory`, images and grids against Pillow's decompression-bomb
+limit, metrics files against ``MAX_METRICS_BYTES``; NaN, infinite and huge metric values are
+left out of the curves with a warning.
+
 Images are float32 in [0, 1] with a trailing channel axis: ``(H, W, C)``, C = 1 or 3.
 """
 
@@ -20,13 +25,16 @@ import json
 import math
 import os
 import sys
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from nbcnn.errors import ConfigError, DataError
+from nbcnn import resources
+from nbcnn.errors import ConfigError, DataError, NbcnnError
 
 #: The named filters of ``nbcnn convolve``: 3x3 cross-correlation kernels.
 FILTERS: dict[str, np.ndarray] = {
@@ -90,14 +98,14 @@ def read_image(path: str | os.PathLike, grey: bool = False) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as image:
+        with refuse_image_bombs(path), Image.open(path) as image:
             mode = "L" if grey or image.mode in ("1", "L", "LA", "I", "I;16", "F") else "RGB"
             pixels = np.asarray(image.convert(mode), dtype=np.float32)
     except FileNotFoundError:
         raise DataError("file not found", file=str(path)) from None
     except IsADirectoryError:
         raise DataError("is a folder, not an image", file=str(path)) from None
-    except (UnidentifiedImageError, Image.DecompressionBombError) as err:
+    except UnidentifiedImageError as err:
         raise DataError(f"not a readable image ({err})", file=str(path)) from None
     except (OSError, ValueError) as err:
         raise DataError(f"cannot read image ({err})", file=str(path)) from None
@@ -105,14 +113,35 @@ def read_image(path: str | os.PathLike, grey: bool = False) -> np.ndarray:
     return pixels.reshape(*pixels.shape[:2], -1)
 
 
+@contextmanager
+def refuse_image_bombs(path: str | os.PathLike) -> Iterator[None]:
+    """Pillow's decompression-bomb guard as one DataError naming ``path``: Pillow refuses an
+    image of more than twice ``PIL.Image.MAX_IMAGE_PIXELS`` pixels (89,478,485: about 9459 x
+    9459) when it opens it, but only warns, two lines on stderr, up to twice that."""
+    from PIL import Image
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            yield
+        except (Image.DecompressionBombWarning, Image.DecompressionBombError) as err:
+            raise DataError(f"image too large to read ({err})", file=str(path)) from None
+
+
 def convolve_image(
-    image: np.ndarray, w: np.ndarray, stride: int = 1, padding: str = "valid"
+    image: np.ndarray,
+    w: np.ndarray,
+    stride: int = 1,
+    padding: str = "valid",
+    kernel_file: str | None = None,
 ) -> np.ndarray:
     """Cross-correlate each channel of ``image : (H, W, C)`` with ``w : (KH, KW)``.
 
     Runs nbcnn's Conv2D kernel with the C channels as a batch of one-channel images, so this is
     exactly what a one-filter Conv2D computes (no bias). 'same' padding splits like Keras.
-    Returns ``(OH, OW, C) float32``.
+    Returns ``(OH, OW, C) float32``. A kernel larger than the image with 'valid' padding, or
+    one whose work buffers exceed the available memory, is a DataError naming ``kernel_file``
+    (where the kernel came from), raised before anything is allocated.
     """
     from nbcnn import shapes
     from nbcnn.kernels.conv import conv2d_forward
@@ -127,18 +156,60 @@ def convolve_image(
     kh, kw = w.shape
     if padding == "valid" and (h < kh or wd < kw):
         raise DataError(
-            f"the image ({h}x{wd}) is smaller than the {kh}x{kw} kernel; use --padding same"
+            f"the image ({h}x{wd}) is smaller than the {kh}x{kw} kernel; use --padding same or "
+            "a smaller kernel",
+            file=kernel_file,
         )
     pads = shapes.padding_amounts((h, wd), (kh, kw), (stride, stride), padding)
+    out_hw = tuple(shapes.output_length(n, k, stride, padding) for n, k in ((h, kh), (wd, kw)))
+    need = convolution_memory(image.shape, w.shape, pads, out_hw)
+    available = resources.available_memory()
+    if available is not None and need > available:
+        need_text, available_text = map(resources.human_bytes, (need, available))
+        raise DataError(
+            f"convolving the {h}x{wd} image with the {kh}x{kw} kernel (--padding {padding}, "
+            f"--stride {stride}) needs about {need_text} of memory ({kh * kw:,} taps for each "
+            f"of {math.prod(out_hw):,} output pixels) but only {available_text} is available; "
+            "use a smaller kernel or image",
+            file=kernel_file,
+        )
     x = np.ascontiguousarray(image.transpose(2, 0, 1)[..., np.newaxis], np.float32)
     y = conv2d_forward(x, w.reshape(kh, kw, 1, 1), None, (stride, stride), (1, 1), pads)
     return y[..., 0].transpose(1, 2, 0)
 
 
+#: Arrays the size of the response that ``nbcnn convolve`` holds at once: the response, and
+#: rescale's and to_uint8's copies (abs, the percentile's sorted copy, the scaled result...).
+RESPONSE_COPIES = 5
+
+
+def convolution_memory(
+    image_shape: tuple[int, int, int],
+    kernel_shape: tuple[int, int],
+    pads: tuple[tuple[int, int], tuple[int, int]],
+    out_hw: tuple[int, int],
+) -> int:
+    """Bytes ``nbcnn convolve`` needs for an ``(H, W, C)`` image and a ``(KH, KW)`` kernel once
+    the image is read: its channels-first copy, conv2d_forward's im2col columns and padded
+    input for as many channels as its CHUNK_BYTES lets it take at once (one, when a channel's
+    columns alone are larger), and ``RESPONSE_COPIES`` arrays of the ``(OH, OW, C)`` response."""
+    from nbcnn.kernels.conv import CHUNK_BYTES
+
+    h, wd, channels = image_shape
+    per_channel = resources.conv_buffers((h, wd), 1, kernel_shape, pads, out_hw)
+    column_bytes = per_channel.columns * resources.BYTES_PER_VALUE
+    at_once = min(channels, max(1, CHUNK_BYTES // column_bytes))
+    values = (
+        h * wd * channels
+        + at_once * (per_channel.columns + per_channel.padded)
+        + RESPONSE_COPIES * math.prod(out_hw) * channels
+    )
+    return values * resources.BYTES_PER_VALUE
+
+
 def rescale(y: np.ndarray, mode: str = "auto", w: np.ndarray | None = None) -> np.ndarray:
     """Map a response ``y`` to [0, 1] for viewing (see ``RESCALES``); ``w`` decides ``auto``."""
-    if mode not in RESCALES:
-        raise ConfigError(f"expected one of {', '.join(RESCALES)}, got {mode!r}", where="--rescale")
+    check_rescale(mode)
     if mode == "auto":
         mode = "clip" if w is not None and abs(float(w.sum()) - 1.0) < 1e-4 else "abs"
     if mode == "clip":
@@ -149,6 +220,12 @@ def rescale(y: np.ndarray, mode: str = "auto", w: np.ndarray | None = None) -> n
     if mode == "abs":
         return np.minimum(np.abs(y) / peak, 1.0) if peak > 0 else np.zeros_like(y)
     return np.clip(0.5 + 0.5 * y / peak, 0.0, 1.0) if peak > 0 else np.full_like(y, 0.5)
+
+
+def check_rescale(mode: str) -> None:
+    """ConfigError unless ``mode`` is one of ``RESCALES``."""
+    if mode not in RESCALES:
+        raise ConfigError(f"expected one of {', '.join(RESCALES)}, got {mode!r}", where="--rescale")
 
 
 def _peak(y: np.ndarray) -> float:
@@ -243,14 +320,17 @@ def make_grid(
         columns = min(n, 4 if h == 1 else max(8, math.ceil(math.sqrt(n))))
     rows = math.ceil(n / columns)
     sy, sx = tile_scale(h, w)
+    cell_h = LABEL_HEIGHT + h * sy + GAP
+    height = TITLE_HEIGHT + GAP + rows * cell_h
+    # Checked before the labels are measured (their widths only add) and once more after.
+    _check_grid_size(title, n, GAP + columns * (w * sx + GAP), height)
     font = ImageFont.load_default()
     draw_probe = ImageDraw.Draw(Image.new("L", (1, 1)))
     label_width = max(draw_probe.textbbox((0, 0), str(t), font=font)[2] for t in labels)
     cell_w = max(w * sx, label_width) + GAP
-    cell_h = LABEL_HEIGHT + h * sy + GAP
     title_w = draw_probe.textbbox((0, 0), title, font=font)[2]
     width = max(GAP + columns * cell_w, title_w + 2 * GAP)
-    height = TITLE_HEIGHT + GAP + rows * cell_h
+    _check_grid_size(title, n, width, height)
     canvas = np.full((height, width, 3) if colour else (height, width), 255, np.uint8)
     boxes = []
     for i, t in enumerate(tiles):
@@ -268,6 +348,22 @@ def make_grid(
     for (top, left), label in zip(boxes, labels):
         draw.text((left, top - LABEL_HEIGHT), str(label), fill=ink, font=font)
     return Grid(np.asarray(image), boxes, (h, w), (sy, sx))
+
+
+def _check_grid_size(title: str, tiles: int, width: int, height: int) -> None:
+    """Refuse a picture larger than Pillow opens without a decompression-bomb warning
+    (``PIL.Image.MAX_IMAGE_PIXELS``), before allocating it: the grid of a layer with
+    thousands of channels would take gigabytes and open nowhere."""
+    from PIL import Image
+
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit is not None and width * height > limit:
+        raise ConfigError(
+            f"the picture of {title} would be {width:,}x{height:,} pixels ({tiles:,} tiles), "
+            f"more than the {limit:,} an image may have (PIL.Image.MAX_IMAGE_PIXELS); draw a "
+            "layer with fewer channels or filters",
+            where="--layer",
+        )
 
 
 def find_layer(model, name: str | None, accept: Callable, what: str) -> int:
@@ -358,11 +454,31 @@ def filter_grid(model, layer: str | None = None) -> Grid:
 # ----------------------------------------------------------------------------- curves
 
 
+#: The metrics drawn: loss and accuracy, training and validation.
+CURVES = ("loss", "val_loss", "accuracy", "val_accuracy")
+#: A metrics.jsonl larger than this is not a run's (a record takes about 100 bytes).
+MAX_METRICS_BYTES = 64 << 20
+#: Epoch numbers drawn: integers exact in float64, where matplotlib places them (beyond
+#: int64 its ticks raised TypeError).
+MAX_EPOCH = 2**53
+#: Values drawn: finite ones up to this magnitude. matplotlib's tick arithmetic overflows
+#: near float64's largest (1e308 gave "arange: cannot compute length"); 1e300 measured fine.
+MAX_DRAWN = 1e300
+
+
 def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
-    """The per-epoch records of a run's ``metrics.jsonl``; DataError naming file and line."""
+    """The per-epoch records of a run's ``metrics.jsonl``: each an object with an integer
+    ``epoch`` in [0, MAX_EPOCH] and, for the ``CURVES`` it has, a float (NaN and infinities
+    included: see :func:`undrawn`) or None. DataError naming the file and line otherwise."""
     path = Path(run_dir) / "metrics.jsonl"
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_METRICS_BYTES + 1)
+        if len(data) > MAX_METRICS_BYTES:
+            raise DataError(
+                f"larger than {MAX_METRICS_BYTES >> 20} MiB: not a run's metrics", file=str(path)
+            )
+        lines = data.decode("utf-8").splitlines()
     except FileNotFoundError:
         raise DataError("no metrics.jsonl here: not an nbcnn run folder", file=str(path)) from None
     except (OSError, UnicodeDecodeError) as err:
@@ -373,14 +489,57 @@ def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
             continue
         try:
             record = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise DataError(f"line {number} is not JSON", file=str(path)) from None
-        if not isinstance(record, dict) or not isinstance(record.get("epoch"), int):
-            raise DataError(f"line {number} has no integer 'epoch'", file=str(path))
+        epoch = record.get("epoch") if isinstance(record, dict) else None
+        if not _is_int(epoch) or not 0 <= epoch <= MAX_EPOCH:
+            raise DataError(
+                f"line {number} has no integer 'epoch' from 0 to {MAX_EPOCH:,}", file=str(path)
+            )
+        for key in CURVES:
+            value = record.get(key)
+            if value is not None and not _is_number(value):
+                raise DataError(
+                    f"line {number}: {key!r} must be a number or null, got {type(value).__name__}",
+                    file=str(path),
+                )
+            if value is not None:
+                record[key] = _as_float(value)
         records.append(record)
     if not records:
         raise DataError("holds no epochs yet", file=str(path))
     return records
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _as_float(value: int | float) -> float:
+    try:
+        return float(value)
+    except OverflowError:  # an integer beyond float64, such as 10**400
+        return math.inf if value > 0 else -math.inf
+
+
+def _drawn(value) -> bool:
+    """Whether a metric value is drawn: a number within +-MAX_DRAWN (so not NaN or inf)."""
+    return value is not None and abs(value) <= MAX_DRAWN
+
+
+def undrawn(records: Sequence[dict]) -> list[str]:
+    """``epoch 3 loss=inf``-style notes of the values :func:`render_curves` leaves out:
+    NaN, infinities and magnitudes beyond MAX_DRAWN."""
+    return [
+        f"epoch {r['epoch']} {key}={r[key]:.3g}"
+        for r in records
+        for key in CURVES
+        if r.get(key) is not None and not _drawn(r[key])
+    ]
 
 
 def _matplotlib():
@@ -402,10 +561,9 @@ def render_curves(records: Sequence[dict], title: str = "") -> bytes:
     panels = fig.subplots(1, 2)
     for ax, metric in zip(panels, ("loss", "accuracy")):
         for key, label, colour in ((metric, "train", "C0"), (f"val_{metric}", "validation", "C1")):
-            values = [r.get(key) for r in records]
-            if all(v is None for v in values):
+            points = [(r["epoch"], r[key]) for r in records if _drawn(r.get(key))]
+            if not points:
                 continue
-            points = [(e, v) for e, v in zip(epochs, values) if v is not None]
             ax.plot(*zip(*points), marker="o", markersize=3, color=colour, label=label)
         ax.set_xlabel("epoch")
         ax.set_ylabel(metric)
@@ -426,24 +584,40 @@ def write_curves(
     out: str | os.PathLike | None = None,
     missing_ok: bool = False,
 ) -> Path | None:
-    """Draw ``curves.png`` (or ``out``) from ``run_dir/metrics.jsonl``, atomically.
+    """Draw ``curves.png`` (or ``out``) from ``run_dir/metrics.jsonl``, atomically. Values
+    left out (NaN, inf, beyond MAX_DRAWN) are named in one warning line on stderr.
 
-    Without matplotlib: DataError, or with ``missing_ok`` one note on stderr and ``None`` (what
-    ``nbcnn train`` wants: the run itself succeeded). With ``missing_ok`` a folder without
-    metrics yet (interrupted in its first epoch) gives ``None`` quietly.
+    Any failure (bad metrics, no matplotlib, a file that cannot be written) raises, or with
+    ``missing_ok``, what ``nbcnn train`` passes once its run has succeeded, becomes one warning
+    line on stderr naming the picture and ``nbcnn plot RUN_DIR`` (which draws it again and
+    shows the error), and ``None``: a finished run is not failed by its picture. With
+    ``missing_ok`` a folder without metrics yet (interrupted in its first epoch) gives ``None``
+    quietly.
     """
     from nbcnn.io import write_bytes_atomic
 
+    target = Path(out) if out is not None else Path(run_dir) / "curves.png"
     if missing_ok and not (Path(run_dir) / "metrics.jsonl").exists():
         return None
-    records = read_metrics(run_dir)
     try:
-        png = render_curves(records, title=Path(run_dir).resolve().name)
-    except DataError as err:
+        records = read_metrics(run_dir)
+        left_out = undrawn(records)
+        if left_out:
+            shown = ", ".join(left_out[:3]) + (", ..." if len(left_out) > 3 else "")
+            print(
+                f"nbcnn: warning: {Path(run_dir) / 'metrics.jsonl'}: {len(left_out)} value(s) "
+                f"not drawn (NaN, infinite or beyond +-{MAX_DRAWN:g}): {shown}",
+                file=sys.stderr,
+            )
+        write_bytes_atomic(target, render_curves(records, title=Path(run_dir).resolve().name))
+    except Exception as err:
         if not missing_ok:
             raise
-        print(f"nbcnn: note: no curves.png ({err})", file=sys.stderr)
+        reason = str(err) if isinstance(err, NbcnnError) else f"{type(err).__name__}: {err}"
+        print(
+            f"nbcnn: warning: {target} not drawn ({' '.join(reason.split())}); the run is "
+            f"complete, and `nbcnn plot {run_dir}` draws it again",
+            file=sys.stderr,
+        )
         return None
-    target = Path(out) if out is not None else Path(run_dir) / "curves.png"
-    write_bytes_atomic(target, png)
     return target
