@@ -29,12 +29,18 @@ from dataclasses import dataclass
 import numpy as np
 
 from nbcnn.errors import ConfigError, DataError
+from nbcnn.io import check_room, load_npz, read_npy_header
+from nbcnn.layers.args import show
 
 DATASETS = ("digits", "idx", "npz", "synthetic")
 
 # Largest array a data file may declare. MNIST's 60k training images are 47 MB; the cap stops a
 # corrupt or hostile header from making us allocate gigabytes before the data is even read.
 MAX_ARRAY_BYTES = 2**31
+
+#: Bytes each stored value costs once loaded, beyond the stored bytes: images become float32
+#: (4) and the training set is shuffled into a copy (4); labels become int64 (8), shuffled too.
+LOADED_BYTES_PER_VALUE = {"images": 8, "labels": 16}
 
 # Fraction of a lone t10k set used for training (first 8,000 of 10,000, as mnist_10k.npz).
 T10K_TRAIN_FRACTION = 0.8
@@ -87,28 +93,30 @@ def load_dataset(
     (train, test) pair; default (512, 128). Bad options are a ConfigError located at ``where``.
     """
     if dataset not in DATASETS:
-        close = difflib.get_close_matches(str(dataset), DATASETS, n=1)
+        close = (
+            difflib.get_close_matches(dataset, DATASETS, n=1) if isinstance(dataset, str) else []
+        )
         hint = f" did you mean {close[0]!r}?" if close else ""
         raise ConfigError(
-            f"unknown dataset {dataset!r};{hint} choose one of {', '.join(DATASETS)}",
+            f"unknown dataset {show(dataset)};{hint} choose one of {', '.join(DATASETS)}",
             where=f"{where}.dataset",
         )
     if isinstance(validation_split, bool) or not (
         isinstance(validation_split, (int, float)) and 0 <= validation_split < 1
     ):
         raise ConfigError(
-            f"must be a number in [0, 1), got {validation_split!r}",
+            f"must be a number in [0, 1), got {show(validation_split)}",
             where=f"{where}.validation_split",
         )
     if num_classes is not None and (
         isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2
     ):
         raise ConfigError(
-            f"must be an integer >= 2, got {num_classes!r}", where=f"{where}.num_classes"
+            f"must be an integer >= 2, got {show(num_classes)}", where=f"{where}.num_classes"
         )
     input_shape = tuple(input_shape)
     if dataset in ("npz", "idx") and not path:
-        raise ConfigError(f"dataset {dataset!r} needs a path", where=f"{where}.path")
+        raise ConfigError(f"dataset {show(dataset)} needs a path", where=f"{where}.path")
 
     if dataset == "digits":
         x_train, y_train, x_test, y_test, source = _load_digits()
@@ -269,6 +277,9 @@ def _labels(y: np.ndarray, origin: str, name: str) -> np.ndarray:
         raise DataError(f"{name} has dtype {y.dtype}; expected integer labels", file=origin)
     if y.size and y.min() < 0:
         raise DataError(f"{name} has negative label {y.min()}", file=origin)
+    # Checked in the stored dtype: a uint64 above int64's range would wrap to a negative label.
+    if y.size and int(y.max()) > np.iinfo(np.int64).max:
+        raise DataError(f"{name} has label {y.max()}, beyond int64's range", file=origin)
     return y.astype(np.int64)
 
 
@@ -297,7 +308,9 @@ def _load_digits():
 def _load_npz(path: str):
     """Keras's mnist.npz layout; each array's header is checked before it is read."""
     if not os.path.isfile(path):
-        raise DataError("file not found", file=path)
+        raise DataError(
+            "not a regular file" if os.path.exists(path) else "file not found", file=path
+        )
     if not zipfile.is_zipfile(path):
         raise DataError(
             "is not a complete .npz archive (truncated, or not a zip of .npy arrays like "
@@ -316,10 +329,13 @@ def _load_npz(path: str):
                     f"{', '.join(NPZ_KEYS)} as in Keras's mnist.npz",
                     file=path,
                 )
+            need = sum(_check_npy_header(archive, key, path) for key in NPZ_KEYS)
+            check_room(need, "its arrays", path)
             for key in NPZ_KEYS:
-                _check_npy_header(archive, key, path)
                 with archive.open(f"{key}.npy") as member:
                     arrays[key] = np.lib.format.read_array(member, allow_pickle=False)
+    except MemoryError:
+        raise DataError("not enough memory to read its arrays", file=path) from None
     except (
         OSError,
         EOFError,
@@ -343,16 +359,14 @@ def _load_npz(path: str):
     return x_train, y_train, x_test, y_test, f"npz {path}"
 
 
-def _check_npy_header(archive: zipfile.ZipFile, key: str, path: str) -> None:
-    """Refuse object arrays, wrong ranks and oversized arrays from the .npy header alone."""
+def _check_npy_header(archive: zipfile.ZipFile, key: str, path: str) -> int:
+    """Refuse object arrays, wrong ranks and oversized arrays from the .npy header alone;
+    return the bytes the array will need once loaded."""
     with archive.open(f"{key}.npy") as member:
-        version = np.lib.format.read_magic(member)
-        if version == (1, 0):
-            shape, _, dtype = np.lib.format.read_array_header_1_0(member)
-        elif version == (2, 0):
-            shape, _, dtype = np.lib.format.read_array_header_2_0(member)
-        else:
-            raise DataError(f"{key} uses unsupported .npy format version {version}", file=path)
+        try:
+            shape, dtype = read_npy_header(member)
+        except ValueError as err:
+            raise DataError(f"{key}: {err}", file=path) from None
     if dtype.hasobject:
         raise DataError(f"{key} contains object arrays (pickle); refused", file=path)
     if math.prod(shape) * dtype.itemsize > MAX_ARRAY_BYTES:
@@ -364,6 +378,8 @@ def _check_npy_header(archive: zipfile.ZipFile, key: str, path: str) -> None:
     if len(shape) not in ranks:
         what = "images (N, H, W) or (N, H, W, C)" if key.startswith("x") else "labels (N,)"
         raise DataError(f"{key} has shape {shape}; expected {what}", file=path)
+    kind = "images" if key.startswith("x") else "labels"
+    return math.prod(shape) * (dtype.itemsize + LOADED_BYTES_PER_VALUE[kind])
 
 
 def _find_idx_file(folder: str, name: str) -> str | None:
@@ -445,10 +461,14 @@ def read_idx(path: str | os.PathLike, magic: int) -> np.ndarray:
                     f"{os.path.getsize(path) - len(header)}",
                     file=path,
                 )
-            # One byte more than declared, so extra data is noticed without reading it all.
+            check_room(nbytes * (1 + LOADED_BYTES_PER_VALUE[kind]), f"its {kind}", path)
+            # One byte more than declared, so extra data is noticed without reading it all: a
+            # .gz that holds more than its header says is decompressed no further.
             data = f.read(nbytes + 1)
     except FileNotFoundError:
         raise DataError("file not found", file=path) from None
+    except MemoryError:
+        raise DataError(f"not enough memory to read its {kind}", file=path) from None
     except (EOFError, zlib.error, OSError) as err:
         raise DataError(f"truncated or corrupt file ({err})", file=path) from None
     if len(data) != nbytes:
@@ -467,10 +487,10 @@ def _synthetic_sizes(size: int | tuple[int, int] | None, where: str) -> tuple[in
     sizes = (size, max(size // 4, 1)) if isinstance(size, int) else tuple(size)
     if len(sizes) != 2 or any(isinstance(n, bool) or not isinstance(n, int) for n in sizes):
         raise ConfigError(
-            f"expected an integer or (train, test), got {size!r}", where=f"{where}.size"
+            f"expected an integer or (train, test), got {show(size)}", where=f"{where}.size"
         )
     if sizes[0] < 1 or sizes[1] < 1:
-        raise ConfigError(f"sizes must be >= 1, got {size!r}", where=f"{where}.size")
+        raise ConfigError(f"sizes must be >= 1, got {show(size)}", where=f"{where}.size")
     return sizes
 
 
@@ -496,9 +516,9 @@ def load_prediction_arrays(path: str, input_shape: tuple[int, ...]) -> np.ndarra
 
     Returns (N, *input_shape) float32 in [0, 1] (integer pixels are divided by 255).
     """
-    from nbcnn.io import load_npz
-
-    arrays = load_npz(path)
+    # Each value is converted to float32 (4 bytes) and copied once more when the CLI joins the
+    # inputs into one batch (4): counted before anything is read.
+    arrays = load_npz(path, extra_per_value=8)
     for key in ("x", "x_test"):
         if key in arrays:
             break
@@ -510,6 +530,6 @@ def load_prediction_arrays(path: str, input_shape: tuple[int, ...]) -> np.ndarra
         key = next(iter(arrays))
     x = np.asarray(arrays[key])
     if x.ndim == 0 or len(x) == 0:
-        raise DataError(f"array {key!r} holds no images", file=path)
+        raise DataError(f"array {show(key)} holds no images", file=path)
     x = _fit_shape(x, tuple(input_shape), path)
     return _scale_images(x, path, key)

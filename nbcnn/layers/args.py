@@ -9,7 +9,7 @@ a did-you-mean for unknown keys. Parsers raise ``ValueError(what_is_allowed)``.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,9 +47,75 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _show(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
+#: Longest quote of a received value in an error message: enough to recognise the value, and
+#: never the whole of one that expands (21 levels of YAML aliases repeat a list 4**21 times).
+SHOW_LIMIT = 60
+
+
+def show(value: Any, limit: int = SHOW_LIMIT) -> str:
+    """``repr(value)`` cut to at most ``limit`` characters ("..." marks a cut).
+
+    Built piece by piece and stopped once past the limit, so it costs about ``limit`` steps
+    whatever ``value`` holds: shared or self-referencing lists and mappings (YAML aliases) are
+    never expanded, and long strings are sliced before their repr is taken.
+    """
+    text = ""
+    for piece in _repr_pieces(value, limit, set()):
+        text += piece
+        if len(text) > limit:
+            return text[: limit - 3] + "..."
+    return text
+
+
+def key_text(key: Any) -> str:
+    """A mapping key as written in a key path (``layers[0].units``), cut like :func:`show`."""
+    text = key if isinstance(key, str) else show(key)
+    return text if len(text) <= SHOW_LIMIT else text[: SHOW_LIMIT - 3] + "..."
+
+
+_BRACKETS = {list: ("[", "]"), tuple: ("(", ")"), set: ("{", "}"), frozenset: ("frozenset({", "})")}
+
+
+def _repr_pieces(value: Any, limit: int, path: set[int]) -> Iterator[str]:
+    """The pieces of ``repr(value)`` in order; ``path`` holds the containers being shown."""
+    kind = type(value)
+    if kind in (str, bytes):
+        yield repr(value[: limit + 1])  # longer than the limit either way: the cut hides the end
+    elif kind is dict or kind in _BRACKETS:
+        if kind is set and not value:
+            yield "set()"
+            return
+        if kind is frozenset and not value:
+            yield "frozenset()"
+            return
+        opening, closing = ("{", "}") if kind is dict else _BRACKETS[kind]
+        if id(value) in path:  # a container inside itself: repr writes [...] too
+            yield f"{opening}...{closing}"
+            return
+        path.add(id(value))
+        yield opening
+        for i, item in enumerate(value.items() if kind is dict else value):
+            if i:
+                yield ", "
+            if kind is dict:
+                yield from _repr_pieces(item[0], limit, path)
+                yield ": "
+                item = item[1]
+            yield from _repr_pieces(item, limit, path)
+        if kind is tuple and len(value) == 1:
+            yield ","
+        yield closing
+        path.discard(id(value))
+    elif kind is int:
+        try:
+            yield repr(value)
+        except ValueError:  # over Python's int-to-text digit limit
+            yield f"<int of {value.bit_length()} bits>"
+    elif getattr(value, "ndim", 0) and getattr(value, "size", 0) > limit:
+        # A large NumPy array: NumPy's summary keeps 6 entries per axis, 6**ndim in all.
+        yield f"<{value.dtype} array of shape {tuple(value.shape)}>"
+    else:
+        yield repr(value)
 
 
 def _within(value: int, minimum: int | None, maximum: int | None) -> bool:
@@ -237,7 +303,7 @@ def parse_arguments(
         known = ", ".join(schema) or "none"
         hint = did_you_mean(key, list(schema))
         raise ConfigError(
-            f"unknown argument for {what}{hint}; known arguments: {known}", where=str(key)
+            f"unknown argument for {what}{hint}; known arguments: {known}", where=key_text(key)
         )
     parsed = {}
     for key, arg in schema.items():
@@ -249,5 +315,5 @@ def parse_arguments(
         try:
             parsed[key] = arg.parse(values[key])
         except ValueError as err:
-            raise ConfigError(f"{err}, got {_show(values[key])}", where=key) from None
+            raise ConfigError(f"{err}, got {show(values[key])}", where=key) from None
     return parsed
