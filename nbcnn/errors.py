@@ -8,6 +8,15 @@ exit code 2 without a traceback; anything else escaping is a bug.
 from __future__ import annotations
 
 
+def printable(text: str) -> str:
+    """``text`` safe to print on a terminal: characters that are not printable (ANSI escapes,
+    NUL, CR, newlines, bidi overrides, lone surrogates) as their ``repr`` escapes (``\\x1b``),
+    the rest unchanged. Names come from configs and plugins; JSON keeps them as they are."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 class NbcnnError(Exception):
     """Base class for errors caused by user input; ``str(err)`` is the one-line message."""
 

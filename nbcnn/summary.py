@@ -7,8 +7,9 @@ Computing (:func:`summarize`) is kept apart from rendering (:func:`render_table`
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
+from nbcnn.errors import printable
 from nbcnn.layers.base import format_shape
 from nbcnn.model import Sequential
 
@@ -85,7 +86,7 @@ def summarize(model: Sequential) -> Summary:
                 params=total,
                 trainable_params=trainable,
                 non_trainable_params=total - trainable,
-                macs=int(model.calculate(i, "macs", s_in)),
+                macs=model.calculate(i, "macs", s_in),
                 activation_bytes=math.prod(s_out) * BYTES_PER_VALUE,
                 receptive_field=_plain(rf),
                 jump=_plain(jump),
@@ -106,7 +107,7 @@ def to_json(summary: Summary) -> dict:
     return {
         "name": summary.name,
         "input_shape": summary.input_shape,
-        "layers": [asdict(r) for r in summary.rows],
+        "layers": [dict(vars(r)) for r in summary.rows],  # asdict deep-copies: 4x slower
         "total_params": summary.total_params,
         "trainable_params": summary.trainable_params,
         "non_trainable_params": summary.non_trainable_params,
@@ -140,36 +141,56 @@ def _field_text(row: Row) -> str:
     return f"{rf} /{jump}"
 
 
-def render_table(summary: Summary, *, extras: bool = True, explain: bool = False):
-    """A rich renderable: Keras's columns, then MACs, memory and receptive field."""
-    from rich import box
-    from rich.console import Group
-    from rich.table import Table
-    from rich.text import Text
+def _pad(cell: str, width: int, right: bool = False) -> str:
+    """``cell`` padded to ``width`` terminal cells (a CJK character takes two)."""
+    from rich.cells import cell_len
 
-    table = Table(title=f'Model: "{summary.name}"', box=box.SIMPLE_HEAD, title_justify="left")
-    table.add_column("Layer (type)", no_wrap=True)
-    table.add_column("Output Shape", no_wrap=True)
-    table.add_column("Param #", justify="right")
+    gap = " " * (width - cell_len(cell))
+    return gap + cell if right else cell + gap
+
+
+def _width(cells: list[str]) -> int:
+    from rich.cells import cell_len
+
+    return max(map(cell_len, cells))
+
+
+def _columns(header: list[str], rows: list[list[str]], right: list[bool]) -> list[str]:
+    """Lines of a table in rich's SIMPLE_HEAD look: header, a rule, the rows."""
+    widths = [_width(column) for column in zip(header, *rows)]
+
+    def line(cells: list[str]) -> str:
+        padded = [_pad(*cell) for cell in zip(cells, widths, right)]
+        return ("  " + "   ".join(padded)).rstrip()
+
+    rule = " " + "\u2500" * (sum(widths) + 3 * len(widths) - 1)
+    return [line(header), rule, *map(line, rows)]
+
+
+def render_table(summary: Summary, *, extras: bool = True, explain: bool = False) -> str:
+    """Keras's columns, then MACs, memory and receptive field, as text with names escaped.
+
+    Plain string formatting rather than a rich Table: rich spent ~0.4 ms a row, 10 s of the
+    16 s that a 25,000-layer config took to summarise (AMD EPYC, 2 cores); this is linear and
+    takes milliseconds.
+    """
+    header = ["Layer (type)", "Output Shape", "Param #"]
     if extras:
-        table.add_column("MACs", justify="right")
-        table.add_column("Memory", justify="right")
-        table.add_column("RF /jump", justify="right")
+        header += ["MACs", "Memory", "RF /jump"]
+    rows = []
     for row in summary.rows:
         cells = [
-            f"{row.name} ({row.type})",
+            f"{printable(row.name)} ({printable(row.type)})",
             format_shape(tuple(row.output_shape)),
             f"{row.params:,}",
         ]
         if extras:
-            cells += [
-                f"{row.macs:,}" if row.macs else "0",
-                human_bytes(row.activation_bytes),
-                _field_text(row),
-            ]
-        table.add_row(*cells)
+            cells += [f"{row.macs:,}", human_bytes(row.activation_bytes), _field_text(row)]
+        rows.append(cells)
+    right = [False, False] + [True] * (len(header) - 2)
+    lines = [f'Model: "{printable(summary.name)}"', "", *_columns(header, rows, right), ""]
     total_bytes = summary.total_params * BYTES_PER_VALUE
-    lines = [
+    lines += [
         f" Total params: {summary.total_params:,} ({human_bytes(total_bytes)})",
         f" Trainable params: {summary.trainable_params:,} "
         f"({human_bytes(summary.trainable_params * BYTES_PER_VALUE)})",
@@ -183,9 +204,12 @@ def render_table(summary: Summary, *, extras: bool = True, explain: bool = False
             " MACs = multiply-accumulates (1 MAC = 2 FLOPs); RF /jump = receptive field and "
             "effective stride in input pixels",
         ]
-    parts = [table, Text("\n".join(lines))]
     if explain:
-        width = max(len(r.name) for r in summary.rows)
-        how = [f" {r.name:<{width}}  {r.explain}" for r in summary.rows]
-        parts.append(Text("\nHow each count is made:\n" + "\n".join(how)))
-    return Group(*parts)
+        names = [printable(r.name) for r in summary.rows]
+        width = _width(names)
+        lines += ["", "How each count is made:"]
+        lines += [
+            f" {_pad(name, width)}  {printable(r.explain)}".rstrip()
+            for name, r in zip(names, summary.rows)
+        ]
+    return "\n".join(lines)
