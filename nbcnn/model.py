@@ -7,12 +7,16 @@ methods, which import the kernels lazily.
 
 from __future__ import annotations
 
+import math
+import numbers
 import os
 from typing import TYPE_CHECKING, Any
 
 from nbcnn.errors import ConfigError, DataError, NbcnnError
+from nbcnn.layers.args import show
 from nbcnn.layers.base import Layer, ParamSpec, Shape, ShapeError, format_shape
-from nbcnn.registry import Registry, registry
+from nbcnn.registry import Registry, describe, quote, registry
+from nbcnn.spec import check_model_name
 
 if TYPE_CHECKING:
     import numpy as np
@@ -44,9 +48,25 @@ class Sequential:
         distributions: list[str] | None = None,
         spec: ModelSpec | None = None,
     ):
-        self.layers = layers
-        self.input_shape = tuple(input_shape)
-        self.name = name
+        if not isinstance(layers, (list, tuple)) or not layers:
+            raise ConfigError(
+                f"expected a non-empty list of layers, got {show(layers)}",
+                where="Sequential(layers)",
+            )
+        for i, layer in enumerate(layers):
+            if not isinstance(layer, Layer):
+                raise ConfigError(
+                    f"expected a Layer, got {show(layer)}", where=f"Sequential(layers[{i}])"
+                )
+        if distributions is not None and len(distributions) != len(layers):
+            raise ConfigError(
+                f"expected one distribution name per layer ({len(layers)}), got "
+                f"{show(distributions)}",
+                where="Sequential(distributions)",
+            )
+        self.layers = list(layers)
+        self.input_shape = check_shape(input_shape, "Sequential(input_shape)")
+        self.name = check_model_name(name, "Sequential(name)")
         self.distributions = distributions or ["nbcnn"] * len(layers)
         self.spec = spec
         self.shapes = self._infer_shapes()
@@ -76,16 +96,26 @@ class Sequential:
                 entry = reg.entry(s.type)
             except ConfigError as err:
                 raise err.located(where=f"{where}.type") from None
+            made = f"{entry.name} from distribution {entry.distribution!r}"
             try:
                 layer = entry.cls(name=s.name, **s.kwargs)
+                name = getattr(layer, "name", None) if isinstance(layer, Layer) else None
             except ConfigError as err:
                 raise err.located(where=where) from None
-            except Exception as err:  # a plugin's constructor may raise anything
+            except KeyboardInterrupt:
+                raise
+            except BaseException as err:  # a constructor may raise anything, SystemExit too
                 raise ConfigError(
-                    f"{entry.cls.__name__} (from {entry.distribution}) could not be created: "
-                    f"{type(err).__name__}: {err}",
-                    where=where,
+                    f"{made} could not be created: {describe(err)}", where=where
                 ) from None
+            if not isinstance(layer, Layer):
+                raise ConfigError(f"{made} made a {type(layer).__name__}, not a Layer", where=where)
+            if not isinstance(name, str) or not name:
+                raise ConfigError(
+                    f"{made} made a layer named {quote(name)}; expected a non-empty string (does "
+                    "its __init__ call super().__init__?)",
+                    where=where,
+                )
             if s.name is None:
                 layer.name = _default_name(layer.name, counts, taken)
             layers.append(layer)
@@ -96,20 +126,7 @@ class Sequential:
         shapes = []
         shape = self.input_shape
         for i, layer in enumerate(self.layers):
-            try:
-                out = tuple(layer.output_shape(shape))
-            except ShapeError as err:
-                raise ConfigError(
-                    f"{err} (input {format_shape(shape)})", where=layer_label(i, layer)
-                ) from None
-            except NbcnnError:
-                raise
-            except Exception as err:
-                raise ConfigError(
-                    f"the shape calculator of {type(layer).__name__} (from "
-                    f"{self.distributions[i]}) raised {type(err).__name__}: {err}",
-                    where=layer_label(i, layer),
-                ) from None
+            out = self.calculate(i, "output_shape", shape)
             if not out or min(out) < 1:
                 raise ConfigError(
                     f"output shape {format_shape(out)} has an empty axis",
@@ -128,18 +145,27 @@ class Sequential:
         return self._param_specs
 
     def calculate(self, i: int, method: str, *args: Any) -> Any:
-        """Call calculator ``method`` of layer ``i``; a third party's calculator that raises
-        becomes a ConfigError naming the layer and its distribution, not a traceback."""
+        """Call calculator ``method`` of layer ``i`` (input shape first) and check what it
+        returns. A third party's calculator that raises (SystemExit included, KeyboardInterrupt
+        excepted) or returns something else than the contract says becomes a ConfigError naming
+        the layer and its distribution, not a traceback or an exit with the plugin's code."""
         layer = self.layers[i]
+        of = f"{method} of {type(layer).__name__} from distribution {self.distributions[i]!r}"
         try:
-            return getattr(layer, method)(*args)
-        except NbcnnError:
-            raise
-        except Exception as err:
+            result = getattr(layer, method)(*args)
+        except ShapeError as err:
             raise ConfigError(
-                f"{method} of {type(layer).__name__} (from {self.distributions[i]}) raised "
-                f"{type(err).__name__}: {err}",
-                where=layer_label(i, layer),
+                f"{err} (input {format_shape(args[0])})", where=layer_label(i, layer)
+            ) from None
+        except (NbcnnError, KeyboardInterrupt):
+            raise
+        except BaseException as err:
+            raise ConfigError(f"{of} raised {describe(err)}", where=layer_label(i, layer)) from None
+        try:
+            return _CALCULATOR_RESULTS[method](result, *args)
+        except ValueError as err:
+            raise ConfigError(
+                f"{of} returned {quote(result)}; expected {err}", where=layer_label(i, layer)
             ) from None
 
     def count_params(self) -> int:
@@ -161,6 +187,7 @@ class Sequential:
         and weights larger than the available memory, before allocating them."""
         import numpy as np
 
+        seed = check_int(seed, "initialize(seed)", 0)
         missing = self.without_compute()
         if missing:
             i, layer, dist = missing[0]
@@ -197,9 +224,9 @@ class Sequential:
         for i, step in steps:
             try:
                 x = step.forward(x, training=training)
-            except NbcnnError:
+            except (NbcnnError, KeyboardInterrupt):
                 raise
-            except Exception as err:
+            except BaseException as err:  # a plugin's SystemExit too
                 raise _compute_error(self, i, "forward", err) from err
         if training:
             self._steps = steps  # backward runs the same steps
@@ -218,9 +245,9 @@ class Sequential:
             for i, step in reversed(self._steps):
                 try:
                     dy = step.backward(dy)
-                except NbcnnError:
+                except (NbcnnError, KeyboardInterrupt):
                     raise
-                except Exception as err:
+                except BaseException as err:  # a plugin's SystemExit too
                     raise _compute_error(self, i, "backward", err) from err
         finally:
             first.input_grad_needed = True
@@ -241,6 +268,7 @@ class Sequential:
         """Outputs for ``x : (N, *input_shape)`` in inference mode, ``batch_size`` at a time."""
         import numpy as np
 
+        batch_size = check_int(batch_size, "predict(batch_size)", 1)
         x = self.check_input(x)
         outputs = [
             self.forward(x[i : i + batch_size], training=False)
@@ -251,18 +279,32 @@ class Sequential:
         return np.concatenate(outputs)
 
     def check_input(self, x: Any, what: str = "x") -> np.ndarray:
-        """``x`` as C-contiguous float32 of shape (N, *input_shape), or DataError."""
+        """``x`` as C-contiguous float32 of shape (N, *input_shape), or DataError: ints or
+        floats that stay finite as float32 (1e300 would become inf, and every output NaN)."""
         import numpy as np
 
-        x = np.asarray(x)
-        if x.ndim == len(self.input_shape) + 1 and tuple(x.shape[1:]) == self.input_shape:
-            if not np.issubdtype(x.dtype, np.number):
-                raise DataError(f"{what} must be numeric, got dtype {x.dtype}")
-            return np.ascontiguousarray(x, dtype=np.float32)
-        raise DataError(
-            f"{what} has shape {tuple(x.shape)} but the model takes (N, "
-            f"{', '.join(map(str, self.input_shape))})"
-        )
+        try:
+            x = np.asarray(x)
+        except (ValueError, TypeError) as err:  # ragged nested lists
+            raise DataError(f"{what} is not an array: {err}") from None
+        if x.ndim != len(self.input_shape) + 1 or tuple(x.shape[1:]) != self.input_shape:
+            raise DataError(
+                f"{what} has shape {tuple(x.shape)} but the model takes (N, "
+                f"{', '.join(map(str, self.input_shape))})"
+            )
+        if not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)):
+            raise DataError(f"{what} must hold ints or floats, got dtype {x.dtype}")
+        floating = np.issubdtype(x.dtype, np.floating)
+        with np.errstate(over="ignore"):
+            x32 = np.ascontiguousarray(x, dtype=np.float32)
+        # One float64 sum (no temporary the size of x) is finite exactly when every value is.
+        if floating and not np.isfinite(x32.sum(dtype=np.float64)):
+            sample = np.argwhere(~np.isfinite(x32.reshape(len(x32), -1)))[0][0]
+            raise DataError(
+                f"{what}[{sample}] holds NaN, inf or values beyond float32's range "
+                f"(largest {np.finfo(np.float32).max:.8g})"
+            )
+        return x32
 
     # ------------------------------------------------------------------ Keras-like API
 
@@ -284,7 +326,9 @@ class Sequential:
         **kwargs,
     ):
         """Train on ``x : (N, *input_shape)`` with integer labels ``y : (N,)``; returns a
-        History whose ``history`` maps loss, accuracy, val_loss, val_accuracy to lists."""
+        History whose ``history`` maps loss, accuracy, val_loss, val_accuracy to lists.
+        ``epochs=0`` trains nothing, as in Keras; a bad argument is a ConfigError naming it
+        (``fit(batch_size): expected an int >= 1, got 0``) before any work."""
         from nbcnn import train
 
         return train.fit(
@@ -317,28 +361,49 @@ class Sequential:
         ]
 
     def set_weights(self, weights: list[np.ndarray], source: str | None = None) -> None:
-        """Load arrays in ``get_weights`` order; DataError names the first mismatch."""
+        """Load arrays in ``get_weights`` order; DataError names the first mismatch, and the
+        file ``source`` when they come from one. Values must stay finite as float32."""
         import numpy as np
+
+        def refused(message: str) -> DataError:
+            return DataError(message if source else f"set_weights(weights): {message}", file=source)
 
         self._require_built()
         slots = self._weight_slots()
+        if not isinstance(weights, (list, tuple)):
+            raise refused(
+                f"expected a list of {len(slots)} arrays in get_weights() order, got "
+                f"{show(weights)}"
+            )
         if len(weights) != len(slots):
-            raise DataError(
-                f"expected {len(slots)} weight arrays for model {self.name!r}, got {len(weights)}",
-                file=source,
+            raise refused(
+                f"expected {len(slots)} weight arrays for model {self.name!r}, got {len(weights)}"
             )
         checked = []
         for (i, layer, p), w in zip(slots, weights):
-            w = np.asarray(w)
+            label = f"{layer_label(i, layer)} {p.name}"
+            try:
+                w = np.asarray(w)
+            except (ValueError, TypeError) as err:  # ragged nested lists
+                raise refused(f"{label}: not an array: {err}") from None
             if tuple(w.shape) != p.shape or not np.issubdtype(w.dtype, np.floating):
-                raise DataError(
-                    f"{layer_label(i, layer)} {p.name}: expected shape {p.shape} float, got "
-                    f"{tuple(w.shape)} {w.dtype}",
-                    file=source,
+                raise refused(
+                    f"{label}: expected shape {p.shape} float, got {tuple(w.shape)} {w.dtype}"
                 )
-            if not np.isfinite(w).all():
-                raise DataError(f"{layer_label(i, layer)} {p.name} holds NaN or inf", file=source)
-            checked.append((layer, p.name, w))
+            # Checked after the cast: float64's 1e300 is finite but becomes inf as float32.
+            with np.errstate(over="ignore", invalid="ignore"):
+                w32 = w.astype(np.float32)
+            bad = np.flatnonzero(~np.isfinite(w32))
+            if bad.size:
+                value = w.reshape(-1)[bad[0]]
+                index = [int(k) for k in np.unravel_index(bad[0], w.shape)]
+                if not np.isfinite(value):
+                    raise refused(f"{label} holds NaN or inf ({value} at index {index})")
+                raise refused(
+                    f"{label} holds {value} at index {index}, beyond float32's range (largest "
+                    f"{np.finfo(np.float32).max:.8g})"
+                )
+            checked.append((layer, p.name, w32))
         for layer, name, w in checked:
             layer.params[name][...] = w
 
@@ -369,6 +434,8 @@ class Sequential:
         the first layer that does not fit, with both shapes, on any mismatch."""
         from nbcnn.io import load_npz
 
+        if not isinstance(path, (str, os.PathLike)):
+            raise DataError(f"load_weights(path): expected a file path, got {show(path)}")
         arrays = load_npz(path)
         names = self.weight_names()
         for name, (i, layer, p) in zip(names, self._weight_slots()):
@@ -391,6 +458,103 @@ class Sequential:
         self.set_weights([arrays[n] for n in names], source=str(path))
 
 
+def check_int(value: Any, where: str, minimum: int) -> int:
+    """``value`` as an int >= ``minimum`` (NumPy's integers too; bools are not counts), else
+    ConfigError naming the argument: ``fit(batch_size): expected an int >= 1, got 0``."""
+    if _is_int(value) and value >= minimum:
+        return int(value)
+    raise ConfigError(f"expected an int >= {minimum}, got {show(value)}", where=where)
+
+
+def check_shape(value: Any, where: str) -> Shape:
+    """A per-sample input shape as a config's ``input_shape`` allows it: 1 to 4 ints >= 1,
+    channels-last (a list, tuple or 1-D NumPy array); else ConfigError naming the argument."""
+    if getattr(value, "ndim", None) == 1:
+        value = list(value)
+    ok = (
+        isinstance(value, (list, tuple))
+        and 1 <= len(value) <= 4
+        and all(_is_int(v) and v >= 1 for v in value)
+    )
+    if not ok:
+        raise ConfigError(
+            f"expected 1 to 4 ints >= 1, channels-last like (28, 28, 1), got {show(value)}",
+            where=where,
+        )
+    return tuple(int(v) for v in value)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _shape_result(value: Any, *_: Any) -> Shape:
+    if isinstance(value, (tuple, list)) and all(_is_int(v) for v in value):
+        return tuple(int(v) for v in value)
+    raise ValueError("a tuple of ints")
+
+
+def _param_specs_result(value: Any, *_: Any) -> list[ParamSpec]:
+    what = "a list of ParamSpec(name, shape: tuple of ints >= 0, trainable) with unique names"
+    if not isinstance(value, (tuple, list)):
+        raise ValueError(what)
+    specs = []
+    for p in value:
+        ok = (
+            isinstance(p, ParamSpec)
+            and isinstance(p.name, str)
+            and isinstance(p.shape, (tuple, list))
+            and all(_is_int(v) and v >= 0 for v in p.shape)
+        )
+        if not ok:
+            raise ValueError(what)
+        specs.append(ParamSpec(p.name, tuple(int(v) for v in p.shape), bool(p.trainable)))
+    if len({p.name for p in specs}) != len(specs):
+        raise ValueError(what)
+    return specs
+
+
+def _macs_result(value: Any, *_: Any) -> int:
+    if _is_int(value) and value >= 0:
+        return int(value)
+    raise ValueError("an int >= 0")
+
+
+def _field_result(value: Any, input_shape: Shape, rf: tuple, jump: tuple) -> tuple | None:
+    def numbers_like_rf(part: Any) -> bool:
+        return (
+            isinstance(part, (tuple, list))
+            and len(part) == len(rf)
+            and all(
+                isinstance(v, numbers.Real) and not isinstance(v, bool) and 0 < v < math.inf
+                for v in part
+            )
+        )
+
+    if value is None:
+        return None
+    if isinstance(value, (tuple, list)) and len(value) == 2 and all(map(numbers_like_rf, value)):
+        return tuple(value[0]), tuple(value[1])
+    raise ValueError(f"None or (receptive field, jump) of {len(rf)} positive numbers each")
+
+
+def _explain_result(value: Any, *_: Any) -> str:
+    if isinstance(value, str):
+        return value
+    raise ValueError("a string")
+
+
+#: What each calculator must return (the contract in docs/plugins.md), normalised: lists become
+#: tuples, NumPy integers ints.
+_CALCULATOR_RESULTS = {
+    "output_shape": _shape_result,
+    "param_shapes": _param_specs_result,
+    "macs": _macs_result,
+    "receptive_field": _field_result,
+    "explain": _explain_result,
+}
+
+
 def _listing(arrays: dict, first: int = 3) -> str:
     """``'dense/kernel' (64, 10), 'dense/bias' (10,), ...``: the first arrays of a file."""
     shown = [f"{name!r} {tuple(a.shape)}" for name, a in list(arrays.items())[:first]]
@@ -408,13 +572,13 @@ def _default_name(base: str, counts: dict[str, int], taken: set[str]) -> str:
             return name
 
 
-def _compute_error(model: Sequential, i: int, phase: str, err: Exception) -> NbcnnError:
+def _compute_error(model: Sequential, i: int, phase: str, err: BaseException) -> NbcnnError:
     from nbcnn.errors import TrainingError
 
     layer = model.layers[i]
     return TrainingError(
         f"{layer_label(i, layer)} from distribution {model.distributions[i]!r} failed in "
-        f"{phase}: {type(err).__name__}: {err}"
+        f"{phase}: {describe(err)}"
     )
 
 
@@ -422,6 +586,8 @@ def load_model(config: str | os.PathLike, input_shape: Shape | None = None) -> S
     """Build the model of a YAML config (calculators only; weights on first use)."""
     from nbcnn.spec import load_spec
 
+    if input_shape is not None:
+        input_shape = check_shape(input_shape, "load_model(input_shape)")
     spec = load_spec(config, input_shape=input_shape)
     try:
         return Sequential.from_spec(spec)

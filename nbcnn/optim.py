@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from nbcnn.errors import ConfigError, DataError
-from nbcnn.layers.args import did_you_mean
+from nbcnn.layers.args import did_you_mean, key_text, show
 
 
 def _number(name: str, value: object) -> float:
@@ -32,15 +32,14 @@ def _number(name: str, value: object) -> float:
     except OverflowError:  # an int of hundreds of digits
         ok = False
     if not ok:
-        shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
-        raise ConfigError(f"expected a finite number, got {shown}", where=name)
+        raise ConfigError(f"expected a finite number, got {show(value, 40)}", where=name)
     return result
 
 
 def _positive(name: str, value: object) -> float:
     x = _number(name, value)
     if x <= 0:
-        raise ConfigError(f"must be > 0, got {value!r}", where=name)
+        raise ConfigError(f"must be > 0, got {show(value)}", where=name)
     return x
 
 
@@ -49,19 +48,19 @@ def _fraction(name: str, value: object, *, closed: bool = False) -> float:
     x = _number(name, value)
     if not (0 <= x <= 1 if closed else 0 <= x < 1):
         interval = "[0, 1]" if closed else "[0, 1)"
-        raise ConfigError(f"must be in {interval}, got {value!r}", where=name)
+        raise ConfigError(f"must be in {interval}, got {show(value)}", where=name)
     return x
 
 
 def _step_size(name: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"must be an integer >= 1 (epochs), got {value!r}", where=name)
+        raise ConfigError(f"must be an integer >= 1 (epochs), got {show(value)}", where=name)
     return value
 
 
 def _flag(name: str, value: object) -> bool:
     if not isinstance(value, bool):
-        raise ConfigError(f"expected true or false, got {value!r}", where=name)
+        raise ConfigError(f"expected true or false, got {show(value)}", where=name)
     return value
 
 
@@ -147,7 +146,9 @@ class Optimizer:
             raise DataError("optimizer state has no 'iterations'")
         iterations = np.asarray(state.pop("iterations"))
         if iterations.shape != () or not np.issubdtype(iterations.dtype, np.integer):
-            raise DataError(f"optimizer 'iterations' must be an integer scalar, got {iterations!r}")
+            raise DataError(
+                f"optimizer 'iterations' must be an integer scalar, got {show(iterations)}"
+            )
         names = self._slot_names()
         counts = {name: sum(k.startswith(f"{name}.") for k in state) for name in names}
         expected = {f"{name}.{i}" for name in names for i in range(max(counts.values(), default=0))}
@@ -157,13 +158,36 @@ class Optimizer:
                 f"optimizer state does not fit {type(self).__name__} with slots {list(names)}: "
                 f"unexpected {extra}, missing {missing}"
             )
-        slots = {
-            name: [np.array(state[f"{name}.{i}"], dtype=np.float32) for i in range(counts[name])]
-            for name in names
-        }
+        if iterations < 0:
+            raise DataError(f"optimizer 'iterations' must be >= 0, got {int(iterations)}")
+        slots = {name: [_slot(state, f"{name}.{i}") for i in range(counts[name])] for name in names}
         # An empty state (saved before the first step) leaves slots to be built lazily.
         self._slots = slots if expected else None
         self.iterations = int(iterations)
+
+    def check_fits(self, params: list[np.ndarray]) -> None:
+        """DataError unless the restored slots hold one array per parameter, shaped like it
+        (a checkpoint's optimizer state must belong to its weights)."""
+        for name, arrays in (self._slots or {}).items():
+            shapes = [a.shape for a in arrays]
+            wanted = [p.shape for p in params]
+            if shapes != wanted:
+                raise DataError(
+                    f"optimizer slot {name!r} holds arrays shaped {shapes[:3]}..., the weights "
+                    f"are {wanted[:3]}...: not this model's optimizer state"
+                )
+
+
+def _slot(state: dict, key: str) -> np.ndarray:
+    """One optimizer slot as float32; refused when not real numbers or beyond float32."""
+    value = np.asarray(state[key])
+    if not (np.issubdtype(value.dtype, np.floating) or np.issubdtype(value.dtype, np.integer)):
+        raise DataError(f"optimizer slot {key!r} is {value.dtype}, not numbers")
+    with np.errstate(over="ignore", invalid="ignore"):
+        value = value.astype(np.float32)
+    if not np.isfinite(value).all():
+        raise DataError(f"optimizer slot {key!r} holds NaN, inf or values beyond float32")
+    return value
 
 
 class SGD(Optimizer):
@@ -306,7 +330,8 @@ def _split_type(spec: object, where: str, choices: list[str]) -> tuple[str, dict
         spec = {"type": spec}
     if not isinstance(spec, dict):
         raise ConfigError(
-            f"expected a name or a mapping with 'type', got {spec!r}; types: {', '.join(choices)}",
+            f"expected a name or a mapping with 'type', got {show(spec)}; types: "
+            f"{', '.join(choices)}",
             where=where,
         )
     if "type" not in spec:
@@ -315,7 +340,7 @@ def _split_type(spec: object, where: str, choices: list[str]) -> tuple[str, dict
     if not isinstance(kind, str) or kind.lower() not in choices:
         hint = did_you_mean(kind.lower(), choices) if isinstance(kind, str) else ""
         raise ConfigError(
-            f"unknown type {kind!r}{hint}; choose one of {', '.join(choices)}",
+            f"unknown type {show(kind)}{hint}; choose one of {', '.join(choices)}",
             where=f"{where}.type",
         )
     return kind.lower(), {k: v for k, v in spec.items() if k != "type"}
@@ -325,9 +350,9 @@ def _check_keys(options: dict, allowed: list[str], kind: str, where: str) -> Non
     for key in options:
         if key not in allowed:
             raise ConfigError(
-                f"unknown option {key!r} for {kind}{did_you_mean(str(key), allowed)}; "
+                f"unknown option {show(key)} for {kind}{did_you_mean(str(key), allowed)}; "
                 f"allowed: {', '.join(allowed) or 'none'}",
-                where=f"{where}.{key}",
+                where=f"{where}.{key_text(key)}",
             )
 
 
@@ -397,7 +422,7 @@ def make_schedule(
     """
     base_lr = _positive("learning_rate", base_lr)
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-        raise ConfigError(f"must be an integer >= 1, got {epochs!r}", where="train.epochs")
+        raise ConfigError(f"must be an integer >= 1, got {show(epochs)}", where="train.epochs")
     kind, options = _split_type(spec or "constant", where, list(SCHEDULES))
     _check_keys(options, list(SCHEDULES[kind]), kind, where)
     values = {**SCHEDULES[kind], **options}

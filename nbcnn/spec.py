@@ -1,13 +1,15 @@
 """YAML config -> validated model and train specs, with errors that say where.
 
 Loading is strict: ``yaml.SafeLoader`` (no tags run), duplicate keys refused, aliases capped
-(so an alias bomb fails fast), files over 1 MiB refused. Every problem raises
-:class:`~nbcnn.errors.ConfigError` naming the file and the key path (``layers[2].kernel_size``).
+(so an alias bomb fails fast), devices refused, and at most 1 MiB read (a cap on the read
+itself, so it holds for pipes too). Every problem raises :class:`~nbcnn.errors.ConfigError`
+naming the file and the key path (``layers[2].kernel_size``).
 """
 
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,10 +23,12 @@ from nbcnn.layers.args import (
     choice,
     did_you_mean,
     integer,
+    key_text,
     number,
     optional,
     parse_arguments,
     positive_int,
+    show,
     string,
 )
 
@@ -75,7 +79,7 @@ class _StrictLoader(yaml.SafeLoader):
                 )
             if key in seen:
                 raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r}", key_node.start_mark
+                    None, None, f"duplicate key {show(key)}", key_node.start_mark
                 )
             seen.add(key)
         return super().construct_mapping(node, deep)
@@ -85,13 +89,19 @@ def read_yaml(path: str | os.PathLike) -> Any:
     """Parse one YAML document from ``path`` strictly; ConfigError with the line on failure."""
     file = str(path)
     try:
-        size = os.path.getsize(file)
-        if size > MAX_CONFIG_BYTES:
-            raise ConfigError(f"config is {size:,} bytes; at most {MAX_CONFIG_BYTES:,}", file=file)
+        mode = os.stat(file).st_mode
+        # A device is not a config (/dev/zero never ends); a pipe is (`summary /dev/stdin`).
+        if stat.S_ISDIR(mode):
+            raise ConfigError("is a folder, not a config file", file=file)
+        if not (stat.S_ISREG(mode) or stat.S_ISFIFO(mode)):
+            raise ConfigError("not a regular file or a pipe; refused", file=file)
         with open(file, "rb") as handle:
-            text = handle.read()
+            # One byte past the cap, whatever size the file claims: a pipe's size is 0.
+            text = handle.read(MAX_CONFIG_BYTES + 1)
     except OSError as err:
         raise ConfigError(f"cannot read the config: {err.strerror or err}", file=file) from None
+    if len(text) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"config is over {MAX_CONFIG_BYTES:,} bytes; refused", file=file)
     try:
         return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.MarkedYAMLError as err:
@@ -160,13 +170,10 @@ def parse_spec(doc: Any, input_shape: tuple[int, ...] | None = None) -> ModelSpe
             hint = did_you_mean(key, list(TOP_LEVEL_KEYS))
             raise ConfigError(
                 f"unknown top-level key{hint}; allowed: {', '.join(TOP_LEVEL_KEYS)}",
-                where=str(key),
+                where=key_text(key),
             )
-    name = doc.get("name", None)
-    if name is None:
-        name = "model"
-    elif not isinstance(name, str) or not name.strip():
-        raise ConfigError(f"expected a non-empty string, got {name!r}", where="name")
+    name = doc.get("name")
+    name = "model" if name is None else check_model_name(name, "name")
     if input_shape is None:
         if "input_shape" not in doc:
             raise ConfigError(
@@ -186,7 +193,7 @@ def parse_spec(doc: Any, input_shape: tuple[int, ...] | None = None) -> ModelSpe
         if spec.name is not None:
             if spec.name in names:
                 raise ConfigError(
-                    f"duplicate layer name {spec.name!r} (also layers[{names[spec.name]}])",
+                    f"duplicate layer name {show(spec.name)} (also layers[{names[spec.name]}])",
                     where=f"layers[{spec.index}].name",
                 )
             names[spec.name] = spec.index
@@ -205,7 +212,7 @@ def _parse_input_shape(value: Any) -> tuple[int, ...]:
     if not ok:
         raise ConfigError(
             "expected a list of 1 to 4 ints >= 1, channels-last: [H, W, C] for 2D models, "
-            f"[L, C] for 1D; got {value!r}",
+            f"[L, C] for 1D; got {show(value)}",
             where="input_shape",
         )
     return tuple(value)
@@ -222,23 +229,116 @@ def _parse_layer(index: int, entry: Any) -> LayerSpec:
         raise ConfigError("missing 'type' (the layer class, e.g. Conv2D)", where=where)
     type_name = entry["type"]
     if not isinstance(type_name, str) or not type_name:
-        raise ConfigError(f"expected a layer type name, got {type_name!r}", where=f"{where}.type")
+        raise ConfigError(
+            f"expected a layer type name, got {show(type_name)}", where=f"{where}.type"
+        )
     name = entry.get("name")
-    if name is not None and (not isinstance(name, str) or not name.strip()):
-        raise ConfigError(f"expected a non-empty string, got {name!r}", where=f"{where}.name")
+    if name is not None:
+        check_layer_name(name, f"{where}.name")
     kwargs = {k: v for k, v in entry.items() if k not in ("type", "name")}
     bad_keys = [k for k in kwargs if not isinstance(k, str)]
     if bad_keys:
-        raise ConfigError(f"argument names must be strings, got {bad_keys[0]!r}", where=where)
+        raise ConfigError(f"argument names must be strings, got {show(bad_keys[0])}", where=where)
     return LayerSpec(index=index, type=type_name, name=name, kwargs=kwargs)
 
 
 def _kind(value: Any) -> str:
     if value is None:
         return "nothing (null)"
-    return {dict: "a mapping", list: "a list", str: f"the string {value!r}"}.get(
-        type(value), f"{type(value).__name__} {value!r}"
+    return {dict: "a mapping", list: "a list", str: f"the string {show(value)}"}.get(
+        type(value), f"{type(value).__name__} {show(value)}"
     )
+
+
+# ---------------------------------------------------------------------- names and paths
+
+#: Linux's limits in bytes: a whole path (PATH_MAX counts the final NUL) and one folder or file
+#: name in it (NAME_MAX); past them mkdir fails with "File name too long".
+PATH_MAX = 4096
+NAME_MAX = 255
+
+
+def _refuse_unprintable(text: str, where: str) -> None:
+    """Names are printed by summary and in messages: a control character (ESC, CR, NUL) or
+    another unprintable one (a bidi override) would rewrite the terminal or hide text."""
+    if not text.isprintable():
+        i, char = next((i, c) for i, c in enumerate(text) if not c.isprintable())
+        raise ConfigError(
+            f"holds the unprintable character {char!r} at position {i}; names must be printable",
+            where=where,
+        )
+
+
+def check_layer_name(name: Any, where: str) -> str:
+    """A layer's ``name``: a printable non-empty string without '/', as Keras 3 requires
+    (weights files store the arrays as ``layer/param``)."""
+    if not isinstance(name, str) or not name.strip():
+        raise ConfigError(f"expected a non-empty string, got {show(name)}", where=where)
+    _refuse_unprintable(name, where)
+    if "/" in name:
+        raise ConfigError(
+            f"cannot contain '/' (weights are stored as 'layer/param'), got {show(name)}",
+            where=where,
+        )
+    return name
+
+
+def check_model_name(name: Any, where: str) -> str:
+    """A model's ``name``: printable, and usable as the one folder name of its default output
+    ``runs/<name>``, so that a run without ``train.output`` stays under ``runs/``."""
+    if not isinstance(name, str) or not name.strip():
+        raise ConfigError(f"expected a non-empty string, got {show(name)}", where=where)
+    _refuse_unprintable(name, where)
+    if "/" in name or "\\" in name or name in (".", ".."):
+        raise ConfigError(
+            "cannot contain '/' or '\\' or be '.' or '..': the default output folder is "
+            f"runs/<name>; got {show(name)}",
+            where=where,
+        )
+    size = len(name.encode("utf-8"))  # printable, so no lone surrogates
+    if size > NAME_MAX:
+        raise ConfigError(
+            f"is {size} bytes in UTF-8; at most {NAME_MAX} (it names the folder runs/<name>)",
+            where=where,
+        )
+    return name
+
+
+def check_output_path(path: Any, where: str) -> str:
+    """``path`` as a str if it can name an output folder, else ConfigError at ``where``
+    (``train.output``, ``--output``): a non-empty string without control characters (NUL
+    ends a path in the kernel's calls), each name in it at most NAME_MAX bytes and the whole
+    below PATH_MAX bytes in the file system's encoding."""
+    if isinstance(path, os.PathLike):
+        path = os.fspath(path)
+    if not isinstance(path, str) or not path:
+        raise ConfigError(f"expected a non-empty folder path, got {_kind(path)}", where=where)
+    control = next((i for i, c in enumerate(path) if ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0), None)
+    if control is not None:
+        raise ConfigError(
+            f"holds the control character {path[control]!r} at position {control}; a folder "
+            "path cannot hold control characters",
+            where=where,
+        )
+    try:
+        data = os.fsencode(path)
+    except UnicodeEncodeError as err:
+        raise ConfigError(
+            f"cannot be a file name: {err.reason} at position {err.start}", where=where
+        ) from None
+    if len(data) >= PATH_MAX:
+        raise ConfigError(
+            f"is {len(data):,} bytes long; a path has at most {PATH_MAX - 1} (PATH_MAX)",
+            where=where,
+        )
+    longest = max(data.split(b"/"), key=len)
+    if len(longest) > NAME_MAX:
+        raise ConfigError(
+            f"holds the name {show(os.fsdecode(longest))} of {len(longest)} bytes; a folder "
+            f"or file name has at most {NAME_MAX} (NAME_MAX)",
+            where=where,
+        )
+    return path
 
 
 # ---------------------------------------------------------------------- train section
@@ -341,6 +441,8 @@ def parse_train(section: dict[str, Any] | None, *, default_output: str) -> Train
     schedule = top["lr_schedule"]
     if schedule is not None:
         optim.make_schedule(schedule, 0.001, top["epochs"])
+    if top["output"] is not None:
+        check_output_path(top["output"], "train.output")
     return TrainSpec(
         dataset=data["dataset"],
         path=data["path"],
