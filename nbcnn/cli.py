@@ -8,14 +8,14 @@ typer.
 from __future__ import annotations
 
 import functools
-import json
 import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from nbcnn.errors import ConfigError, DataError, NbcnnError
+from nbcnn.errors import ConfigError, DataError, NbcnnError, printable
+from nbcnn.jsonout import print_json
 
 app = typer.Typer(
     name="nbcnn",
@@ -49,7 +49,7 @@ def _main(
 
 def _fail(message: str, code: int) -> None:
     # One line, whatever the message holds: scripts grep it, people read it.
-    print(f"nbcnn: error: {' '.join(message.split())}", file=sys.stderr)
+    print(f"nbcnn: error: {printable(' '.join(message.split()))}", file=sys.stderr)
     raise typer.Exit(code)
 
 
@@ -69,13 +69,15 @@ def handles_errors(command):
 def _parse_shape(text: str | None) -> tuple[int, ...] | None:
     if text is None:
         return None
+    from nbcnn.layers.args import show
+
     try:
         shape = tuple(int(part) for part in text.replace(" ", "").split(","))
     except ValueError:
         shape = ()
     if not shape or min(shape) < 1 or len(shape) > 4:
         raise ConfigError(
-            f"expected 1 to 4 positive ints separated by commas, e.g. 32,32,3; got {text!r}",
+            f"expected 1 to 4 positive ints separated by commas, e.g. 32,32,3; got {show(text)}",
             where="--input-shape",
         )
     return shape
@@ -111,17 +113,20 @@ def summary(
     """Print the Keras-style summary of CONFIG: output shapes, parameters, MACs, memory and
     receptive field, computed instantly without compiling anything."""
     from nbcnn.model import load_model
+    from nbcnn.registry import stdout_to_stderr
     from nbcnn.summary import render_table, summarize, to_json
 
-    model = load_model(config, input_shape=_parse_shape(input_shape))
-    try:
-        result = summarize(model)
-    except ConfigError as err:
-        raise err.located(file=str(config)) from None
+    shape = _parse_shape(input_shape)
+    with stdout_to_stderr():  # what plugins print while they build and calculate
+        model = load_model(config, input_shape=shape)
+        try:
+            result = summarize(model)
+        except ConfigError as err:
+            raise err.located(file=str(config)) from None
     if json_output:
-        print(json.dumps(to_json(result), indent=2))
+        print_json(to_json(result), indent=2)
         return
-    console().print(render_table(result, extras=not plain, explain=explain))
+    print(render_table(result, extras=not plain, explain=explain))
 
 
 @app.command()
@@ -129,14 +134,17 @@ def summary(
 def layers(
     json_output: Annotated[bool, typer.Option("--json", help="Print JSON for tools.")] = False,
 ):
-    """List the registered layer types: distribution, version, whether each can train, status."""
+    """List the registered layer types: distribution, version, whether each can train, status.
+    Imports every plugin (other commands import only the types a config uses), reporting broken
+    ones and imports slower than a second."""
     from nbcnn.registry import registry
 
-    entries = registry().entries()
+    entries = registry().load_all()  # every module imported, slow and broken ones reported
     if json_output:
-        print(json.dumps([e.as_dict() for e in entries], indent=2))
+        print_json([e.as_dict() for e in entries], indent=2)
         return
     from rich.table import Table
+    from rich.text import Text
 
     table = Table(title="Layer types (entry-point group nbcnn.layers)", title_justify="left")
     for column in ("Type", "Distribution", "Version", "Trains", "Status"):
@@ -147,7 +155,11 @@ def layers(
             status = f"broken: {e.error}"
         elif e.clashes_with:
             status = f"clash with {', '.join(e.clashes_with)}: use {e.distribution}:{e.name}"
-        table.add_row(e.name, e.distribution, e.version, "yes" if e.trainable else "no", status)
+        if e.slow:
+            status += f" (slow import: {e.import_seconds:.1f} s)"
+        cells = (e.name, e.distribution, e.version, "yes" if e.trainable else "no", status)
+        # Text, not str: no rich markup in a plugin's name, and non-printables escaped.
+        table.add_row(*(Text(printable(cell)) for cell in cells))
     console().print(table)
 
 
@@ -165,7 +177,7 @@ def _prepare(config: Path, data: str | None, overrides: dict):
     from dataclasses import replace
 
     from nbcnn.model import Sequential
-    from nbcnn.spec import load_spec, parse_train
+    from nbcnn.spec import check_output_path, load_spec, parse_train
 
     spec = load_spec(config)
     try:
@@ -174,6 +186,8 @@ def _prepare(config: Path, data: str | None, overrides: dict):
     except ConfigError as err:
         raise err.located(file=str(config)) from None
     changes = {k: v for k, v in overrides.items() if v is not None}
+    if "output" in changes:
+        changes["output"] = check_output_path(changes["output"], "--output")
     if data is not None:
         changes["path"] = data
         changes["dataset"] = _dataset_for_path(data, train.dataset)
@@ -215,12 +229,20 @@ def _load_data(model, train, config: Path):
         raise err.located(file=str(config)) from None
 
 
-def _set_threads(threads: int | None) -> None:
+def _set_threads(threads: int | None) -> int | None:
+    """Apply ``threads``; when it is more than numba's cores, say so and return what is used."""
     if threads is None:
-        return
+        return None
     from nbcnn.kernels._jit import set_threads
 
-    set_threads(threads)
+    used = set_threads(threads)
+    if used != threads:
+        print(
+            f"nbcnn: warning: {threads} threads asked for, but numba sees {used} core(s); "
+            f"using {used}",
+            file=sys.stderr,
+        )
+    return used
 
 
 @app.command()
@@ -247,17 +269,23 @@ def train(
         bool, typer.Option("--overwrite", help="Replace an earlier run in the output folder.")
     ] = False,
 ):
-    """Train the model of CONFIG on its train.data (scikit-learn's digits by default), writing
-    model.npz, best.npz, checkpoint.npz, config.yaml and metrics.jsonl to the output folder."""
-    import yaml
+    """Train the model of CONFIG on its train.data (scikit-learn's digits by default) into a
+    run folder of its own: model.npz, best.npz, checkpoint.npz and metrics.jsonl of the last
+    completed epoch (committed together), config.yaml and curves.png."""
 
-    from nbcnn.io import write_text_atomic
+    from dataclasses import replace
+
     from nbcnn.pictures import write_curves
-    from nbcnn.progress import TrainingProgress
     from nbcnn.resources import check_training_memory
-    from nbcnn.spec import train_to_dict
-    from nbcnn.train import RunFolder, StopRequested
+    from nbcnn.runs import RunFolder
+    from nbcnn.train import StopRequested
 
+    if resume and overwrite:
+        raise ConfigError(
+            "--resume continues the run in the output folder and --overwrite replaces it: "
+            "pass one of them",
+            where="--resume --overwrite",
+        )
     spec, model, tr = _prepare(
         config,
         data,
@@ -271,54 +299,25 @@ def train(
     )
     check_training_memory(model, tr.batch_size, tr.optimizer)  # before anything is allocated
     folder = RunFolder(tr.output)
-    checkpoint = folder.file("checkpoint.npz")
-    has_run = checkpoint.exists() or folder.file("model.npz").exists()
-    if has_run and not (resume or overwrite):
-        raise ConfigError(
-            f"{tr.output} already holds a run; pass --resume to continue it, --overwrite to "
-            "replace it, or --output DIR to write elsewhere"
-        )
-    if resume and has_run and not checkpoint.exists() and not overwrite:
-        raise ConfigError(
-            f"{tr.output} holds weights but no checkpoint.npz to resume from; pass "
-            "--overwrite to start that run again"
-        )
-    folder.check_writable()
-    _set_threads(tr.threads)
+    # Every check that can refuse the run comes before the folder is created or changed.
+    folder.check_can_start(resume=resume, overwrite=overwrite, config_file=config)
+    used = _set_threads(tr.threads)
+    if used is not None:
+        tr = replace(tr, threads=used)
     dataset = _load_data(model, tr, config)
     model.compile(optimizer=tr.optimizer)
     model.initialize(tr.seed)
-    if resume and checkpoint.exists():
-        # Check that the checkpoint fits this model and optimizer before anything is
-        # written; fit loads it again (into the same values) when training starts.
-        folder.load_checkpoint(model)
-    elif overwrite:
-        folder.remove_run()
-    resolved = {**spec.raw, "train": train_to_dict(tr)}
-    write_text_atomic(folder.file("config.yaml"), yaml.safe_dump(resolved, sort_keys=False))
-    out = console()
-    out.print(f"data: {dataset.source}", highlight=False)
-    validation = (dataset.x_val, dataset.y_val) if len(dataset.x_val) else None
+    if resume and folder.has_checkpoint():
+        folder.load_checkpoint(model)  # refused here if it does not fit: nothing written yet
+    folder.acquire(resume=resume, overwrite=overwrite)
     try:
-        with TrainingProgress() as progress:
-            model.fit(
-                dataset.x_train,
-                dataset.y_train,
-                epochs=tr.epochs,
-                batch_size=tr.batch_size,
-                validation_data=validation,
-                seed=tr.seed,
-                output=tr.output,
-                resume=resume,
-                early_stopping=tr.early_stopping,
-                callback=progress,
-            )
+        history = _train_in(folder, config, spec, model, tr, dataset, resume)
     except StopRequested as stop:
-        if checkpoint.exists():
+        if stop.completed:
             print(
-                f"nbcnn: interrupted in epoch {stop.epoch}; the checkpoint of the last completed "
-                f"epoch is in {tr.output}. Resume with: nbcnn train {config} --output "
-                f"{tr.output} --resume",
+                f"nbcnn: interrupted in epoch {stop.epoch}; epoch {stop.completed} is the last "
+                f"completed one, kept in {tr.output}. Resume with: "
+                + _resume_command(config, tr.output, epochs, batch_size, data, seed, threads),
                 file=sys.stderr,
             )
         else:
@@ -329,13 +328,82 @@ def train(
             )
         write_curves(tr.output, missing_ok=True)
         raise typer.Exit(130) from None
-    result = model.evaluate(dataset.x_test, dataset.y_test)
-    out.print(
-        f"test: loss {result['loss']:.4f}  accuracy {result['accuracy']:.4f}  "
-        f"({result['samples']} samples)  weights: {folder.file('model.npz')}",
-        highlight=False,
-    )
+    finally:
+        folder.release()
+    weights = folder.file("model.npz")
+    if history.interrupted:
+        print(
+            f"nbcnn: Ctrl-C during the last epoch: training is complete ({tr.epochs} epochs, "
+            f"weights {weights}); the test evaluation was skipped",
+            file=sys.stderr,
+        )
+    else:
+        try:
+            result = model.evaluate(dataset.x_test, dataset.y_test, _inference_batch(model))
+        except KeyboardInterrupt:
+            print(
+                f"nbcnn: Ctrl-C after training completed (weights {weights}); the test "
+                "evaluation was skipped",
+                file=sys.stderr,
+            )
+        else:
+            console().print(
+                f"test: loss {result['loss']:.4f}  accuracy {result['accuracy']:.4f}  "
+                f"({result['samples']} samples)  weights: {weights}",
+                highlight=False,
+            )
     write_curves(tr.output, missing_ok=True)
+
+
+def _inference_batch(model) -> int:
+    """256 samples per batch, or fewer where that would not fit in memory."""
+    from nbcnn.resources import inference_batch_size
+
+    return inference_batch_size(model)
+
+
+def _resume_command(config, output, epochs, batch_size, data, seed, threads) -> str:
+    """The command that continues this run, with the overrides it was started with."""
+    import shlex
+
+    words = ["nbcnn", "train", str(config), "--output", str(output), "--resume"]
+    for flag, value in (
+        ("--epochs", epochs),
+        ("--batch-size", batch_size),
+        ("--data", data),
+        ("--seed", seed),
+        ("--threads", threads),
+    ):
+        if value is not None:
+            words += [flag, str(value)]
+    return " ".join(shlex.quote(w) for w in words)
+
+
+def _train_in(folder, config: Path, spec, model, tr, dataset, resume: bool):
+    """Write the resolved config into the held run folder, then train with a progress bar."""
+    import yaml
+
+    from nbcnn.io import write_text_atomic
+    from nbcnn.progress import TrainingProgress
+    from nbcnn.spec import train_to_dict
+
+    resolved = {**spec.raw, "train": train_to_dict(tr)}
+    write_text_atomic(folder.file("config.yaml"), yaml.safe_dump(resolved, sort_keys=False))
+    console().print(f"data: {dataset.source}", highlight=False)
+    validation = (dataset.x_val, dataset.y_val) if len(dataset.x_val) else None
+    with TrainingProgress() as progress:
+        return model.fit(
+            dataset.x_train,
+            dataset.y_train,
+            epochs=tr.epochs,
+            batch_size=tr.batch_size,
+            validation_data=validation,
+            seed=tr.seed,
+            output=folder,
+            resume=resume,
+            early_stopping=tr.early_stopping,
+            callback=progress,
+        )
 
 
 def _model_with_weights(config: Path, weights: Path):
@@ -356,15 +424,20 @@ def evaluate(
     json_output: Annotated[bool, typer.Option("--json", help="Print JSON for tools.")] = False,
 ):
     """Loss, accuracy, per-class accuracy and confusion matrix on the test split."""
+    import numpy as np
+
     spec, model, tr = _model_with_weights(config, weights)
     if data is not None:
         from dataclasses import replace
 
         tr = replace(tr, path=data, dataset=_dataset_for_path(data, tr.dataset))
     dataset = _load_data(model, tr, config)
-    result = model.evaluate(dataset.x_test, dataset.y_test)
+    # Weights that overflow show as a non-finite loss (null in --json, with a note), not as
+    # NumPy warnings from inside the layers.
+    with np.errstate(over="ignore", invalid="ignore"):
+        result = model.evaluate(dataset.x_test, dataset.y_test, _inference_batch(model))
     if json_output:
-        print(json.dumps(result))
+        print_json(result)
         return
     from rich.table import Table
 
@@ -415,7 +488,9 @@ def predict(
         labels += [str(p) for p in images]
     if not labels:
         raise DataError("no images to predict: the inputs hold no arrays")
-    probs = model.predict(np.concatenate(batches)).reshape(len(labels), -1)
+    with np.errstate(over="ignore", invalid="ignore"):  # non-finite results are reported
+        probs = model.predict(np.concatenate(batches), _inference_batch(model))
+    probs = probs.reshape(len(labels), -1)
     results = []
     for label, p in zip(labels, probs):
         order = np.argsort(-p)[:top]
@@ -427,7 +502,7 @@ def predict(
             }
         )
     if json_output:
-        print(json.dumps(results))
+        print_json(results)
         return
     for r in results:
         others = ", ".join(f"{t['class']}: {t['probability']:.3f}" for t in r["top"])
@@ -437,9 +512,37 @@ def predict(
 from nbcnn import cli_extra  # noqa: E402,F401  (registers convolve, featuremaps, ...)
 
 
+def _click_exceptions():
+    """Click's exception types: vendored inside typer since 0.22, the click package before."""
+    try:
+        from typer._click import exceptions
+    except ImportError:  # an older typer on top of click
+        from click import exceptions
+    return exceptions
+
+
 def main() -> None:
-    """Console-script entry point."""
-    app()
+    """Console-script entry point. Usage errors (an unknown option, a value out of range) are
+    one line like every other error, instead of click's three-line "Usage:" block."""
+    exceptions = _click_exceptions()
+    try:
+        code = app(standalone_mode=False)
+    except exceptions.UsageError as err:
+        if type(err).__name__ == "NoArgsIsHelpError":  # bare `nbcnn`: the help text
+            err.show()
+            sys.exit(err.exit_code)
+        command = err.ctx.command_path if err.ctx is not None else "nbcnn"
+        print(
+            f"nbcnn: error: {' '.join(err.format_message().split())} (see '{command} --help')",
+            file=sys.stderr,
+        )
+        sys.exit(2)
+    except exceptions.ClickException as err:
+        print(f"nbcnn: error: {' '.join(err.format_message().split())}", file=sys.stderr)
+        sys.exit(err.exit_code)
+    except typer.Abort:
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

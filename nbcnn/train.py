@@ -9,12 +9,13 @@ slots, both random streams, early-stopping state and the metrics so far.
 
 from __future__ import annotations
 
-import json
 import math
+import numbers
+import os
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,9 +25,10 @@ import numpy as np
 from nbcnn import losses
 from nbcnn.data import batches
 from nbcnn.errors import ConfigError, DataError, TrainingError
-from nbcnn.io import load_npz, save_npz_atomic, write_text_atomic
-from nbcnn.model import Sequential
-from nbcnn.resources import check_training_memory
+from nbcnn.layers.args import show
+from nbcnn.model import Sequential, check_int
+from nbcnn.resources import check_training_memory, inference_batch_size
+from nbcnn.runs import RunFolder, layer_signature, own_rng_layers
 
 METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
 
@@ -38,6 +40,7 @@ class History:
     history: dict[str, list[float]] = field(default_factory=dict)
     epochs: list[dict[str, Any]] = field(default_factory=list)
     stopped_early: bool = False
+    interrupted: bool = False  # Ctrl-C came during the last epoch, which still completed
 
     def add(self, record: dict[str, Any]) -> None:
         self.epochs.append(record)
@@ -63,12 +66,100 @@ def compile(model: Sequential, optimizer: str | dict | None = None, loss: str | 
 
     train = parse_train(model.spec.train if model.spec else None, default_output="runs/model")
     spec = train.optimizer if optimizer is None else optimizer
-    spec = {"type": spec} if isinstance(spec, str) else dict(spec)
-    loss = loss or train.loss
-    if loss not in LOSSES:
-        raise ConfigError(f"unknown loss {loss!r}; known: {', '.join(LOSSES)}", where="loss")
-    model.compiled = Compiled(optim.make_optimizer(spec), spec, train.lr_schedule, loss)
+    if isinstance(spec, str):
+        spec = {"type": spec}
+    elif isinstance(spec, Mapping):
+        spec = dict(spec)
+    else:
+        raise ConfigError(
+            f"expected an optimizer name like 'adam' or a mapping like {{'type': 'adam', "
+            f"'learning_rate': 0.001}}, got {show(spec)}",
+            where="compile(optimizer)",
+        )
+    optimizer = optim.make_optimizer(
+        spec, where="train.optimizer" if optimizer is None else "compile(optimizer)"
+    )
+    if loss is None:
+        loss = train.loss
+    elif not isinstance(loss, str) or loss not in LOSSES:
+        raise ConfigError(
+            f"expected one of {', '.join(LOSSES)}, got {show(loss)}", where="compile(loss)"
+        )
+    model.compiled = Compiled(optimizer, spec, train.lr_schedule, loss)
     return model.compiled
+
+
+def _check_fit_arguments(
+    x,
+    epochs,
+    batch_size,
+    validation_data,
+    verbose,
+    seed,
+    output,
+    resume,
+    overwrite,
+    early_stopping,
+    callback,
+) -> tuple[int, int, int, int, dict[str, Any] | None]:
+    """Refuse bad ``fit`` arguments before any work, naming each (``fit(batch_size)``);
+    returns ``epochs, batch_size, verbose, seed`` as ints and ``early_stopping`` with its
+    defaults filled in (``{}`` is early stopping with the defaults, as in a config).
+
+    ``epochs=0`` trains nothing and returns an empty History, as Keras's ``fit`` does."""
+    from nbcnn.layers.args import parse_arguments
+    from nbcnn.spec import _EARLY_STOPPING_SCHEMA, check_output_path
+
+    epochs = check_int(epochs, "fit(epochs)", 0)
+    batch_size = check_int(batch_size, "fit(batch_size)", 1)
+    seed = check_int(seed, "fit(seed)", 0)
+    if isinstance(verbose, str) and verbose == "auto":  # Keras's default
+        verbose = 1
+    if not isinstance(verbose, numbers.Integral) or verbose not in (0, 1, 2):
+        raise ConfigError(
+            f"expected 0 (silent), 1 or 2 (a line per epoch), got {show(verbose)}",
+            where="fit(verbose)",
+        )
+    try:
+        samples = len(x)
+    except TypeError:  # not a sequence: check_input says what it is
+        samples = None
+    if samples == 0:
+        raise DataError("fit(x) holds no samples: there is nothing to train on")
+    if validation_data is not None and (
+        not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2
+    ):
+        raise ConfigError(
+            f"expected a pair (x_val, y_val) or None, got {show(validation_data)}",
+            where="fit(validation_data)",
+        )
+    if isinstance(output, (str, os.PathLike)):
+        check_output_path(output, "fit(output)")
+    elif output is not None and not isinstance(output, RunFolder):
+        raise ConfigError(
+            f"expected a folder path or None, got {show(output)}", where="fit(output)"
+        )
+    for name, flag in (("resume", resume), ("overwrite", overwrite)):
+        if not isinstance(flag, bool):
+            raise ConfigError(f"expected True or False, got {show(flag)}", where=f"fit({name})")
+    if early_stopping is not None:
+        if not isinstance(early_stopping, Mapping):
+            raise ConfigError(
+                f"expected a mapping like {{'patience': 3}} or None, got {show(early_stopping)}",
+                where="fit(early_stopping)",
+            )
+        try:
+            early_stopping = parse_arguments(
+                _EARLY_STOPPING_SCHEMA, early_stopping, what="fit(early_stopping)"
+            )
+        except ConfigError as err:
+            raise err.located(where="fit(early_stopping)") from None
+    if callback is not None and not callable(callback):
+        raise ConfigError(
+            f"expected a function callback(event, info) or None, got {show(callback)}",
+            where="fit(callback)",
+        )
+    return epochs, batch_size, int(verbose), seed, early_stopping
 
 
 def _fuses_softmax(model: Sequential) -> bool:
@@ -89,6 +180,7 @@ def loss_and_grad(model: Sequential, out: np.ndarray, y: np.ndarray):
 
 def evaluate_arrays(model: Sequential, x: np.ndarray, y: np.ndarray, batch_size: int = 256):
     """Loss, accuracy and per-class results of ``model`` on ``(x, y)`` in inference mode."""
+    batch_size = check_int(batch_size, "evaluate(batch_size)", 1)
     if len(x) == 0:
         raise DataError("no samples to evaluate (the test split is empty)")
     probs = model.predict(x, batch_size=batch_size).reshape(len(x), -1)
@@ -111,11 +203,16 @@ def evaluate_arrays(model: Sequential, x: np.ndarray, y: np.ndarray, batch_size:
 
 
 class StopRequested(Exception):
-    """Raised inside fit when Ctrl-C (SIGINT) arrived; carries the epoch it interrupted."""
+    """Raised by fit when Ctrl-C (SIGINT) stopped training before its last epoch.
 
-    def __init__(self, epoch: int):
-        super().__init__(f"interrupted during epoch {epoch}")
+    ``epoch`` is the epoch that was interrupted (its batches are lost) or, when the interrupt
+    came after an epoch's last batch, the next one; ``completed`` is the number of epochs
+    committed to the run folder."""
+
+    def __init__(self, epoch: int, completed: int):
+        super().__init__(f"interrupted in epoch {epoch}")
         self.epoch = epoch
+        self.completed = completed
 
 
 class _SigintFlag:
@@ -139,91 +236,6 @@ class _SigintFlag:
         if self._previous is not None:
             signal.signal(signal.SIGINT, self._previous)
         return False
-
-
-RUN_FILES = ("model.npz", "best.npz", "checkpoint.npz", "config.yaml", "metrics.jsonl")
-
-
-class RunFolder:
-    """The output folder of a run: model.npz, best.npz, checkpoint.npz, config.yaml,
-    metrics.jsonl, each written atomically."""
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-
-    def file(self, name: str) -> Path:
-        return self.path / name
-
-    def check_writable(self) -> None:
-        """Fail before any work if the folder cannot be created or written."""
-        try:
-            self.path.mkdir(parents=True, exist_ok=True)
-            probe = self.path / ".nbcnn-write-test"
-            probe.write_bytes(b"")
-            probe.unlink()
-        except OSError as err:
-            raise TrainingError(
-                f"{self.path}: output folder is not writable: {err.strerror or err}"
-            ) from None
-
-    def remove_stale_temporaries(self) -> None:
-        """Delete the temporary files a killed writer left (``.model.npz.x1y2.tmp``): they are
-        never read, and removing them at the start of a run keeps the folder clean."""
-        for name in RUN_FILES:
-            for tmp in self.path.glob(f".{name}.*.tmp"):
-                try:
-                    tmp.unlink()
-                except OSError:
-                    pass
-
-    #: The files of a run, removed by ``remove_run`` before ``--overwrite`` starts a new one.
-    RUN_FILES = ("checkpoint.npz", "model.npz", "best.npz", "metrics.jsonl", "curves.png")
-
-    def remove_run(self) -> None:
-        """Delete an earlier run's files, so a new run never mixes with them."""
-        for name in self.RUN_FILES:
-            try:
-                self.file(name).unlink()
-            except FileNotFoundError:
-                pass
-            except OSError as err:
-                raise TrainingError(f"{self.file(name)}: cannot remove: {err.strerror}") from None
-
-    def save_checkpoint(self, model: Sequential, state: dict[str, Any], best: bool) -> None:
-        weights = dict(zip(model.weight_names(), model.get_weights()))
-        optimizer = {f"optimizer/{k}": v for k, v in model.compiled.optimizer.state_dict().items()}
-        meta = {"meta": np.array(json.dumps(state))}
-        # Checkpoint first, then the files people read; each replace is atomic.
-        save_npz_atomic(self.file("checkpoint.npz"), {**weights, **optimizer, **meta})
-        save_npz_atomic(self.file("model.npz"), weights)
-        if best:
-            save_npz_atomic(self.file("best.npz"), weights)
-        lines = "".join(json.dumps(r) + "\n" for r in state["history"])
-        write_text_atomic(self.file("metrics.jsonl"), lines)
-
-    def load_checkpoint(self, model: Sequential) -> dict[str, Any]:
-        path = self.file("checkpoint.npz")
-        arrays = load_npz(path)
-        if "meta" not in arrays:
-            raise DataError("not an nbcnn checkpoint (no 'meta')", file=str(path))
-        try:
-            state = json.loads(str(arrays.pop("meta")))
-        except ValueError:
-            raise DataError("checkpoint metadata is not valid JSON", file=str(path)) from None
-        names = model.weight_names()
-        missing = [n for n in names if n not in arrays]
-        if missing:
-            raise DataError(
-                f"checkpoint is for another model: no array {missing[0]!r}", file=str(path)
-            )
-        model.set_weights([arrays[n] for n in names], source=str(path))
-        prefix = "optimizer/"
-        opt_state = {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)}
-        try:
-            model.compiled.optimizer.load_state_dict(opt_state)
-        except DataError as err:
-            raise DataError(err.message, file=str(path)) from None
-        return state
 
 
 def _rng_state(rng: np.random.Generator) -> dict:
@@ -256,16 +268,33 @@ def fit(
     seed: int = 0,
     output: str | Path | None = None,
     resume: bool = False,
+    overwrite: bool = False,
     early_stopping: dict[str, Any] | None = None,
     callback: Callable[[str, dict[str, Any]], None] | None = None,
 ) -> History:
     """Train ``model`` on ``x : (N, *input_shape) float32`` and integer labels ``y : (N,)``.
 
-    With ``output``, each epoch writes a checkpoint there and ``resume=True`` continues from
-    the last completed one: the final weights equal those of an uninterrupted run. Ctrl-C stops
-    between batches with :class:`StopRequested` after the last checkpoint is on disk.
+    With ``output`` (a path or a held :class:`~nbcnn.runs.RunFolder`), each epoch is
+    committed there and ``resume=True`` continues from the last committed one: the final
+    weights equal those of an uninterrupted run. An output that already holds a run is
+    refused unless ``resume`` or ``overwrite``; the folder is locked while ``fit`` writes.
+    Ctrl-C stops between batches with :class:`StopRequested` after the last commit; one that
+    comes after the last epoch's last batch lets the run finish (``history.interrupted``).
     ``callback(event, info)`` receives "epoch_begin", "batch_end" and "epoch_end" events.
     """
+    epochs, batch_size, verbose, seed, early_stopping = _check_fit_arguments(
+        x,
+        epochs,
+        batch_size,
+        validation_data,
+        verbose,
+        seed,
+        output,
+        resume,
+        overwrite,
+        early_stopping,
+        callback,
+    )
     from nbcnn import optim
 
     if len(model.output_shape) != 1:
@@ -292,103 +321,171 @@ def fit(
         compiled.lr_schedule, compiled.optimizer.learning_rate, max(epochs, 1)
     )
     shuffle_rng = np.random.default_rng([seed, 1])
-    folder = RunFolder(output) if output is not None else None
+    folder = _run_folder(output, resume, overwrite)
     history = History()
     monitor = (early_stopping or {}).get("monitor", "val_loss")
     if monitor.startswith("val_") and x_val is None and early_stopping:
         raise ConfigError(
             f"monitor {monitor!r} needs validation data", where="train.early_stopping.monitor"
         )
-    best_value, wait, start_epoch = None, 0, 0
-    restore_best = bool(early_stopping and early_stopping.get("restore_best_weights"))
-    best_weights = None
+    loop = _Loop(
+        model,
+        x,
+        y,
+        x_val,
+        y_val,
+        epochs,
+        batch_size,
+        schedule,
+        shuffle_rng,
+        folder,
+        history,
+        early_stopping,
+        monitor,
+        verbose,
+        callback,
+        restore_best=bool(early_stopping and early_stopping.get("restore_best_weights")),
+    )
+    resuming = folder is not None and resume and folder.has_checkpoint()
+    if resuming and not folder.held:
+        folder.load_checkpoint(model)  # refuse a checkpoint that does not fit before the lock
     if folder is not None:
-        folder.check_writable()
-        folder.remove_stale_temporaries()
-        if resume and folder.file("checkpoint.npz").exists():
-            state = folder.load_checkpoint(model)
+        folder.acquire(resume=resume, overwrite=overwrite)
+    try:
+        if resuming:
+            state = folder.load_checkpoint(model)  # under the lock: what this run continues
             _set_rng_state(shuffle_rng, state["shuffle_rng"])
             _set_rng_state(model.rng, state["model_rng"])
-            for layer, layer_state in zip(_own_rng_layers(model), state.get("layer_rngs", [])):
+            for layer, layer_state in zip(own_rng_layers(model), state["layer_rngs"]):
                 _set_rng_state(layer.rng, layer_state)
-            best_value, wait, start_epoch = state["best"], state["wait"], state["epoch"]
+            loop.best_value, loop.wait, loop.start_epoch = (
+                state["best"],
+                state["wait"],
+                state["epoch"],
+            )
             for record in state["history"]:
                 history.add(record)
+        _train_epochs(loop)
+    finally:
+        if folder is not None:
+            folder.release()
+    if loop.restore_best:
+        # In memory when this run saw the best epoch; from best.npz when a resumed run did not.
+        if loop.best_weights is not None:
+            model.set_weights(loop.best_weights)
+        elif folder is not None and folder.file("best.npz").exists():
+            model.load_weights(folder.file("best.npz"))
+    return history
+
+
+@dataclass
+class _Loop:
+    """What the epoch loop of :func:`fit` reads, and the early-stopping state it updates."""
+
+    model: Sequential
+    x: np.ndarray
+    y: np.ndarray
+    x_val: np.ndarray | None
+    y_val: np.ndarray | None
+    epochs: int
+    batch_size: int
+    schedule: Callable[[int], float]
+    shuffle_rng: np.random.Generator
+    folder: RunFolder | None
+    history: History
+    early_stopping: dict[str, Any] | None
+    monitor: str
+    verbose: int
+    callback: Callable[[str, dict[str, Any]], None] | None
+    restore_best: bool = False
+    best_value: float | None = None
+    wait: int = 0
+    start_epoch: int = 0
+    best_weights: list[np.ndarray] | None = None
+
+
+def _run_folder(output, resume: bool, overwrite: bool) -> RunFolder | None:
+    """The run folder of ``fit(output=...)``, checked before anything is written (a folder
+    the CLI already holds was checked there)."""
+    if output is None:
+        return None
+    if resume and overwrite:
+        raise ConfigError(
+            "resume and overwrite contradict each other: resume continues the run in the "
+            "output folder, overwrite replaces it",
+            where="fit(resume, overwrite)",
+        )
+    folder = output if isinstance(output, RunFolder) else RunFolder(output)
+    if not folder.held:
+        folder.check_can_start(resume=resume, overwrite=overwrite)
+    return folder
+
+
+def _train_epochs(loop: _Loop) -> None:
+    """The epoch loop of :func:`fit`: train, validate, track the best, commit each epoch."""
+    model, folder, history, early = loop.model, loop.folder, loop.history, loop.early_stopping
+    val_batch = inference_batch_size(model)  # 256, or less where that would not fit
     _set_fused(model, _fuses_softmax(model))
     # Overflow is detected (non-finite loss or weights) and reported as one TrainingError;
     # numpy's RuntimeWarnings about it would only add noise lines before that message.
     try:
         with _SigintFlag() as sigint, np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            for epoch in range(start_epoch, epochs):
-                if early_stopping and _patience_spent(early_stopping, wait, epoch):
+            for epoch in range(loop.start_epoch, loop.epochs):
+                if early and _patience_spent(early, loop.wait, epoch):
                     history.stopped_early = True
                     break
-                lr = schedule(epoch)
-                record = _run_epoch(
-                    model, x, y, batch_size, shuffle_rng, lr, epoch, epochs, sigint, callback
-                )
+                lr = loop.schedule(epoch)
+                record = _run_epoch(loop, epoch, lr, sigint)
                 record["learning_rate"] = lr
-                if x_val is not None and len(x_val):
-                    result = evaluate_arrays(model, x_val, y_val)
+                if loop.x_val is not None and len(loop.x_val):
+                    result = evaluate_arrays(model, loop.x_val, loop.y_val, val_batch)
                     record["val_loss"], record["val_accuracy"] = result["loss"], result["accuracy"]
                 else:
                     record["val_loss"] = record["val_accuracy"] = None
-                value = record.get(monitor)
+                value = record.get(loop.monitor)
                 if value is None:
                     value = record["loss"]
-                improved = _improved(monitor, value, best_value, _min_delta(early_stopping))
+                improved = _improved(loop.monitor, value, loop.best_value, _min_delta(early))
                 if improved:
-                    best_value, wait = value, 0
-                    best_weights = model.get_weights() if restore_best else None
+                    loop.best_value, loop.wait = value, 0
+                    loop.best_weights = model.get_weights() if loop.restore_best else None
                 else:
-                    wait += 1
+                    loop.wait += 1
                 history.add(record)
                 if folder is not None:
-                    _check_finite_weights(model, epoch, math.ceil(len(x) / batch_size))
+                    _check_finite_weights(model, epoch, math.ceil(len(loop.x) / loop.batch_size))
                     state = {
                         "epoch": epoch + 1,
                         "history": history.epochs,
-                        "best": best_value,
-                        "wait": wait,
-                        "shuffle_rng": _rng_state(shuffle_rng),
+                        "best": loop.best_value,
+                        "wait": loop.wait,
+                        "shuffle_rng": _rng_state(loop.shuffle_rng),
                         "model_rng": _rng_state(model.rng),
-                        "layer_rngs": [_rng_state(la.rng) for la in _own_rng_layers(model)],
+                        "layer_rngs": [_rng_state(la.rng) for la in own_rng_layers(model)],
+                        "layers": layer_signature(model),
                     }
-                    folder.save_checkpoint(model, state, best=improved)
-                if callback:
-                    callback("epoch_end", record)
-                elif verbose:
+                    folder.commit_epoch(model, state, best=improved)
+                if loop.callback:
+                    loop.callback("epoch_end", record)
+                elif loop.verbose:
                     from nbcnn.progress import epoch_line
 
-                    print(epoch_line(record, epochs))
-                if early_stopping and _patience_spent(early_stopping, wait, epoch + 1):
-                    history.stopped_early = epoch + 1 < epochs
+                    print(epoch_line(record, loop.epochs))
+                if early and _patience_spent(early, loop.wait, epoch + 1):
+                    history.stopped_early = epoch + 1 < loop.epochs
                     break
+                if sigint.set:  # Ctrl-C after this epoch's last batch: it is kept, then stop
+                    if epoch + 1 < loop.epochs:
+                        raise StopRequested(epoch + 2, completed=epoch + 1)
+                    history.interrupted = True
     finally:
         _set_fused(model, False)
-    if restore_best:
-        # In memory when this run saw the best epoch; from best.npz when a resumed run did not.
-        if best_weights is not None:
-            model.set_weights(best_weights)
-        elif folder is not None and folder.file("best.npz").exists():
-            model.load_weights(folder.file("best.npz"))
-    return history
 
 
 def _patience_spent(early_stopping: dict, wait: int, epochs_done: int) -> bool:
     """Keras's rule: stop after an epoch that did not improve (``wait > 0``) once ``wait``
     reaches ``patience``, never before the second epoch."""
     return epochs_done > 1 and wait > 0 and wait >= early_stopping["patience"]
-
-
-def _own_rng_layers(model: Sequential) -> list:
-    """Layers with a random stream of their own (Dropout with ``seed``), in model order: the
-    checkpoint saves each one's state so that a resumed run draws the same masks."""
-    return [
-        layer
-        for layer in model.layers
-        if getattr(layer, "rng", None) is not None and layer.rng is not model.rng
-    ]
 
 
 def _check_finite_weights(model: Sequential, epoch: int, batches: int) -> None:
@@ -424,7 +521,10 @@ def _labels(y, n: int, model: Sequential) -> np.ndarray:
     return y.astype(np.int64)
 
 
-def _run_epoch(model, x, y, batch_size, rng, lr, epoch, epochs, sigint, callback):
+def _run_epoch(loop: _Loop, epoch: int, lr: float, sigint: _SigintFlag) -> dict[str, Any]:
+    """One pass over the shuffled training data: a record of its loss, accuracy and speed."""
+    model, x, y, batch_size, callback = loop.model, loop.x, loop.y, loop.batch_size, loop.callback
+    rng, epochs = loop.shuffle_rng, loop.epochs
     params, owners = model.trainable_weights()
     optimizer = model.compiled.optimizer
     total_loss = 0.0
@@ -459,8 +559,8 @@ def _run_epoch(model, x, y, batch_size, rng, lr, epoch, epochs, sigint, callback
                     "seconds": time.perf_counter() - start,
                 },
             )
-        if sigint.set:
-            raise StopRequested(epoch + 1)
+        if sigint.set and index + 1 < n_batches:  # after the last batch the epoch completes
+            raise StopRequested(epoch + 1, completed=epoch)
     seconds = time.perf_counter() - start
     return {
         "epoch": epoch + 1,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -32,3 +33,17 @@ def cli_subprocess(*args: str, **kwargs) -> subprocess.CompletedProcess:
 def model_doc(*layers, input_shape=(28, 28, 1)):
     """A minimal config document with the given layer mappings."""
     return {"input_shape": list(input_shape), "layers": list(layers)}
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    """Every entry under ``folder``: file bytes, link targets, folders as empty markers."""
+    entries = {}
+    for p in sorted(folder.rglob("*")):
+        key = str(p.relative_to(folder))
+        if p.is_symlink():
+            entries[key] = b"-> " + os.readlink(p).encode()
+        elif p.is_file():
+            entries[key] = p.read_bytes()
+        else:
+            entries[key] = b"<dir>"
+    return entries

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from helpers import ROOT, cli, cli_subprocess, model_doc
+from helpers import ROOT, cli, cli_subprocess, model_doc, snapshot
 from test_data import IDX_NAMES, idx_bytes
 from test_registry import make_distribution, pip_install_target
 
@@ -33,7 +33,7 @@ from nbcnn.resources import (
     check_training_memory,
     estimate_training_memory,
 )
-from nbcnn.train import RunFolder
+from nbcnn.runs import RunFolder
 
 SMALL = [
     {"type": "Conv2D", "filters": 4, "kernel_size": 3, "activation": "relu"},
@@ -63,10 +63,6 @@ def error_line(stderr: str, *fragments: str) -> str:
     for fragment in fragments:
         assert fragment in lines[0], (fragment, lines[0])
     return lines[0]
-
-
-def snapshot(folder: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
 
 
 # ---------------------------------------------------------------- bad data through the CLI
@@ -350,7 +346,8 @@ def test_memory_estimate_counts_weights_optimizer_activations_and_im2col():
     assert adam.fixed - sgd.fixed == 4 * params
     outputs = 28 * 28 * 32 + 14 * 14 * 32 + 14 * 14 * 64 + 7 * 7 * 64 + 3136 + 128 + 10
     conv2_im2col = 14 * 14 * 3 * 3 * 32
-    assert adam.per_sample == 4 * (3 * outputs + 2 * 28 * 28 + 2 * conv2_im2col)
+    padded_conv2 = 16 * 16 * 32  # conv2's zero-padded input ('same', 3x3)
+    assert adam.per_sample == 4 * (3 * outputs + 2 * 28 * 28 + 2 * conv2_im2col + padded_conv2)
     assert adam.total == adam.fixed + 128 * adam.per_sample
     assert adam.largest_batch(adam.total) == 128
     assert adam.largest_batch(adam.fixed) == 0
@@ -366,19 +363,22 @@ def test_memory_estimate_counts_weights_optimizer_activations_and_im2col():
 WRITER_DOC = model_doc(
     {"type": "Flatten"}, {"type": "Dense", "units": 256}, input_shape=(64, 64, 1)
 )
-# argv: run folder, epoch to start after, the fsync call to die in (0: never), model doc.
+# argv: run folder, epoch to start after, the fsync call after the first commit to die in
+# (0: never), model doc. Every weight of epoch k holds k; best.npz is new on odd epochs only
+# (even epochs hard-link the previous one), so best holds the last odd epoch.
 WRITER = textwrap.dedent("""
     import json, os, signal, sys
     import numpy as np
     from nbcnn.model import Sequential
+    from nbcnn.runs import RunFolder, layer_signature
     from nbcnn.spec import parse_spec
-    from nbcnn.train import RunFolder, compile
+    from nbcnn.train import compile
 
-    die_at, fsync, calls = int(sys.argv[3]), os.fsync, [0]
+    die_at, fsync, calls = int(sys.argv[3]), os.fsync, [-10**9]
 
     def dying_fsync(fd):
         calls[0] += 1
-        if calls[0] == die_at:  # the temporary file is written, not yet renamed
+        if calls[0] == die_at:  # a file or folder of the epoch written, not yet committed
             os.kill(os.getpid(), signal.SIGKILL)
         fsync(fd)
 
@@ -388,58 +388,61 @@ WRITER = textwrap.dedent("""
     params, _ = model.trainable_weights()
     model.compiled.optimizer.step(params, [np.zeros_like(p) for p in params])  # Adam slots
     folder = RunFolder(sys.argv[1])
+    folder.acquire(resume=True)
     epoch = int(sys.argv[2])
+    rng_state = np.random.default_rng(0).bit_generator.state
     while True:
         epoch += 1
         for p in params:
             p[...] = epoch  # every array of checkpoint number k holds k
         history = [{"epoch": e, "loss": 1.0 / e} for e in range(1, epoch + 1)]
-        state = {"epoch": epoch, "history": history}
-        folder.save_checkpoint(model, state, best=True)
+        state = {"epoch": epoch, "history": history, "best": 1.0 / epoch, "wait": 0,
+                 "shuffle_rng": rng_state, "model_rng": rng_state, "layer_rngs": [],
+                 "layers": layer_signature(model)}
+        folder.commit_epoch(model, state, best=epoch % 2 == 1)
+        calls[0] = 0  # count the fsyncs of the next commit
         print(epoch, flush=True)
 """)
 
 
 def check_run_files(folder: Path) -> int:
-    """Every file a reader uses loads and is internally consistent; returns the epoch."""
+    """Every file a reader uses loads, and all of them show one and the same epoch (the last
+    committed): checkpoint, model, metrics; best the last odd epoch. Returns the epoch."""
     with np.load(folder / "checkpoint.npz", allow_pickle=False) as ckpt:
         epoch = json.loads(str(ckpt["meta"]))["epoch"]
         for name in ckpt.files:
             if name != "meta" and not name.startswith("optimizer/"):
                 assert (ckpt[name] == epoch).all(), name
-    # The files people read are written after the checkpoint: the same epoch or the one before.
-    for name in ("model.npz", "best.npz"):
+    for name, expected in (("model.npz", epoch), ("best.npz", epoch - (epoch % 2 == 0))):
         with np.load(folder / name, allow_pickle=False) as weights:
-            value = weights[weights.files[0]].flat[0]
-            assert value in (epoch, epoch - 1), (name, value, epoch)
-            assert all((weights[k] == value).all() for k in weights.files), name
+            assert all((weights[k] == expected).all() for k in weights.files), (name, epoch)
     records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in records] == list(range(1, len(records) + 1))
-    assert len(records) in (epoch, epoch - 1)
+    assert [r["epoch"] for r in records] == list(range(1, epoch + 1))
     return epoch
 
 
-def test_kill_9_at_any_moment_leaves_loadable_files(tmp_path):
-    """A writer saves checkpoints of 4 MB weights (12 MB with Adam's slots) in a loop and is
-    killed with SIGKILL: four times by itself inside each of the four file writes of its
-    second save (temporary file written, not yet renamed), four times by us at random
-    moments. After every kill the files left load and are consistent, and resume works."""
+# A commit fsyncs checkpoint, model, best (odd epochs), metrics, the epoch folder, epochs/
+# and the run folder: 6 or 7 calls; die in each of them, then at random moments.
+COMMIT_FSYNCS = 7
+
+
+def test_kill_9_at_any_moment_leaves_consistent_files(tmp_path):
+    """A writer commits epochs of 4 MB weights (12 MB with Adam's slots) in a loop and is
+    killed with SIGKILL: by itself inside each fsync of a commit (its files written, not yet
+    committed), and by us at random moments. After every kill all the files show the same
+    epoch, the checkpoint resumes, and the next writer cleans what the killed one left."""
     folder = tmp_path / "run"
     rng = random.Random(0)
     epoch = 0
-    # save_checkpoint writes checkpoint.npz, model.npz, best.npz, metrics.jsonl: fsync 5..8
-    # are those of the second save.
-    for die_at in (5, 6, 7, 8, 0, 0, 0, 0):
+    for die_at in (*range(1, COMMIT_FSYNCS + 1), 0, 0, 0, 0):
         args = [str(folder), str(epoch), str(die_at), json.dumps(WRITER_DOC)]
-        leftovers = set(folder.glob(".*.tmp"))
         proc = subprocess.Popen(
             [sys.executable, "-c", WRITER, *args], stdout=subprocess.PIPE, text=True
         )
-        first = proc.stdout.readline()  # one checkpoint on disk, the next being written
-        assert first.strip(), "the writer died before its first checkpoint"
+        first = proc.stdout.readline()  # one epoch committed, the next being written
+        assert first.strip(), "the writer died before its first commit"
         if die_at:
             assert proc.wait(timeout=60) == -signal.SIGKILL
-            assert set(folder.glob(".*.tmp")) - leftovers, "no write was cut short"
         else:
             time.sleep(rng.uniform(0.0, 0.4))
             proc.send_signal(signal.SIGKILL)
@@ -447,13 +450,22 @@ def test_kill_9_at_any_moment_leaves_loadable_files(tmp_path):
         proc.stdout.close()
         epoch = check_run_files(folder)
         RunFolder(folder).load_checkpoint(_writer_model())  # what --resume does
-    RunFolder(folder).remove_stale_temporaries()
-    assert sorted(p.name for p in folder.iterdir()) == [
-        "best.npz",
-        "checkpoint.npz",
-        "metrics.jsonl",
-        "model.npz",
-    ]
+    run = RunFolder(folder)
+    run.acquire(resume=True)  # removes what the killed writers left
+    run.release()
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        [
+            ".nbcnn-lock",
+            "nbcnn-run.json",
+            "current",
+            "epochs",
+            "best.npz",
+            "checkpoint.npz",
+            "metrics.jsonl",
+            "model.npz",
+        ]
+    )
+    assert [p.name for p in (folder / "epochs").iterdir()] == [f"{epoch:06d}"]
 
 
 def _writer_model():
@@ -470,11 +482,13 @@ def test_stale_temporary_files_are_ignored_and_removed(tmp_path, write_config):
     config = write_run_config(write_config, tmp_path, epochs=1)
     assert cli("train", config).exit_code == 0
     run = tmp_path / "run"
-    stale = run / ".checkpoint.npz.k1ll3d.tmp"
-    stale.write_bytes(b"half a checkpoint")
+    stale = [run / ".config.yaml.k1ll3d.tmp", run / "epochs" / ".tmp-000002-999"]
+    stale[0].write_bytes(b"half a config")
+    stale[1].mkdir()
+    (stale[1] / "checkpoint.npz").write_bytes(b"half a checkpoint")
     result = cli("train", config, "--resume", "--epochs", "2")
     assert result.exit_code == 0, result.stderr
-    assert not stale.exists()
+    assert not any(p.exists() for p in stale)
     lines = (run / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["epoch"] for x in lines] == [1, 2]
 
@@ -492,38 +506,41 @@ BIG_DENSE = [
 def _spy_checkpoints(monkeypatch, folder: Path) -> list[dict[str, bytes]]:
     """Record the run folder's bytes just before each checkpoint write."""
     before = []
-    save = RunFolder.save_checkpoint
+    save = RunFolder.commit_epoch
 
     def recording(self, *args, **kwargs):
         before.append(snapshot(folder))
         return save(self, *args, **kwargs)
 
-    monkeypatch.setattr(RunFolder, "save_checkpoint", recording)
+    monkeypatch.setattr(RunFolder, "commit_epoch", recording)
     return before
 
 
 def _assert_failed_write_kept_files(result, folder, before, *fragments):
     assert result.exit_code == 1, (result.stdout, result.stderr)
-    error_line(result.stderr, "cannot write", "(the previous file is intact)", *fragments)
+    error_line(
+        result.stderr, "cannot write epoch 2", "(the files of epoch 1 are intact)", *fragments
+    )
     assert len(before) == 2  # epoch 1 was saved, epoch 2's save failed
     assert snapshot(folder) == before[-1]  # byte for byte what epoch 1 left
-    assert [json.loads(x)["epoch"] for x in before[-1]["metrics.jsonl"].splitlines()] == [1]
+    metrics = before[-1]["epochs/000001/metrics.jsonl"]
+    assert [json.loads(x)["epoch"] for x in metrics.splitlines()] == [1]
 
 
 def test_disk_full_simulated_keeps_earlier_checkpoint(tmp_path, write_config, monkeypatch):
     config = write_run_config(write_config, tmp_path, BIG_DENSE, epochs=3)
     run = tmp_path / "run"
     before = _spy_checkpoints(monkeypatch, run)
-    replace = os.replace
+    write = nbcnn.runs._write_new
 
-    def full_disk(src, dst):
-        if Path(dst).name == "checkpoint.npz" and Path(dst).exists():
+    def full_disk(path, data):
+        if path.name == "checkpoint.npz" and (run / "current").exists():
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        replace(src, dst)
+        write(path, data)
 
-    monkeypatch.setattr(os, "replace", full_disk)
+    monkeypatch.setattr(nbcnn.runs, "_write_new", full_disk)
     result = cli("train", config)
-    monkeypatch.setattr(os, "replace", replace)
+    monkeypatch.setattr(nbcnn.runs, "_write_new", write)
     _assert_failed_write_kept_files(result, run, before, "checkpoint.npz", "No space left")
     # The checkpoint left behind is usable: evaluate reads it as weights.
     ev = cli("evaluate", config, "--weights", run / "checkpoint.npz", "--json")

@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 import yaml
-from helpers import ROOT, SHARED_DATA, cli, model_doc
+from helpers import ROOT, SHARED_DATA, cli, model_doc, snapshot
 
 import nbcnn
 from nbcnn.io import load_npz
@@ -402,7 +402,7 @@ def test_ctrl_c_in_the_first_epoch_exits_130_with_nothing_to_resume(write_config
 def test_resume_refuses_a_folder_without_checkpoint(write_config, tmp_path):
     config = write_run_config(write_config, tmp_path, epochs=1)
     assert cli("train", config).exit_code == 0
-    (tmp_path / "run" / "checkpoint.npz").unlink()
+    (tmp_path / "run" / "current" / "checkpoint.npz").unlink()  # damaged by hand
     before = (tmp_path / "run" / "model.npz").read_bytes()
     result = cli("train", config, "--resume")
     assert result.exit_code == 2 and "no checkpoint.npz" in result.stderr
@@ -413,10 +413,10 @@ def test_refused_resume_leaves_the_run_untouched(write_config, tmp_path):
     """A resume whose config no longer fits the checkpoint is refused before any write."""
     config = write_run_config(write_config, tmp_path, epochs=1)
     assert cli("train", config).exit_code == 0
-    saved = {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir()}
+    saved = snapshot(tmp_path / "run")
     doc = yaml.safe_load(config.read_text())
     doc["layers"][0]["filters"] = 8
     config.write_text(yaml.safe_dump(doc))
     result = cli("train", config, "--resume")
     assert result.exit_code == 2 and "(3, 3, 1, 8)" in result.stderr
-    assert {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir()} == saved
+    assert snapshot(tmp_path / "run") == saved

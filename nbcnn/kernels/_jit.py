@@ -99,13 +99,15 @@ def threading_info() -> dict[str, object]:
     }
 
 
-def set_threads(threads: int) -> None:
+def set_threads(threads: int) -> int:
     """Run numba's parallel loops on ``threads`` threads (at most the cores numba found) and
-    cap the BLAS pools to the same number, so the two never ask for more than that."""
+    cap the BLAS pools to the same number, so the two never ask for more than that; returns
+    the number used."""
     threads = max(1, min(int(threads), numba.config.NUMBA_NUM_THREADS))
     numba.set_num_threads(threads)
     try:
         from threadpoolctl import threadpool_limits
     except ImportError:
-        return
+        return threads
     threadpool_limits(threads, user_api="blas")
+    return threads
