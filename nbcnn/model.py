@@ -13,7 +13,7 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from nbcnn.errors import ConfigError, DataError, NbcnnError
-from nbcnn.layers.args import show
+from nbcnn.layers.args import is_int, show
 from nbcnn.layers.base import Layer, ParamSpec, Shape, ShapeError, format_shape
 from nbcnn.registry import Registry, describe, quote, registry
 from nbcnn.spec import check_model_name
@@ -461,7 +461,7 @@ class Sequential:
 def check_int(value: Any, where: str, minimum: int) -> int:
     """``value`` as an int >= ``minimum`` (NumPy's integers too; bools are not counts), else
     ConfigError naming the argument: ``fit(batch_size): expected an int >= 1, got 0``."""
-    if _is_int(value) and value >= minimum:
+    if is_int(value) and value >= minimum:
         return int(value)
     raise ConfigError(f"expected an int >= {minimum}, got {show(value)}", where=where)
 
@@ -474,7 +474,7 @@ def check_shape(value: Any, where: str) -> Shape:
     ok = (
         isinstance(value, (list, tuple))
         and 1 <= len(value) <= 4
-        and all(_is_int(v) and v >= 1 for v in value)
+        and all(is_int(v) and v >= 1 for v in value)
     )
     if not ok:
         raise ConfigError(
@@ -484,12 +484,8 @@ def check_shape(value: Any, where: str) -> Shape:
     return tuple(int(v) for v in value)
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
 def _shape_result(value: Any, *_: Any) -> Shape:
-    if isinstance(value, (tuple, list)) and all(_is_int(v) for v in value):
+    if isinstance(value, (tuple, list)) and all(is_int(v) for v in value):
         return tuple(int(v) for v in value)
     raise ValueError("a tuple of ints")
 
@@ -504,7 +500,7 @@ def _param_specs_result(value: Any, *_: Any) -> list[ParamSpec]:
             isinstance(p, ParamSpec)
             and isinstance(p.name, str)
             and isinstance(p.shape, (tuple, list))
-            and all(_is_int(v) and v >= 0 for v in p.shape)
+            and all(is_int(v) and v >= 0 for v in p.shape)
         )
         if not ok:
             raise ValueError(what)
@@ -515,7 +511,7 @@ def _param_specs_result(value: Any, *_: Any) -> list[ParamSpec]:
 
 
 def _macs_result(value: Any, *_: Any) -> int:
-    if _is_int(value) and value >= 0:
+    if is_int(value) and value >= 0:
         return int(value)
     raise ValueError("an int >= 0")
 

@@ -35,6 +35,7 @@ import numpy as np
 
 from nbcnn import resources
 from nbcnn.errors import ConfigError, DataError, NbcnnError
+from nbcnn.layers.args import is_int, is_number
 
 #: The named filters of ``nbcnn convolve``: 3x3 cross-correlation kernels.
 FILTERS: dict[str, np.ndarray] = {
@@ -492,13 +493,13 @@ def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
         except (ValueError, RecursionError):
             raise DataError(f"line {number} is not JSON", file=str(path)) from None
         epoch = record.get("epoch") if isinstance(record, dict) else None
-        if not _is_int(epoch) or not 0 <= epoch <= MAX_EPOCH:
+        if not is_int(epoch) or not 0 <= epoch <= MAX_EPOCH:
             raise DataError(
                 f"line {number} has no integer 'epoch' from 0 to {MAX_EPOCH:,}", file=str(path)
             )
         for key in CURVES:
             value = record.get(key)
-            if value is not None and not _is_number(value):
+            if value is not None and not is_number(value):
                 raise DataError(
                     f"line {number}: {key!r} must be a number or null, got {type(value).__name__}",
                     file=str(path),
@@ -509,14 +510,6 @@ def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
     if not records:
         raise DataError("holds no epochs yet", file=str(path))
     return records
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _as_float(value: int | float) -> float:

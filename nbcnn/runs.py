@@ -40,6 +40,7 @@ import numpy as np
 
 from nbcnn.errors import DataError, NbcnnError, TrainingError
 from nbcnn.io import load_npz, write_text_atomic
+from nbcnn.layers.args import is_int, is_number
 
 MARKER = "nbcnn-run.json"
 LOCK = ".nbcnn-lock"
@@ -460,14 +461,6 @@ def layer_signature(model: Any) -> list[list[str]]:
     return [[layer.name, type(layer).__name__] for layer in model.layers]
 
 
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
 def _check_rng_state(value: Any, what: str, file: str) -> None:
     """A numpy bit-generator state that can be set on a fresh PCG64 generator."""
     try:
@@ -505,7 +498,7 @@ def check_state(state: Any, model: Any, file: str) -> None:
         if key not in state:
             raise bad(key, "is missing")
     epoch, history = state["epoch"], state["history"]
-    if not _is_int(epoch) or epoch < 1:
+    if not is_int(epoch) or epoch < 1:
         raise bad("epoch", "must be an integer >= 1")
     if not isinstance(history, list) or len(history) != epoch:
         raise bad("history", f"must list one record per completed epoch ({epoch})")
@@ -513,12 +506,12 @@ def check_state(state: Any, model: Any, file: str) -> None:
         if not isinstance(record, dict) or record.get("epoch") != i + 1:
             raise bad("history", f"record {i} must be a mapping with 'epoch': {i + 1}")
         for key, value in record.items():
-            if value is not None and not _is_number(value):
+            if value is not None and not is_number(value):
                 raise bad("history", f"record {i} {key!r} must be a number or null")
     best = state["best"]
-    if best is not None and not (_is_number(best) and math.isfinite(best)):
+    if best is not None and not (is_number(best) and math.isfinite(best)):
         raise bad("best", "must be a finite number or null")
-    if not _is_int(state["wait"]) or not 0 <= state["wait"] <= epoch:
+    if not is_int(state["wait"]) or not 0 <= state["wait"] <= epoch:
         raise bad("wait", f"must be an integer in [0, {epoch}]")
     _check_rng_state(state["shuffle_rng"], "'shuffle_rng'", file)
     _check_rng_state(state["model_rng"], "'model_rng'", file)

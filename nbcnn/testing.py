@@ -30,7 +30,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import numbers
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
@@ -38,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from nbcnn.layers.args import is_int
 from nbcnn.layers.base import Layer, ParamSpec, ShapeError
 from nbcnn.registry import contract_problem
 
@@ -98,12 +98,8 @@ def _construct(cls: type, kwargs: Mapping[str, Any], fail: _Failure) -> Layer:
         raise fail(f"constructor raised {type(err).__name__}: {err}") from err
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
 def _is_shape(value: Any) -> bool:
-    return isinstance(value, tuple) and all(_is_int(d) and d >= 1 for d in value)
+    return isinstance(value, tuple) and all(is_int(d) and d >= 1 for d in value)
 
 
 # ------------------------------------------------------------------------------ calculator
@@ -142,7 +138,7 @@ def check_calculator(
     fail.check(len(set(names)) == len(names), f"weight names repeat: {names}")
 
     macs = layer.macs(input_shape)
-    fail.check(_is_int(macs) and macs >= 0, f"macs returned {macs!r}, not an int >= 0")
+    fail.check(is_int(macs) and macs >= 0, f"macs returned {macs!r}, not an int >= 0")
 
     text = layer.explain(input_shape)
     fail.check(isinstance(text, str) and text.strip() != "", f"explain returned {text!r}")

@@ -9,6 +9,7 @@ a did-you-mean for unknown keys. Parsers raise ``ValueError(what_is_allowed)``.
 from __future__ import annotations
 
 import difflib
+import numbers
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -42,9 +43,15 @@ class Arg:
     doc: str = ""
 
 
-def _is_int(value: Any) -> bool:
-    # YAML's true/false are bools, and bool is an int subclass: refuse them as counts.
-    return isinstance(value, int) and not isinstance(value, bool)
+def is_int(value: Any) -> bool:
+    """An integer (NumPy's too), never a bool: YAML's true/false are bools, and bool is an int
+    subclass, so they must be refused as counts."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def is_number(value: Any) -> bool:
+    """A real number (int or float, NumPy's too), never a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 #: Longest quote of a received value in an error message: enough to recognise the value, and
@@ -137,7 +144,7 @@ def integer(minimum: int | None = 1, maximum: int | None = None) -> Callable[[An
     bounds = _bounds_text(minimum, maximum)
 
     def parse(value: Any) -> int:
-        if not _is_int(value) or not _within(value, minimum, maximum):
+        if not is_int(value) or not _within(value, minimum, maximum):
             raise ValueError(f"expected an int{bounds}")
         return value
 
@@ -160,7 +167,7 @@ def number(
     bounds = " " + " and ".join(p for p in (lo, hi) if p) if (lo or hi) else ""
 
     def parse(value: Any) -> float:
-        ok = (_is_int(value) or isinstance(value, float)) and value == value  # NaN != NaN
+        ok = (is_int(value) or isinstance(value, float)) and value == value  # NaN != NaN
         if ok and value in (float("inf"), float("-inf")):
             ok = False
         if ok and minimum is not None:
@@ -184,12 +191,12 @@ def int_tuple(n: int, minimum: int = 1) -> Callable[[Any], tuple[int, ...]]:
     allowed = f"an int >= {minimum} or a list of {n} ints >= {minimum}"
 
     def parse(value: Any) -> tuple[int, ...]:
-        if _is_int(value) and value >= minimum:
+        if is_int(value) and value >= minimum:
             return (value,) * n
         if (
             isinstance(value, (list, tuple))
             and len(value) == n
-            and all(_is_int(v) and v >= minimum for v in value)
+            and all(is_int(v) and v >= minimum for v in value)
         ):
             return tuple(value)
         raise ValueError(f"expected {allowed}")
@@ -205,15 +212,15 @@ def int_pairs(n: int) -> Callable[[Any], tuple[tuple[int, int], ...]]:
     allowed = f"an int >= 0, a list of {n} ints >= 0, or a list of {n} [before, after] pairs"
 
     def parse(value: Any) -> tuple[tuple[int, int], ...]:
-        if _is_int(value) and value >= 0:
+        if is_int(value) and value >= 0:
             return ((value, value),) * n
         if isinstance(value, (list, tuple)) and len(value) == n:
-            if all(_is_int(v) and v >= 0 for v in value):
+            if all(is_int(v) and v >= 0 for v in value):
                 return tuple((v, v) for v in value)
             if all(
                 isinstance(p, (list, tuple))
                 and len(p) == 2
-                and all(_is_int(v) and v >= 0 for v in p)
+                and all(is_int(v) and v >= 0 for v in p)
                 for p in value
             ):
                 return tuple((p[0], p[1]) for p in value)
@@ -269,7 +276,7 @@ def int_list(minimum_length: int = 1, allow_minus_one: bool = False) -> Callable
 
     def parse(value: Any) -> tuple[int, ...]:
         if isinstance(value, (list, tuple)) and len(value) >= minimum_length:
-            ints = all(_is_int(v) and (v >= 1 or (allow_minus_one and v == -1)) for v in value)
+            ints = all(is_int(v) and (v >= 1 or (allow_minus_one and v == -1)) for v in value)
             if ints and list(value).count(-1) <= 1:
                 return tuple(value)
         raise ValueError(f"expected {allowed}")
