@@ -28,6 +28,9 @@ DENSE = [{"type": "Flatten"}, {"type": "Dense", "units": 10, "activation": "soft
 
 # Runs CLI calls in-process, one after another, in a fresh interpreter; prints for each its
 # exit code, stderr and seconds. Timing inside the child leaves out the interpreter's start.
+# HANG: far below the minute and more that the bugs hung for, far above what a loaded host
+# needs for these refusals (0.2-1 s measured).
+HANG = 10
 _CHILD = """
 import json, sys, time
 sys.path.insert(0, sys.argv[1])
@@ -91,7 +94,7 @@ def test_alias_bomb_in_any_key_is_quoted_by_its_start_and_fails_fast(tmp_path):
         assert code == 2, (key, stderr[:300])
         line = error_line(stderr, f"{path}: {key}: ", "[[[[")
         assert len(line) < len(str(path)) + 250, line
-        assert seconds < 2, (key, seconds)
+        assert seconds < HANG, (key, seconds)
 
 
 def test_devices_and_pipes_as_config_are_read_with_a_byte_cap(tmp_path, write_config):
@@ -100,7 +103,7 @@ def test_devices_and_pipes_as_config_are_read_with_a_byte_cap(tmp_path, write_co
     a pipe parsed for a minute. Devices are refused; a pipe is read up to the cap, no further."""
     zero, urandom = cli_calls_in_child(["summary", "/dev/zero"], ["summary", "/dev/urandom"])
     for (code, stderr, seconds), device in ((zero, "/dev/zero"), (urandom, "/dev/urandom")):
-        assert code == 2 and seconds < 2, (device, seconds, stderr[:300])
+        assert code == 2 and seconds < HANG, (device, seconds, stderr[:300])
         error_line(stderr, f"{device}: not a regular file or a pipe")
 
     config = write_config(model_doc(*DENSE, input_shape=(8, 8, 1))).read_bytes()
@@ -147,7 +150,7 @@ def test_weights_from_a_device_are_refused_naming_the_file(tmp_path, write_confi
         ["predict", config, link, "--weights", link],
     )
     for (code, stderr, seconds), weights in zip(found, ("/dev/zero", link)):
-        assert code == 2 and seconds < 2, (weights, seconds, stderr[:300])
+        assert code == 2 and seconds < HANG, (weights, seconds, stderr[:300])
         error_line(stderr, f"{weights}: not a regular file")
 
 

