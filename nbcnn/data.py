@@ -20,7 +20,6 @@ import difflib
 import gzip
 import math
 import os
-import tokenize
 import zipfile
 import zlib
 from collections.abc import Iterator, Sequence
@@ -29,8 +28,18 @@ from dataclasses import dataclass
 import numpy as np
 
 from nbcnn.errors import ConfigError, DataError
-from nbcnn.io import check_room, load_npz, read_npy_header
-from nbcnn.layers.args import show
+from nbcnn.io import (
+    READ_ERRORS,
+    NpyHeader,
+    check_room,
+    error_summary,
+    load_npz,
+    open_zip,
+    read_npy_header,
+    read_npz_member,
+    refuse_special_file,
+)
+from nbcnn.layers.args import show, show_some
 
 DATASETS = ("digits", "idx", "npz", "synthetic")
 
@@ -212,6 +221,7 @@ def load_images(paths: Sequence[str], input_shape: tuple[int, ...]) -> np.ndarra
     height, width = input_shape[:2]
     out = np.empty((len(paths), *input_shape), dtype=np.float32)
     for i, path in enumerate(paths):
+        refuse_special_file(path, "an image")
         try:
             with Image.open(path) as image:
                 image = image.convert("L" if channels == 1 else "RGB")
@@ -317,35 +327,31 @@ def _load_npz(path: str):
             "Keras's mnist.npz)",
             file=path,
         )
-    arrays = {}
     try:
-        with zipfile.ZipFile(path) as archive:
+        with open(path, "rb") as handle, open_zip(handle, path) as archive:
             # np.savez names members "<key>.npy"; only those are arrays np.load would read.
             members = {n.removesuffix(".npy") for n in archive.namelist() if n.endswith(".npy")}
             missing = [k for k in NPZ_KEYS if k not in members]
             if missing:
                 raise DataError(
-                    f"missing arrays {missing} (has {sorted(members)}); expected "
-                    f"{', '.join(NPZ_KEYS)} as in Keras's mnist.npz",
+                    f"missing arrays {missing} (has {show_some(sorted(members)) or 'none'}); "
+                    f"expected {', '.join(NPZ_KEYS)} as in Keras's mnist.npz",
                     file=path,
                 )
-            need = sum(_check_npy_header(archive, key, path) for key in NPZ_KEYS)
-            check_room(need, "its arrays", path)
-            for key in NPZ_KEYS:
-                with archive.open(f"{key}.npy") as member:
-                    arrays[key] = np.lib.format.read_array(member, allow_pickle=False)
+            headers = {key: _check_npy_header(archive, key, path) for key in NPZ_KEYS}
+            check_room(
+                sum(_loaded_bytes(key, header) for key, header in headers.items()),
+                "its arrays",
+                path,
+            )
+            arrays = {
+                key: read_npz_member(archive, f"{key}.npy", header, path)
+                for key, header in headers.items()
+            }
     except MemoryError:
         raise DataError("not enough memory to read its arrays", file=path) from None
-    except (
-        OSError,
-        EOFError,
-        ValueError,
-        SyntaxError,
-        tokenize.TokenError,
-        zipfile.BadZipFile,
-        zlib.error,
-    ) as err:
-        raise DataError(f"corrupt .npz archive ({err})", file=path) from None
+    except READ_ERRORS as err:
+        raise DataError(f"corrupt .npz archive ({error_summary(err)})", file=path) from None
     for key in ("x_train", "x_test"):
         if len(arrays[key]) == 0:
             raise DataError(f"{key} holds no images", file=path)
@@ -359,17 +365,17 @@ def _load_npz(path: str):
     return x_train, y_train, x_test, y_test, f"npz {path}"
 
 
-def _check_npy_header(archive: zipfile.ZipFile, key: str, path: str) -> int:
-    """Refuse object arrays, wrong ranks and oversized arrays from the .npy header alone;
-    return the bytes the array will need once loaded."""
+def _check_npy_header(archive: zipfile.ZipFile, key: str, path: str) -> NpyHeader:
+    """Refuse object arrays, wrong ranks and oversized arrays from the .npy header alone."""
     with archive.open(f"{key}.npy") as member:
         try:
-            shape, dtype = read_npy_header(member)
+            header = read_npy_header(member)
         except ValueError as err:
             raise DataError(f"{key}: {err}", file=path) from None
+    shape, dtype = header.shape, header.dtype
     if dtype.hasobject:
         raise DataError(f"{key} contains object arrays (pickle); refused", file=path)
-    if math.prod(shape) * dtype.itemsize > MAX_ARRAY_BYTES:
+    if header.nbytes > MAX_ARRAY_BYTES:
         raise DataError(
             f"{key} declares shape {shape} of {dtype}, over the {MAX_ARRAY_BYTES} byte limit",
             file=path,
@@ -378,8 +384,13 @@ def _check_npy_header(archive: zipfile.ZipFile, key: str, path: str) -> int:
     if len(shape) not in ranks:
         what = "images (N, H, W) or (N, H, W, C)" if key.startswith("x") else "labels (N,)"
         raise DataError(f"{key} has shape {shape}; expected {what}", file=path)
+    return header
+
+
+def _loaded_bytes(key: str, header: NpyHeader) -> int:
+    """Bytes the array of ``key`` needs once read and converted (LOADED_BYTES_PER_VALUE)."""
     kind = "images" if key.startswith("x") else "labels"
-    return math.prod(shape) * (dtype.itemsize + LOADED_BYTES_PER_VALUE[kind])
+    return header.values * (header.dtype.itemsize + LOADED_BYTES_PER_VALUE[kind])
 
 
 def _find_idx_file(folder: str, name: str) -> str | None:
@@ -525,7 +536,8 @@ def load_prediction_arrays(path: str, input_shape: tuple[int, ...]) -> np.ndarra
     else:
         if len(arrays) != 1:
             raise DataError(
-                f"holds arrays {sorted(arrays)}; name the images 'x' (or 'x_test')", file=path
+                f"holds arrays {show_some(sorted(arrays))}; name the images 'x' (or 'x_test')",
+                file=path,
             )
         key = next(iter(arrays))
     x = np.asarray(arrays[key])

@@ -252,10 +252,8 @@ EXPORTERS: dict[type, Exporter] = {
 
 
 def _exporter(layer: Any) -> Exporter | None:
-    hook = getattr(type(layer), "to_onnx", None)
-    if hook is not None:
-        return lambda layer, b, x: hook(layer, b, x)
-    return EXPORTERS.get(type(layer))
+    """The layer class's own ``to_onnx`` hook, else the built-in exporter of its exact class."""
+    return getattr(type(layer), "to_onnx", None) or EXPORTERS.get(type(layer))
 
 
 # --------------------------------------------------------------------- the model
@@ -264,7 +262,8 @@ def _exporter(layer: Any) -> Exporter | None:
 def to_onnx(model: Any, opset: int = OPSET) -> Any:
     """An ``onnx.ModelProto`` computing ``model.predict``; the model is initialised first if it
     has no weights yet. DataError names the first layer that has no exporter."""
-    from nbcnn.model import layer_label
+    from nbcnn.model import layer_failure, layer_label
+    from nbcnn.registry import quote
 
     onnx = _onnx()
     helper = onnx.helper
@@ -283,10 +282,21 @@ def to_onnx(model: Any, opset: int = OPSET) -> Any:
     x = "input"
     for i, layer in enumerate(model.layers):
         b.prefix = layer.name
+        hook = getattr(type(layer), "to_onnx", None)
         try:
-            x = _exporter(layer)(layer, b, x)
+            if hook is None:
+                out = EXPORTERS[type(layer)](layer, b, x)
+            else:
+                # A plugin's hook may raise anything (SystemExit too) or return anything:
+                # one line naming the layer and its distribution either way.
+                out = model.guarded(i, "to_onnx", hook, layer, b, x)
         except DataError as err:
             raise DataError(f"{layer_label(i, layer)}: {err.message}") from None
+        if not isinstance(out, str):
+            raise layer_failure(
+                model, i, "to_onnx", f"returned {quote(out)}; expected its output tensor's name"
+            )
+        x = out
     b.prefix = ""
     b.nodes.append(helper.make_node("Identity", [x], ["output"], name="output"))
     graph = helper.make_graph(

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from nbcnn.errors import DataError
+from nbcnn.io import READ_ERRORS, check_room, open_zip, refuse_special_file
 from nbcnn.layers.base import to_snake_case
 
 KERAS_HINT = "pip install 'nbcnn[keras]'"
@@ -68,20 +69,24 @@ def _open(path: str):
     h5py = _h5py()
     if not os.path.exists(path):
         raise DataError("no such file", file=path)
-    if os.path.isdir(path):
-        raise DataError("is a folder, not a Keras weights file", file=path)
+    refuse_special_file(path, "a Keras weights file")
     try:
         if zipfile.is_zipfile(path):
-            with zipfile.ZipFile(path) as archive:
+            with open(path, "rb") as handle, open_zip(handle, path) as archive:
                 if "model.weights.h5" not in archive.namelist():
                     raise DataError(
                         "a zip without model.weights.h5: not a .keras archive", file=path
                     )
-                return h5py.File(io.BytesIO(archive.read("model.weights.h5")), "r")
+                # The size the listing declares, checked and read by its count: zipfile's
+                # read() of all of a deflated member expands up to 2 GiB at a step.
+                weights = archive.getinfo("model.weights.h5")
+                check_room(weights.file_size, "its model.weights.h5", path)
+                with archive.open(weights) as member:
+                    return h5py.File(io.BytesIO(member.read(weights.file_size)), "r")
         return h5py.File(path, "r")
     except DataError:
         raise
-    except (OSError, zipfile.BadZipFile) as err:
+    except READ_ERRORS as err:
         raise DataError(f"not a readable HDF5 (Keras weights) file: {err}", file=path) from None
 
 

@@ -13,7 +13,7 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from nbcnn.errors import ConfigError, DataError, NbcnnError
-from nbcnn.layers.args import is_int, show
+from nbcnn.layers.args import MAX_INT, TOO_LARGE, is_int, show, show_some
 from nbcnn.layers.base import Layer, ParamSpec, Shape, ShapeError, format_shape
 from nbcnn.registry import Registry, describe, quote, registry
 from nbcnn.spec import check_model_name
@@ -200,10 +200,22 @@ class Sequential:
 
         check_parameter_memory(self)  # a Dense of 10**9 units must not even try to allocate
         self.rng = np.random.default_rng(seed)
-        for layer, (s_in, _) in zip(self.layers, self.shapes):
-            layer.build(s_in, self.rng)
+        for i, (layer, (s_in, _)) in enumerate(zip(self.layers, self.shapes)):
+            self.guarded(i, "build", layer.build, s_in, self.rng)
         self.built = True
         return self
+
+    def guarded(self, i: int, phase: str, call: Any, *args: Any, **kwargs: Any) -> Any:
+        """``call(*args, **kwargs)`` for layer (or fused step) ``i``: a third party's build,
+        forward or backward that raises (SystemExit included, KeyboardInterrupt excepted)
+        becomes a TrainingError naming the layer and its distribution, not a traceback or an
+        exit with the plugin's code."""
+        try:
+            return call(*args, **kwargs)
+        except (NbcnnError, KeyboardInterrupt):
+            raise
+        except BaseException as err:
+            raise layer_failure(self, i, phase, describe(err)) from err
 
     def _require_built(self) -> None:
         if not self.built:
@@ -218,16 +230,30 @@ class Sequential:
             return plan(self.layers)
         return list(enumerate(self.layers))
 
-    def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
-        """``x : (N, *input_shape) float32`` -> ``(N, *output_shape) float32``."""
-        steps = self.steps()
-        for i, step in steps:
-            try:
-                x = step.forward(x, training=training)
-            except (NbcnnError, KeyboardInterrupt):
-                raise
-            except BaseException as err:  # a plugin's SystemExit too
-                raise _compute_error(self, i, "forward", err) from err
+    def forward(self, x: np.ndarray, training: bool = False, upto: int | None = None) -> np.ndarray:
+        """``x : (N, *input_shape) float32`` -> ``(N, *output_shape) float32``.
+
+        ``upto``: stop after layer ``upto`` and return its output (feature maps), running
+        the layers one by one, unfused, so that this layer's own output exists. Each step's
+        result is checked against the contract (a float32 array of the layer's output shape).
+        """
+        import numpy as np
+
+        if upto is None:
+            steps = self.steps()
+        else:
+            self._require_built()
+            steps = list(enumerate(self.layers[: upto + 1]))
+        # The layer each step ends with (a fused step ends with the layer before the next).
+        ends = [j - 1 for j, _ in steps[1:]] + [len(self.layers) - 1 if upto is None else upto]
+        for (i, step), last in zip(steps, ends):
+            y = self.guarded(i, "forward", step.forward, x, training=training)
+            want = (len(x), *self.shapes[last][1])
+            if not (isinstance(y, np.ndarray) and y.dtype == np.float32 and y.shape == want):
+                raise layer_failure(
+                    self, i, "forward", f"returned {_array_text(y)}; expected float32 {want}"
+                )
+            x = y
         if training:
             self._steps = steps  # backward runs the same steps
         return x
@@ -243,12 +269,7 @@ class Sequential:
         first.input_grad_needed = input_grad
         try:
             for i, step in reversed(self._steps):
-                try:
-                    dy = step.backward(dy)
-                except (NbcnnError, KeyboardInterrupt):
-                    raise
-                except BaseException as err:  # a plugin's SystemExit too
-                    raise _compute_error(self, i, "backward", err) from err
+                dy = self.guarded(i, "backward", step.backward, dy)
         finally:
             first.input_grad_needed = True
         return dy if input_grad else None
@@ -424,9 +445,16 @@ class Sequential:
         ]
 
     def save_weights(self, path: str | os.PathLike) -> None:
-        """Write the weights to an ``.npz`` (no pickle), atomically."""
+        """Write the weights to an ``.npz`` (no pickle), atomically, into a folder that exists
+        (a typo in a folder name is refused, not created)."""
         from nbcnn.io import save_npz_atomic
 
+        path = _weights_path(path, "save_weights(path)")
+        folder = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(folder):
+            problem = "is not a folder" if os.path.exists(folder) else "does not exist"
+            # Quoted in full up to PATH_MAX (4096): a cut would hide which folder is meant.
+            raise DataError(f"save_weights(path): the folder {show(folder, 4100)} {problem}")
         save_npz_atomic(path, dict(zip(self.weight_names(), self.get_weights())))
 
     def load_weights(self, path: str | os.PathLike) -> None:
@@ -434,10 +462,9 @@ class Sequential:
         the first layer that does not fit, with both shapes, on any mismatch."""
         from nbcnn.io import load_npz
 
-        if not isinstance(path, (str, os.PathLike)):
-            raise DataError(f"load_weights(path): expected a file path, got {show(path)}")
-        arrays = load_npz(path)
+        path = _weights_path(path, "load_weights(path)")
         names = self.weight_names()
+        arrays = load_npz(path, max_members=max_file_members(len(names)))
         for name, (i, layer, p) in zip(names, self._weight_slots()):
             if name not in arrays:
                 raise DataError(
@@ -456,6 +483,20 @@ class Sequential:
                 file=str(path),
             )
         self.set_weights([arrays[n] for n in names], source=str(path))
+
+
+def _weights_path(path: Any, where: str) -> str:
+    """``path`` as a str, or DataError naming the argument: not a path, empty, or holding a
+    NUL (which the OS refuses with a raw ValueError)."""
+    if isinstance(path, os.PathLike):
+        path = os.fspath(path)
+    if isinstance(path, bytes):
+        path = os.fsdecode(path)
+    if not isinstance(path, str) or not path or "\0" in path:
+        raise DataError(
+            f"{where}: expected a file path (a non-empty str without NUL), got {show(path)}"
+        )
+    return path
 
 
 def check_int(value: Any, where: str, minimum: int) -> int:
@@ -481,6 +522,8 @@ def check_shape(value: Any, where: str) -> Shape:
             f"expected 1 to 4 ints >= 1, channels-last like (28, 28, 1), got {show(value)}",
             where=where,
         )
+    if max(value) > MAX_INT:
+        raise ConfigError(f"{TOO_LARGE}, got {show(value)}", where=where)
     return tuple(int(v) for v in value)
 
 
@@ -551,10 +594,35 @@ _CALCULATOR_RESULTS = {
 }
 
 
-def _listing(arrays: dict, first: int = 3) -> str:
-    """``'dense/kernel' (64, 10), 'dense/bias' (10,), ...``: the first arrays of a file."""
-    shown = [f"{name!r} {tuple(a.shape)}" for name, a in list(arrays.items())[:first]]
-    return ", ".join(shown) + (", ..." if len(arrays) > first else "") if shown else "no arrays"
+def _array_text(value: Any) -> str:
+    """What a forward returned, in one line: ``a float64 array of shape (2, 4)`` or a quote."""
+    import numpy as np
+
+    if isinstance(value, np.ndarray):
+        return f"a {value.dtype} array of shape {value.shape}"
+    return quote(value)
+
+
+def _listing(arrays: dict) -> str:
+    """``'dense/kernel' (64, 10), 'dense/bias' (10,) and 3 more``: the first arrays of a
+    file, each name quoted by :func:`show` (a file's names can be of any length)."""
+    return (
+        show_some(list(arrays.items()), render=lambda item: f"{show(item[0])} {item[1].shape}")
+        or "no arrays"
+    )
+
+
+#: Arrays per weight that nbcnn's own files hold at most: the weight and, in a checkpoint,
+#: up to three optimizer slots (RMSprop's velocity, average gradient and momentum).
+ARRAYS_PER_WEIGHT = 4
+
+
+def max_file_members(weights: int) -> int:
+    """Most members read from a weights file or checkpoint of a model with ``weights``
+    weights: as many as nbcnn writes for such a model, and at least io.MAX_NPZ_MEMBERS."""
+    from nbcnn.io import MAX_NPZ_MEMBERS
+
+    return max(MAX_NPZ_MEMBERS, ARRAYS_PER_WEIGHT * weights + 2)  # + 'iterations' and 'meta'
 
 
 def _default_name(base: str, counts: dict[str, int], taken: set[str]) -> str:
@@ -568,13 +636,15 @@ def _default_name(base: str, counts: dict[str, int], taken: set[str]) -> str:
             return name
 
 
-def _compute_error(model: Sequential, i: int, phase: str, err: BaseException) -> NbcnnError:
+def layer_failure(model: Sequential, i: int, phase: str, what: str) -> NbcnnError:
+    """The one-line TrainingError (exit code 1) for layer ``i`` failing in ``phase`` (build,
+    forward, backward, to_onnx): names the layer, its type and its distribution."""
     from nbcnn.errors import TrainingError
 
     layer = model.layers[i]
     return TrainingError(
         f"{layer_label(i, layer)} from distribution {model.distributions[i]!r} failed in "
-        f"{phase}: {describe(err)}"
+        f"{phase}: {what}"
     )
 
 

@@ -35,6 +35,14 @@ import numpy as np
 
 from nbcnn import resources
 from nbcnn.errors import ConfigError, DataError, NbcnnError
+from nbcnn.io import (
+    READ_ERRORS,
+    check_room,
+    error_summary,
+    read_npy_data,
+    read_npy_header,
+    refuse_special_file,
+)
 from nbcnn.layers.args import is_int, is_number
 
 #: The named filters of ``nbcnn convolve``: 3x3 cross-correlation kernels.
@@ -77,16 +85,37 @@ def load_kernel(spec: str) -> np.ndarray:
             f"{', '.join(FILTERS)}, or a .npy file holding a 2-D array",
             where="--kernel",
         )
+    refuse_special_file(spec, "a .npy file")
     try:
-        w = np.load(spec, allow_pickle=False)
+        with open(spec, "rb") as handle:
+            header = read_npy_header(handle)
+            shape, dtype = header.shape, header.dtype
+            if len(shape) != 2 or min(shape) < 1 or not np.issubdtype(dtype, np.number):
+                raise DataError(
+                    f"expected a 2-D numeric kernel (KH, KW), got {dtype} of shape {shape}",
+                    file=spec,
+                )
+            # Sizes from the header, checked before the kernel is read: a 144-byte file may
+            # declare 100000 x 100000 (37 GiB).
+            size = os.fstat(handle.fileno()).st_size - handle.tell()
+            if size != header.nbytes:
+                raise DataError(
+                    f"its header declares {shape} of {dtype} = {header.nbytes:,} bytes of data "
+                    f"but the file holds {size:,}",
+                    file=spec,
+                )
+            check_room(
+                header.values * (dtype.itemsize + resources.BYTES_PER_VALUE),
+                "the kernel and its float32 copy",
+                spec,
+            )
+            w = read_npy_data(handle, header)
     except FileNotFoundError:
         raise DataError("no such file", file=spec) from None
-    except (OSError, ValueError, EOFError) as err:
-        raise DataError(f"not a readable .npy array ({err})", file=spec) from None
-    if w.ndim != 2 or min(w.shape) < 1 or not np.issubdtype(w.dtype, np.number):
-        raise DataError(
-            f"expected a 2-D numeric kernel (KH, KW), got {w.dtype} of shape {w.shape}", file=spec
-        )
+    except MemoryError:
+        raise DataError("not enough memory to read the kernel", file=spec) from None
+    except READ_ERRORS as err:
+        raise DataError(f"not a readable .npy array ({error_summary(err)})", file=spec) from None
     w = w.astype(np.float32)
     if not np.isfinite(w).all():
         raise DataError("the kernel holds NaN or inf", file=spec)
@@ -98,6 +127,7 @@ def read_image(path: str | os.PathLike, grey: bool = False) -> np.ndarray:
     ``grey``: Pillow's ITU-R 601 luma), else 3 (RGB; alpha dropped)."""
     from PIL import Image, UnidentifiedImageError
 
+    refuse_special_file(path, "an image")
     try:
         with refuse_image_bombs(path), Image.open(path) as image:
             mode = "L" if grey or image.mode in ("1", "L", "LA", "I", "I;16", "F") else "RGB"
@@ -396,11 +426,9 @@ def find_layer(model, name: str | None, accept: Callable, what: str) -> int:
 
 
 def layer_output(model, x: np.ndarray, index: int) -> np.ndarray:
-    """The output of ``model.layers[index]`` for ``x : (N, *input_shape)``, inference mode."""
-    x = model.check_input(x)
-    for layer in model.layers[: index + 1]:
-        x = layer.forward(x, training=False)
-    return x
+    """The output of ``model.layers[index]`` for ``x : (N, *input_shape)``, inference mode;
+    through the model's forward, which turns a plugin's failure into one TrainingError."""
+    return model.forward(model.check_input(x), training=False, upto=index)
 
 
 def _spatial(model, index: int) -> bool:
@@ -472,6 +500,7 @@ def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
     ``epoch`` in [0, MAX_EPOCH] and, for the ``CURVES`` it has, a float (NaN and infinities
     included: see :func:`undrawn`) or None. DataError naming the file and line otherwise."""
     path = Path(run_dir) / "metrics.jsonl"
+    refuse_special_file(path, "a metrics file")
     try:
         with open(path, "rb") as handle:
             data = handle.read(MAX_METRICS_BYTES + 1)

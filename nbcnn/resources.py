@@ -342,11 +342,11 @@ def _cgroup_room(root: Path | None = None, proc_self: Path | None = None) -> lis
 
 
 def human_bytes(n: int) -> str:
+    """The summary's ``1.61 MB`` style, with TB for what no machine here has."""
+    from nbcnn.summary import BYTE_UNITS
     from nbcnn.summary import human_bytes as keras_style
 
-    if n >= 1 << 40:
-        return f"{n / (1 << 40):.2f} TB"
-    return keras_style(n)
+    return keras_style(n, (("TB", 1 << 40), *BYTE_UNITS))
 
 
 def _largest_index(sizes: list[int]) -> int:

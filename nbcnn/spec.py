@@ -18,6 +18,8 @@ import yaml
 
 from nbcnn.errors import ConfigError
 from nbcnn.layers.args import (
+    MAX_INT,
+    TOO_LARGE,
     Arg,
     boolean,
     choice,
@@ -215,6 +217,8 @@ def _parse_input_shape(value: Any) -> tuple[int, ...]:
             f"[L, C] for 1D; got {show(value)}",
             where="input_shape",
         )
+    if max(value) > MAX_INT:
+        raise ConfigError(f"{TOO_LARGE}, got {show(value)}", where="input_shape")
     return tuple(value)
 
 

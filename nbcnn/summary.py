@@ -10,6 +10,7 @@ import math
 from dataclasses import dataclass
 
 from nbcnn.errors import printable
+from nbcnn.layers.args import is_int, show
 from nbcnn.layers.base import format_shape
 from nbcnn.model import Sequential
 
@@ -99,7 +100,8 @@ def summarize(model: Sequential) -> Summary:
 def _plain(values):
     if values is None:
         return None
-    return [int(v) if float(v).is_integer() else round(float(v), 4) for v in values]
+    # Ints stay ints: float() of one beyond 1.8e308 (many stride layers) overflows.
+    return [int(v) if is_int(v) or float(v).is_integer() else round(float(v), 4) for v in values]
 
 
 def to_json(summary: Summary) -> dict:
@@ -117,28 +119,48 @@ def to_json(summary: Summary) -> dict:
     }
 
 
-def human_bytes(n: int) -> str:
-    """Keras's style: ``1.61 MB``, ``1.25 KB``, ``320 B`` (1 KB = 1024 B)."""
-    for unit, scale in (("GB", 1 << 30), ("MB", 1 << 20), ("KB", 1 << 10)):
+#: Keras's byte units (1 KB = 1024 B), largest first.
+BYTE_UNITS = (("GB", 1 << 30), ("MB", 1 << 20), ("KB", 1 << 10))
+
+
+def human_bytes(n: int, units: tuple[tuple[str, int], ...] = BYTE_UNITS) -> str:
+    """Keras's style: ``1.61 MB``, ``1.25 KB``, ``320 B``."""
+    for unit, scale in units:
         if n >= scale:
-            return f"{n / scale:.2f} {unit}"
+            return f"{_two_decimals(n, scale)} {unit}"
     return f"{n} B"
 
 
 def human_count(n: int) -> str:
-    """``1.23 G``, ``4.5 M``, ``320 K``-style counts for MACs."""
+    """``1.23 G``, ``4.50 M``, ``320.00 K``-style counts for MACs."""
     for unit, scale in (("G", 10**9), ("M", 10**6), ("K", 10**3)):
         if n >= scale:
-            return f"{n / scale:.2f} {unit}"
+            return f"{_two_decimals(n, scale)} {unit}"
     return str(n)
+
+
+def _two_decimals(n: int, scale: int) -> str:
+    """``n / scale`` with two decimals in integer arithmetic, which never overflows (a float
+    does past 1.8e308); ties go to the even digit, as float formatting rounds them."""
+    hundredths, rest = divmod(int(n) * 100, scale)
+    if 2 * rest > scale or (2 * rest == scale and hundredths % 2):
+        hundredths += 1
+    return f"{hundredths // 100}.{hundredths % 100:02d}"
 
 
 def _field_text(row: Row) -> str:
     if row.receptive_field is None:
         return "-"
-    rf = "x".join(f"{v:g}" for v in row.receptive_field)
-    jump = "x".join(f"{v:g}" for v in row.jump)
+    rf = "x".join(map(_number_text, row.receptive_field))
+    jump = "x".join(map(_number_text, row.jump))
     return f"{rf} /{jump}"
+
+
+def _number_text(v: float) -> str:
+    try:
+        return f"{v:g}"
+    except OverflowError:  # an int beyond float's range (many stride layers)
+        return show(v)
 
 
 def _pad(cell: str, width: int, right: bool = False) -> str:

@@ -324,3 +324,97 @@ def test_check_output_path_names_the_option(path, fragment):
 def test_check_output_path_accepts_ordinary_paths(tmp_path):
     assert check_output_path(tmp_path / "run", "--output") == str(tmp_path / "run")
     assert check_output_path("runs/élan vital", "--output") == "runs/élan vital"
+
+
+# ---------------------------------------------------------------- huge integers
+
+HUGE = 10**400
+
+
+@pytest.mark.parametrize(
+    ("changes", "where"),
+    [
+        ({"layers": [{"type": "Flatten"}, {"type": "Dense", "units": HUGE}]}, "layers[1].units"),
+        ({"layers": [{"type": "Conv2D", "filters": HUGE, "kernel_size": 1}]}, "layers[0].filters"),
+        ({"layers": [{"type": "ZeroPadding2D", "padding": HUGE}]}, "layers[0].padding"),
+        (
+            {"layers": [{"type": "Conv2D", "filters": 1, "kernel_size": 1, "strides": HUGE}]},
+            "layers[0].strides",
+        ),
+        ({"layers": [{"type": "Reshape", "target_shape": [HUGE]}]}, "layers[0].target_shape"),
+        ({"input_shape": [HUGE, 1], "layers": [{"type": "Flatten"}]}, "input_shape"),
+    ],
+)
+def test_summary_refuses_integers_beyond_2_53_naming_the_key(write_config, changes, where):
+    """10**400 gave OverflowError tracebacks from the summary's "1.61 MB" arithmetic: now one
+    line naming the key and the bound, exit 2."""
+    path = write_config({**model_doc(input_shape=(4, 4, 1)), **changes})
+    one_error_line(cli("summary", path), f"{where}: expected ints of at most 2**53")
+
+
+def test_summary_input_shape_option_refuses_huge_integers(tiny_config):
+    one_error_line(cli("summary", tiny_config, "--input-shape", f"{HUGE},8,1"), "2**53")
+
+
+def test_train_refuses_a_huge_batch_size_before_writing(write_config, tmp_path):
+    doc = model_doc({"type": "Flatten"}, {"type": "Dense", "units": 10}, input_shape=(8, 8, 1))
+    doc["train"] = {"data": {"dataset": "digits"}, "batch_size": HUGE}
+    result = cli("train", write_config(doc), "--output", tmp_path / "run")
+    one_error_line(result, "train.batch_size: expected ints of at most 2**53")
+    assert not (tmp_path / "run").exists()
+
+
+def test_load_model_refuses_a_huge_input_shape(tiny_config):
+    message = refused(
+        ConfigError,
+        "load_model(input_shape)",
+        lambda: nbcnn.load_model(tiny_config, input_shape=(HUGE, 1)),
+    )
+    assert "2**53" in message
+
+
+def test_sizes_at_the_bound_summarise(write_config):
+    """At 2**53 itself the summary still prints, its byte and MAC figures exact integers."""
+    doc = model_doc({"type": "Flatten"}, {"type": "Dense", "units": 2**53}, input_shape=(4, 4, 1))
+    result = cli("summary", write_config(doc))
+    assert result.exit_code == 0, result.stderr
+    assert f"{17 * 2**53:,}" in result.stdout  # kernel and bias
+
+
+def test_human_sizes_use_integer_arithmetic():
+    from nbcnn.resources import human_bytes as with_terabytes
+    from nbcnn.summary import human_bytes, human_count
+
+    assert human_bytes(HUGE).endswith(" GB") and human_count(HUGE).endswith(" G")
+    assert with_terabytes(HUGE).endswith(" TB") and with_terabytes(5 << 40) == "5.00 TB"
+    rng = np.random.default_rng(0)
+    for n in [0, 1023, 1024, 1_690_000, 1005, *rng.integers(0, 1 << 45, 2000).tolist()]:
+        # As float formatting wrote them where a float holds the value exactly.
+        bytes_unit = next(
+            (u for u in ((1 << 30, "GB"), (1 << 20, "MB"), (1 << 10, "KB")) if n >= u[0]), None
+        )
+        expected = f"{n / bytes_unit[0]:.2f} {bytes_unit[1]}" if bytes_unit else f"{n} B"
+        assert human_bytes(n) == expected
+
+
+# ---------------------------------------------------------------- save_weights
+
+
+@pytest.mark.parametrize("path", [None, 5, "", "a\x00b", b"x\x00"])
+def test_save_weights_refuses_what_is_not_a_path(model, path):
+    message = refused(DataError, "save_weights(path)", lambda: model.save_weights(path))
+    assert "expected a file path" in message
+
+
+def test_save_weights_refuses_a_missing_folder_and_creates_none(model, tmp_path):
+    target = tmp_path / "missing" / "dir" / "w.npz"
+    message = refused(DataError, "save_weights(path)", lambda: model.save_weights(target))
+    assert f"the folder '{target.parent}' does not exist" in message
+    assert not (tmp_path / "missing").exists()
+    (tmp_path / "file").write_text("")
+    message = refused(
+        DataError, "save_weights(path)", lambda: model.save_weights(tmp_path / "file" / "w.npz")
+    )
+    assert "is not a folder" in message
+    model.save_weights(tmp_path / "w.npz")
+    model.load_weights(tmp_path / "w.npz")

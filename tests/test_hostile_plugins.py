@@ -14,8 +14,10 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 from helpers import cli, cli_subprocess, model_doc
+from PIL import Image
 from test_registry import make_distribution, pip_install_target
 from test_robustness import error_line
 
@@ -200,6 +202,55 @@ NotALayer.__name__ = "Not\\x1b[2JA\\rLayer"
 """
 )
 
+#: Layers with compute that fail in build, forward or their ONNX hook (issue 16's verification).
+COMPUTE = (
+    MARK
+    + """
+from nbcnn.layers.base import Layer, ParamSpec
+
+
+class Identity(Layer):
+    def output_shape(self, input_shape):
+        return tuple(input_shape)
+
+    def forward(self, x, training=False):
+        return x
+
+    def backward(self, dy):
+        return dy
+
+
+class ExitInBuild(Identity):
+    def param_shapes(self, input_shape):
+        return [ParamSpec("w", (2,))]
+
+    def build(self, input_shape, rng):
+        raise SystemExit(14)
+
+
+class ExitInForward(Identity):
+    def forward(self, x, training=False):
+        raise SystemExit(15)
+
+
+class StringForward(Identity):
+    def forward(self, x, training=False):
+        return "not an array"
+
+
+class ExitInToOnnx(Identity):
+    def to_onnx(self, builder, input_name):
+        raise SystemExit(22)
+
+
+class IntToOnnx(Identity):
+    def to_onnx(self, builder, input_name):
+        return 42
+"""
+)
+
+COMPUTE_TYPES = ["ExitInBuild", "ExitInForward", "StringForward", "ExitInToOnnx", "IntToOnnx"]
+
 HOSTILE_TYPES = [
     "ExitInInit",
     "ExitInOutputShape",
@@ -250,6 +301,13 @@ def hostile_env(tmp_path_factory):
             "nbcnn_test_hostile",
             HOSTILE,
             {name: f"nbcnn_test_hostile:{name}" for name in HOSTILE_TYPES},
+        ),
+        make_distribution(
+            root,
+            "nbcnn-test-compute",
+            "nbcnn_test_compute",
+            COMPUTE,
+            {name: f"nbcnn_test_compute:{name}" for name in COMPUTE_TYPES},
         ),
     ]
     pip_install_target(root / "site", *dists)
@@ -452,6 +510,108 @@ def test_calculator_returning_garbage_is_one_line(hostile_env, write_config, lay
         assert proc.returncode == 2, proc.stderr
         error_line(proc.stderr, "layers[0]", "from distribution 'nbcnn-test-hostile'", *fragments)
         assert proc.stdout == ""
+
+
+# ---------------------------------------------------------------- build, forward, to_onnx
+
+
+def _compute_model(tmp_path, write_config, plugin_type: str):
+    """A digits model whose first layer is ``plugin_type`` (named 'odd', the shape of its
+    input), a Conv2D for `filters`, a weights file, an .npz for `predict`, a PNG for
+    `featuremaps`."""
+    doc = model_doc(
+        {"type": plugin_type, "name": "odd"},
+        {"type": "Conv2D", "filters": 2, "kernel_size": 3, "name": "conv"},
+        {"type": "Flatten", "name": "flat"},
+        {"type": "Dense", "units": 10, "activation": "softmax", "name": "out"},
+        input_shape=(8, 8, 1),
+    )
+    doc["train"] = {"data": {"dataset": "digits"}, "epochs": 1, "batch_size": 128}
+    config = write_config(doc)
+    rng = np.random.default_rng(0)
+    weights = {
+        "conv/kernel": rng.normal(size=(3, 3, 1, 2)).astype(np.float32),
+        "conv/bias": np.zeros(2, np.float32),
+        "out/kernel": rng.normal(size=(72, 10)).astype(np.float32),
+        "out/bias": np.zeros(10, np.float32),
+    }
+    if plugin_type == "ExitInBuild":
+        weights["odd/w"] = np.zeros(2, np.float32)
+    np.savez(tmp_path / "w.npz", **weights)
+    np.savez(tmp_path / "x.npz", x=rng.random((2, 8, 8, 1)).astype(np.float32))
+    Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(tmp_path / "x.png")
+    return config, tmp_path / "w.npz"
+
+
+def _command(name: str, config, weights, tmp_path) -> list:
+    run = tmp_path / f"run-{name}"
+    return {
+        "train": ["train", config, "--output", run],
+        "evaluate": ["evaluate", config, "--weights", weights],
+        "predict": ["predict", config, tmp_path / "x.npz", "--weights", weights],
+        "featuremaps": [
+            *("featuremaps", config, tmp_path / "x.png", "--weights", weights),
+            *("--out", tmp_path / "maps.png", "--layer", "odd"),
+        ],
+        "filters": ["filters", config, "--weights", weights, "--out", tmp_path / "f.png"],
+        "export": ["export", config, "--weights", weights, "--onnx", tmp_path / "m.onnx"],
+    }[name]
+
+
+@pytest.mark.parametrize(
+    "command", ["train", "evaluate", "predict", "featuremaps", "filters", "export"]
+)
+def test_a_build_that_exits_is_one_line_in_every_command(
+    hostile_env, write_config, tmp_path, command
+):
+    """A plugin's build() raising SystemExit(14) exited 14 in silence: now one line naming the
+    layer, its type and distribution, exit code 1, whichever command builds the model."""
+    config, weights = _compute_model(tmp_path, write_config, "ExitInBuild")
+    proc = cli_subprocess(*_command(command, config, weights, tmp_path), env=hostile_env)
+    assert proc.returncode == 1, (proc.returncode, proc.stderr)
+    error_line(
+        proc.stderr,
+        "layers[0] 'odd' (ExitInBuild)",
+        "from distribution 'nbcnn-test-compute'",
+        "failed in build: SystemExit: '14'",
+    )
+
+
+@pytest.mark.parametrize(
+    ("layer", "fragment"),
+    [
+        ("ExitInForward", "failed in forward: SystemExit: '15'"),
+        ("StringForward", "returned 'not an array'; expected float32 (1, 8, 8, 1)"),
+    ],
+)
+def test_featuremaps_of_a_plugin_layer_goes_through_the_guarded_forward(
+    hostile_env, write_config, tmp_path, layer, fragment
+):
+    """`featuremaps --layer` ran the layers' forward directly: a SystemExit exited in silence,
+    a forward returning a string ended in a traceback."""
+    config, weights = _compute_model(tmp_path, write_config, layer)
+    proc = cli_subprocess(*_command("featuremaps", config, weights, tmp_path), env=hostile_env)
+    assert proc.returncode == 1, (proc.returncode, proc.stderr)
+    error_line(proc.stderr, f"layers[0] 'odd' ({layer})", "'nbcnn-test-compute'", fragment)
+    assert not (tmp_path / "maps.png").exists()
+
+
+@pytest.mark.parametrize(
+    ("layer", "fragment"),
+    [
+        ("ExitInToOnnx", "failed in to_onnx: SystemExit: '22'"),
+        ("IntToOnnx", "failed in to_onnx: returned 42; expected its output tensor's name"),
+    ],
+)
+def test_export_guards_a_plugins_to_onnx_hook(hostile_env, write_config, tmp_path, layer, fragment):
+    """`nbcnn export` called a plugin's to_onnx unguarded: SystemExit(22) exited 22 in silence,
+    returning 42 ended in onnx's TypeError traceback."""
+    pytest.importorskip("onnx")
+    config, weights = _compute_model(tmp_path, write_config, layer)
+    proc = cli_subprocess(*_command("export", config, weights, tmp_path), env=hostile_env)
+    assert proc.returncode == 1, (proc.returncode, proc.stderr)
+    error_line(proc.stderr, f"layers[0] 'odd' ({layer})", "'nbcnn-test-compute'", fragment)
+    assert not (tmp_path / "m.onnx").exists()
 
 
 # ---------------------------------------------------------------- names printed escaped

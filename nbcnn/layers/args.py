@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import difflib
 import numbers
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,6 +74,15 @@ def show(value: Any, limit: int = SHOW_LIMIT) -> str:
     return text
 
 
+def show_some(values: Sequence[Any], first: int = 3, render: Callable[[Any], str] = show) -> str:
+    """The first ``first`` values, each through ``render`` (:func:`show`), then "and N more":
+    ``'a', 'b', 'c' and 199,997 more``. Its length grows with neither the number of values
+    nor their sizes (the names in a hostile file)."""
+    shown = ", ".join(render(v) for v in values[:first])
+    rest = len(values) - first
+    return f"{shown} and {rest:,} more" if rest > 0 else shown
+
+
 def key_text(key: Any) -> str:
     """A mapping key as written in a key path (``layers[0].units``), cut like :func:`show`."""
     text = key if isinstance(key, str) else show(key)
@@ -125,6 +134,21 @@ def _repr_pieces(value: Any, limit: int, path: set[int]) -> Iterator[str]:
         yield repr(value)
 
 
+#: Largest int an argument or shape may hold: 2**53, the last one a float64 (and so any JSON
+#: reader) keeps exactly. No real size comes near it, and 10**400 would overflow the float
+#: arithmetic done with sizes (memory estimates, "1.61 MB" in the summary).
+MAX_INT = 2**53
+#: What an argument beyond MAX_INT is told (the caller adds the key and the value).
+TOO_LARGE = f"expected ints of at most 2**53 ({MAX_INT})"
+
+
+def capped(ints: tuple[int, ...]) -> tuple[int, ...]:
+    """``ints`` as they are, or ValueError(:data:`TOO_LARGE`) when one is beyond MAX_INT."""
+    if any(abs(v) > MAX_INT for v in ints):
+        raise ValueError(TOO_LARGE)
+    return ints
+
+
 def _within(value: int, minimum: int | None, maximum: int | None) -> bool:
     return (minimum is None or value >= minimum) and (maximum is None or value <= maximum)
 
@@ -146,7 +170,7 @@ def integer(minimum: int | None = 1, maximum: int | None = None) -> Callable[[An
     def parse(value: Any) -> int:
         if not is_int(value) or not _within(value, minimum, maximum):
             raise ValueError(f"expected an int{bounds}")
-        return value
+        return capped((value,))[0]
 
     return parse
 
@@ -192,13 +216,13 @@ def int_tuple(n: int, minimum: int = 1) -> Callable[[Any], tuple[int, ...]]:
 
     def parse(value: Any) -> tuple[int, ...]:
         if is_int(value) and value >= minimum:
-            return (value,) * n
+            return capped((value,) * n)
         if (
             isinstance(value, (list, tuple))
             and len(value) == n
             and all(is_int(v) and v >= minimum for v in value)
         ):
-            return tuple(value)
+            return capped(tuple(value))
         raise ValueError(f"expected {allowed}")
 
     return parse
@@ -213,17 +237,17 @@ def int_pairs(n: int) -> Callable[[Any], tuple[tuple[int, int], ...]]:
 
     def parse(value: Any) -> tuple[tuple[int, int], ...]:
         if is_int(value) and value >= 0:
-            return ((value, value),) * n
+            return ((capped((value,))[0],) * 2,) * n
         if isinstance(value, (list, tuple)) and len(value) == n:
             if all(is_int(v) and v >= 0 for v in value):
-                return tuple((v, v) for v in value)
+                return tuple((v, v) for v in capped(tuple(value)))
             if all(
                 isinstance(p, (list, tuple))
                 and len(p) == 2
                 and all(is_int(v) and v >= 0 for v in p)
                 for p in value
             ):
-                return tuple((p[0], p[1]) for p in value)
+                return tuple(capped((p[0], p[1])) for p in value)
         raise ValueError(f"expected {allowed}")
 
     return parse
@@ -278,7 +302,7 @@ def int_list(minimum_length: int = 1, allow_minus_one: bool = False) -> Callable
         if isinstance(value, (list, tuple)) and len(value) >= minimum_length:
             ints = all(is_int(v) and (v >= 1 or (allow_minus_one and v == -1)) for v in value)
             if ints and list(value).count(-1) <= 1:
-                return tuple(value)
+                return capped(tuple(value))
         raise ValueError(f"expected {allowed}")
 
     return parse
