@@ -7,7 +7,9 @@ typer.
 
 from __future__ import annotations
 
+import errno
 import functools
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -62,8 +64,28 @@ def handles_errors(command):
             return command(*args, **kwargs)
         except NbcnnError as err:
             _fail(str(err), err.exit_code)
+        except (MemoryError, ImportError, OSError) as err:
+            if not _out_of_memory(err):
+                raise
+            _fail(
+                "ran out of memory (the machine's, `ulimit -v` or a cgroup limit) "
+                f"{'loading a library' if isinstance(err, (ImportError, OSError)) else ''}: "
+                f"{type(err).__name__}: {' '.join(str(err).split())[:160]}",
+                2,
+            )
 
     return wrapper
+
+
+def _out_of_memory(err: BaseException) -> bool:
+    """True for the ways a process under a memory limit fails: a MemoryError, or a shared
+    library (numpy's, scipy's, llvmlite's) the loader could not map."""
+    if isinstance(err, MemoryError) or getattr(err, "errno", None) == errno.ENOMEM:
+        return True
+    text = str(err)
+    return any(
+        sign in text for sign in ("failed to map segment", "Cannot allocate memory", "libllvmlite")
+    )
 
 
 def _parse_shape(text: str | None) -> tuple[int, ...] | None:
@@ -165,7 +187,7 @@ def layers(
 
 def _dataset_for_path(path: str, current: str) -> str:
     """``--data PATH`` picks the loader from the path: a folder is IDX, a file is npz."""
-    if Path(path).is_dir():
+    if os.path.isdir(path):  # False for paths the OS refuses too: the loader names them
         return "idx"
     if current in ("npz", "idx"):
         return current
@@ -301,6 +323,7 @@ def train(
     folder = RunFolder(tr.output)
     # Every check that can refuse the run comes before the folder is created or changed.
     folder.check_can_start(resume=resume, overwrite=overwrite, config_file=config)
+    _load_compiler()
     used = _set_threads(tr.threads)
     if used is not None:
         tr = replace(tr, threads=used)
@@ -310,14 +333,19 @@ def train(
     if resume and folder.has_checkpoint():
         folder.load_checkpoint(model)  # refused here if it does not fit: nothing written yet
     folder.acquire(resume=resume, overwrite=overwrite)
+    resume_command = _resume_command(config, tr.output, epochs, batch_size, data, seed, threads)
     try:
-        history = _train_in(folder, config, spec, model, tr, dataset, resume)
+        try:
+            history = _train_in(folder, config, spec, model, tr, dataset, resume)
+        finally:
+            folder.release()
+        _after_training(folder, model, dataset, history.interrupted)
     except StopRequested as stop:
         if stop.completed:
             print(
                 f"nbcnn: interrupted in epoch {stop.epoch}; epoch {stop.completed} is the last "
-                f"completed one, kept in {tr.output}. Resume with: "
-                + _resume_command(config, tr.output, epochs, batch_size, data, seed, threads),
+                f"completed one, kept in {printable(str(tr.output))}. Resume with: "
+                + printable(resume_command),
                 file=sys.stderr,
             )
         else:
@@ -328,31 +356,62 @@ def train(
             )
         write_curves(tr.output, missing_ok=True)
         raise typer.Exit(130) from None
-    finally:
-        folder.release()
-    weights = folder.file("model.npz")
-    if history.interrupted:
+    except KeyboardInterrupt:
+        # A second Ctrl-C, or one after training: say what the run folder holds.
+        done = _epochs_committed(folder)
+        if done >= tr.epochs:
+            print(
+                f"nbcnn: Ctrl-C after training completed ({done} epochs, weights "
+                f"{printable(str(folder.file('model.npz')))}); the test evaluation or "
+                "curves.png was skipped",
+                file=sys.stderr,
+            )
+            return
         print(
-            f"nbcnn: Ctrl-C during the last epoch: training is complete ({tr.epochs} epochs, "
-            f"weights {weights}); the test evaluation was skipped",
+            f"nbcnn: interrupted; {done} epoch(s) completed and kept in "
+            f"{printable(str(tr.output))}. Resume with: {printable(resume_command)}",
+            file=sys.stderr,
+        )
+        raise typer.Exit(130) from None
+
+
+def _load_compiler() -> None:
+    """Load numba's LLVM (llvmlite's shared library, ~100 MB of address space) before the data
+    and the run folder: under a tight `ulimit -v` the command fails here, as one line (see
+    ``handles_errors``), with nothing created, instead of in the first batch."""
+    from llvmlite.binding import ffi
+
+    ffi.lib._lib  # noqa: B018 - the property loads the library
+
+
+def _epochs_committed(folder) -> int:
+    try:
+        return len(folder.file("metrics.jsonl").read_text().splitlines())
+    except (OSError, UnicodeDecodeError):
+        return 0
+
+
+def _after_training(folder, model, dataset, interrupted: bool) -> None:
+    """The test evaluation and curves.png of a completed run (skipped after a Ctrl-C in the
+    last epoch: the run is complete, the user wants to stop)."""
+    from nbcnn.pictures import write_curves
+
+    weights = printable(str(folder.file("model.npz")))
+    if interrupted:
+        print(
+            f"nbcnn: Ctrl-C during the last epoch: training is complete (weights {weights}); "
+            "the test evaluation was skipped",
             file=sys.stderr,
         )
     else:
-        try:
-            result = model.evaluate(dataset.x_test, dataset.y_test, _inference_batch(model))
-        except KeyboardInterrupt:
-            print(
-                f"nbcnn: Ctrl-C after training completed (weights {weights}); the test "
-                "evaluation was skipped",
-                file=sys.stderr,
-            )
-        else:
-            console().print(
-                f"test: loss {result['loss']:.4f}  accuracy {result['accuracy']:.4f}  "
-                f"({result['samples']} samples)  weights: {weights}",
-                highlight=False,
-            )
-    write_curves(tr.output, missing_ok=True)
+        result = model.evaluate(dataset.x_test, dataset.y_test, _inference_batch(model))
+        console().print(
+            f"test: loss {result['loss']:.4f}  accuracy {result['accuracy']:.4f}  "
+            f"({result['samples']} samples)  weights: {weights}",
+            highlight=False,
+            markup=False,
+        )
+    write_curves(folder.path, missing_ok=True)
 
 
 def _inference_batch(model) -> int:
@@ -389,7 +448,7 @@ def _train_in(folder, config: Path, spec, model, tr, dataset, resume: bool):
 
     resolved = {**spec.raw, "train": train_to_dict(tr)}
     write_text_atomic(folder.file("config.yaml"), yaml.safe_dump(resolved, sort_keys=False))
-    console().print(f"data: {dataset.source}", highlight=False)
+    console().print(f"data: {printable(dataset.source)}", highlight=False, markup=False)
     validation = (dataset.x_val, dataset.y_val) if len(dataset.x_val) else None
     with TrainingProgress() as progress:
         return model.fit(
@@ -426,16 +485,17 @@ def evaluate(
     """Loss, accuracy, per-class accuracy and confusion matrix on the test split."""
     import numpy as np
 
-    spec, model, tr = _model_with_weights(config, weights)
-    if data is not None:
-        from dataclasses import replace
+    with _plugin_output_to_stderr(json_output):
+        spec, model, tr = _model_with_weights(config, weights)
+        if data is not None:
+            from dataclasses import replace
 
-        tr = replace(tr, path=data, dataset=_dataset_for_path(data, tr.dataset))
-    dataset = _load_data(model, tr, config)
-    # Weights that overflow show as a non-finite loss (null in --json, with a note), not as
-    # NumPy warnings from inside the layers.
-    with np.errstate(over="ignore", invalid="ignore"):
-        result = model.evaluate(dataset.x_test, dataset.y_test, _inference_batch(model))
+            tr = replace(tr, path=data, dataset=_dataset_for_path(data, tr.dataset))
+        dataset = _load_data(model, tr, config)
+        # Weights that overflow show as a non-finite loss (null in --json, with a note), not
+        # as NumPy warnings from inside the layers.
+        with np.errstate(over="ignore", invalid="ignore"):
+            result = model.evaluate(dataset.x_test, dataset.y_test, _inference_batch(model))
     if json_output:
         print_json(result)
         return
@@ -444,7 +504,7 @@ def evaluate(
     out = console()
     out.print(
         f"test: loss {result['loss']:.4f}  accuracy {result['accuracy']:.4f}  "
-        f"({result['samples']} samples, {dataset.source})",
+        f"({result['samples']} samples, {printable(dataset.source)})",
         highlight=False,
     )
     table = Table(title="Confusion matrix (rows: true class, columns: predicted)")
@@ -473,6 +533,31 @@ def predict(
     """Classes and probabilities for images or for the arrays in .npz files."""
     import numpy as np
 
+    with _plugin_output_to_stderr(json_output):
+        labels, probs = _predict(config, weights, inputs)
+    probs = probs.reshape(len(labels), -1)
+    results = []
+    for label, p in zip(labels, probs):
+        order = np.argsort(-p)[:top]
+        results.append(
+            {
+                "input": label,
+                "class": int(order[0]),
+                "top": [{"class": int(c), "probability": float(p[c])} for c in order],
+            }
+        )
+    if json_output:
+        print_json(results)
+        return
+    for r in results:
+        others = ", ".join(f"{t['class']}: {t['probability']:.3f}" for t in r["top"])
+        print(f"{printable(r['input'])}: class {r['class']}  ({others})")
+
+
+def _predict(config: Path, weights: Path, inputs: list[Path]):
+    """``(labels, probabilities)`` for the images and the arrays of .npz files in ``inputs``."""
+    import numpy as np
+
     from nbcnn.data import load_images, load_prediction_arrays
 
     _, model, _ = _model_with_weights(config, weights)
@@ -490,23 +575,17 @@ def predict(
         raise DataError("no images to predict: the inputs hold no arrays")
     with np.errstate(over="ignore", invalid="ignore"):  # non-finite results are reported
         probs = model.predict(np.concatenate(batches), _inference_batch(model))
-    probs = probs.reshape(len(labels), -1)
-    results = []
-    for label, p in zip(labels, probs):
-        order = np.argsort(-p)[:top]
-        results.append(
-            {
-                "input": label,
-                "class": int(order[0]),
-                "top": [{"class": int(c), "probability": float(p[c])} for c in order],
-            }
-        )
-    if json_output:
-        print_json(results)
-        return
-    for r in results:
-        others = ", ".join(f"{t['class']}: {t['probability']:.3f}" for t in r["top"])
-        print(f"{r['input']}: class {r['class']}  ({others})")
+    return labels, probs
+
+
+def _plugin_output_to_stderr(json_output: bool):
+    """With ``--json``, whatever plugins print while the model is built and run goes to
+    stderr, so that stdout holds the JSON alone."""
+    from contextlib import nullcontext
+
+    from nbcnn.registry import stdout_to_stderr
+
+    return stdout_to_stderr() if json_output else nullcontext()
 
 
 from nbcnn import cli_extra  # noqa: E402,F401  (registers convolve, featuremaps, ...)

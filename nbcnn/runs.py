@@ -51,6 +51,11 @@ EPOCH_FILES = ("checkpoint.npz", "model.npz", "best.npz", "metrics.jsonl")
 #: Everything an nbcnn run writes into its folder; only these are ever removed.
 OWNED = (MARKER, LOCK, "config.yaml", CURRENT, EPOCHS, *EPOCH_FILES, "curves.png")
 _EPOCH_DIR = re.compile(r"^\d{6,}$")
+_CURRENT_TARGET = re.compile(rf"^{EPOCHS}/\d{{6,}}$")
+#: Temporary names nbcnn's writers use: write_text_atomic's mkstemp, commit's link swap.
+_STALE = re.compile(
+    r"^\.(config\.yaml|curves\.png|nbcnn-run\.json)\.[a-z0-9_]{8}\.tmp$|^\.current\.\d+\.tmp$"
+)
 _RUN_FORMAT = 1
 
 
@@ -118,7 +123,8 @@ class RunFolder:
     # ------------------------------------------------------------------ inspecting
 
     def is_run(self) -> bool:
-        return self.file(MARKER).is_file()
+        marker = self.file(MARKER)
+        return marker.is_file() and not marker.is_symlink()
 
     def has_checkpoint(self) -> bool:
         """True when an epoch has been committed (``current`` leads to a checkpoint)."""
@@ -128,7 +134,9 @@ class RunFolder:
         """Names nbcnn would write that are here although no marker says this is a run."""
         if not self.path.is_dir() or self.is_run():
             return []
-        return sorted(n for n in OWNED if os.path.lexists(self.path / n) and n != LOCK)
+        return sorted(
+            n for n in OWNED if os.path.lexists(self.path / n) and n not in (LOCK, MARKER)
+        )
 
     def check_can_start(
         self,
@@ -149,7 +157,13 @@ class RunFolder:
                 f"{where}: output is the current folder (or holds it); a run needs a folder of "
                 "its own, e.g. --output runs/NAME"
             )
-        if config_file is not None and _is_within(Path(config_file).parent, self.path):
+        own_config = config_file is not None and self.is_run()
+        own_config = own_config and _same_path(Path(config_file), self.file("config.yaml"))
+        if (
+            config_file is not None
+            and not own_config  # `nbcnn train runs/x/config.yaml --resume` continues runs/x
+            and _is_within(Path(config_file).parent, self.path)
+        ):
             raise RunFolderError(
                 f"{where}: output is the folder of the config {config_file}; a run needs a "
                 "folder of its own, e.g. --output runs/NAME"
@@ -162,10 +176,9 @@ class RunFolder:
         """Refuse at once a folder whose lock another process holds (looked at, not taken)."""
         import fcntl
 
-        try:
-            fd = os.open(self.file(LOCK), os.O_RDONLY)
-        except OSError:
+        if not os.path.lexists(self.file(LOCK)):
             return  # no lock file yet: nobody writes here
+        fd = self._open_lock(os.O_RDONLY)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as err:
@@ -173,6 +186,23 @@ class RunFolder:
                 raise self._busy(fd) from None
         finally:
             os.close(fd)
+
+    def _open_lock(self, flags: int) -> int:
+        """Open the lock file itself: never through a link, never a FIFO or a device (a link
+        to a user's file would get a pid written into it)."""
+        path = self.file(LOCK)
+        try:
+            fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o644)
+        except OSError as err:
+            if err.errno in (errno.ELOOP, errno.EISDIR, errno.ENXIO):
+                raise RunFolderError(
+                    f"{path}: not the lock file nbcnn makes ({err.strerror})"
+                ) from None
+            raise TrainingError(f"{path}: cannot open the lock: {err.strerror}") from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise RunFolderError(f"{path}: not the lock file nbcnn makes (not a regular file)")
+        return fd
 
     def _busy(self, fd: int) -> RunFolderError:
         holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
@@ -183,6 +213,12 @@ class RunFolder:
 
     def _check_contents(self, resume: bool, overwrite: bool) -> None:
         where = str(self.path)
+        marker = self.file(MARKER)
+        if os.path.lexists(marker) and not self.is_run():
+            raise RunFolderError(
+                f"{marker}: not the run marker nbcnn writes (a link, a folder or a device); "
+                "move it away or choose another --output"
+            )
         foreign = self.foreign_files()
         if foreign:
             raise RunFolderError(
@@ -192,6 +228,13 @@ class RunFolder:
             )
         if self.is_run():
             self._read_marker()
+            problem = None if overwrite else self._layout_problem()
+            if problem:
+                raise RunFolderError(
+                    f"{self.path / problem[0]}: {problem[1]}; nbcnn will not resume or write "
+                    "into a run folder changed by hand (--overwrite replaces the run; copy run "
+                    "folders with `cp -a`, which keeps their links)"
+                )
         if self.has_checkpoint() and not (resume or overwrite):
             raise RunFolderError(
                 f"{where} already holds a run; pass --resume to continue it, --overwrite to "
@@ -202,6 +245,33 @@ class RunFolder:
                 f"{where} holds weights but no checkpoint.npz to resume from; pass "
                 "--overwrite to start that run again"
             )
+
+    def _layout_problem(self) -> tuple[str, str] | None:
+        """``(name, what is wrong)`` when the folder is not laid out as nbcnn lays it out:
+        ``epochs`` a real folder, ``current`` a link to ``epochs/NNNNNN``, the top-level
+        files links to ``current/<name>``, the committed epoch's files regular files."""
+        epochs, current = self.path / EPOCHS, self.path / CURRENT
+        if os.path.lexists(epochs) and (epochs.is_symlink() or not epochs.is_dir()):
+            return EPOCHS, "is not the folder nbcnn makes (a link or a file)"
+        if os.path.lexists(current):
+            if not current.is_symlink():
+                return CURRENT, "is not a link to epochs/NNNNNN as nbcnn makes it"
+            if not _CURRENT_TARGET.match(os.readlink(current)):
+                return CURRENT, f"points at {os.readlink(current)!r}, not into epochs/"
+            target = self.path / os.readlink(current)
+            if target.is_symlink() or not target.is_dir():
+                return CURRENT, f"points at {os.readlink(current)!r}, which is not a folder"
+            for name in EPOCH_FILES:
+                path = target / name
+                if os.path.lexists(path) and (path.is_symlink() or not path.is_file()):
+                    return f"{os.readlink(current)}/{name}", "is not a regular file"
+        for name in EPOCH_FILES:
+            link = self.path / name
+            if os.path.lexists(link) and not (
+                link.is_symlink() and os.readlink(link) == f"{CURRENT}/{name}"
+            ):
+                return name, f"is not the link to {CURRENT}/{name} that nbcnn makes"
+        return None
 
     def _has_weights_without_checkpoint(self) -> bool:
         current = self.path / CURRENT
@@ -230,10 +300,10 @@ class RunFolder:
                 raise ValueError("not a regular file")
             with open(path, "rb") as handle:
                 text = handle.read(1 << 16)  # a marker is a few hundred bytes
-            marker = json.loads(text.decode("utf-8"))
+            marker = json.loads(text.decode("utf-8"), parse_constant=_refuse_constant)
             if not isinstance(marker, dict) or marker.get("nbcnn_run") != _RUN_FORMAT:
                 raise ValueError("not an nbcnn run marker")
-        except (OSError, ValueError) as err:
+        except (OSError, ValueError, RecursionError) as err:
             raise RunFolderError(
                 f"{path}: not a valid run marker ({err}); move the folder away or choose "
                 "another --output"
@@ -262,8 +332,9 @@ class RunFolder:
             self._check_contents(resume, overwrite)
             if overwrite and self.is_run():
                 self._remove_run(self._read_marker())
-            self.remove_stale()
-            if not self.is_run():
+            if self.is_run():  # a folder nbcnn did not make is never cleaned
+                self.remove_stale()
+            else:
                 marker = {
                     "nbcnn_run": _RUN_FORMAT,
                     "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -289,10 +360,7 @@ class RunFolder:
         import fcntl
 
         path = self.file(LOCK)
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as err:
-            raise TrainingError(f"{path}: cannot create the lock: {err.strerror}") from None
+        fd = self._open_lock(os.O_RDWR | os.O_CREAT)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as err:
@@ -323,11 +391,15 @@ class RunFolder:
             path = self.path / name
             try:
                 if path.is_symlink() or path.is_file():
-                    path.unlink()
+                    path.unlink()  # a link itself, never what it points at
                 elif name == EPOCHS and path.is_dir():
                     self._remove_epoch_folders(keep=None)
                     if not any(path.iterdir()):
                         path.rmdir()
+                elif name == CURRENT and path.is_dir():  # a run copied without its links
+                    if {p.name for p in path.iterdir()} - set(EPOCH_FILES):
+                        raise RunFolderError(f"{path}: a folder holding other files; not removed")
+                    shutil.rmtree(path)
             except OSError as err:
                 raise TrainingError(f"{path}: cannot remove: {err.strerror}") from None
 
@@ -342,8 +414,8 @@ class RunFolder:
         """Remove epoch folders (committed or half-written) other than ``keep``; entries that
         nbcnn does not name that way are left alone."""
         epochs = self.path / EPOCHS
-        if not epochs.is_dir():
-            return
+        if epochs.is_symlink() or not epochs.is_dir():
+            return  # never follow a link: nbcnn made a folder here
         for entry in epochs.iterdir():
             ours = _EPOCH_DIR.match(entry.name) or entry.name.startswith(".tmp-")
             if ours and entry.name != keep and not entry.is_symlink():
@@ -354,7 +426,7 @@ class RunFolder:
         folders not yet committed, superseded epochs, a half-made ``current`` link. Never
         read, so removing them only keeps the folder clean. Call with the lock held."""
         for entry in self.path.glob(".*.tmp"):
-            if any(entry.name.startswith(f".{n}.") for n in OWNED):
+            if _STALE.match(entry.name) and not entry.is_dir():
                 try:
                     entry.unlink()
                 except OSError:
@@ -427,13 +499,19 @@ class RunFolder:
         """Load the last committed epoch's weights and optimizer slots into ``model`` and
         return its validated state; DataError naming the file when anything does not fit."""
         path = self.file("checkpoint.npz")
-        arrays = load_npz(self.path / CURRENT / "checkpoint.npz")
+        from nbcnn.model import max_file_members
+
+        members = max_file_members(len(model.weight_names()))
+        arrays = load_npz(self.path / CURRENT / "checkpoint.npz", max_members=members)
         if "meta" not in arrays:
             raise DataError("not an nbcnn checkpoint (no 'meta')", file=str(path))
         try:
-            state = json.loads(str(arrays.pop("meta")))
-        except ValueError:
-            raise DataError("checkpoint metadata is not valid JSON", file=str(path)) from None
+            state = json.loads(str(arrays.pop("meta")), parse_constant=_refuse_constant)
+        except (ValueError, RecursionError):
+            raise DataError(
+                "checkpoint metadata is not valid JSON (or holds NaN, Infinity or deep nesting)",
+                file=str(path),
+            ) from None
         check_state(state, model, str(path))
         names = model.weight_names()
         missing = [n for n in names if n not in arrays]
@@ -453,6 +531,11 @@ class RunFolder:
 
 
 # ---------------------------------------------------------------------- checkpoint state
+
+
+def _refuse_constant(name: str) -> None:
+    """``json.loads`` hook: nbcnn never writes NaN or Infinity (``allow_nan=False``)."""
+    raise ValueError(f"{name} is not JSON")
 
 
 def layer_signature(model: Any) -> list[list[str]]:
@@ -506,8 +589,8 @@ def check_state(state: Any, model: Any, file: str) -> None:
         if not isinstance(record, dict) or record.get("epoch") != i + 1:
             raise bad("history", f"record {i} must be a mapping with 'epoch': {i + 1}")
         for key, value in record.items():
-            if value is not None and not is_number(value):
-                raise bad("history", f"record {i} {key!r} must be a number or null")
+            if value is not None and not (is_number(value) and math.isfinite(value)):
+                raise bad("history", f"record {i} {key!r} must be a finite number or null")
     best = state["best"]
     if best is not None and not (is_number(best) and math.isfinite(best)):
         raise bad("best", "must be a finite number or null")

@@ -482,7 +482,7 @@ def test_stale_temporary_files_are_ignored_and_removed(tmp_path, write_config):
     config = write_run_config(write_config, tmp_path, epochs=1)
     assert cli("train", config).exit_code == 0
     run = tmp_path / "run"
-    stale = [run / ".config.yaml.k1ll3d.tmp", run / "epochs" / ".tmp-000002-999"]
+    stale = [run / ".config.yaml.k1ll3d_x.tmp", run / "epochs" / ".tmp-000002-999"]
     stale[0].write_bytes(b"half a config")
     stale[1].mkdir()
     (stale[1] / "checkpoint.npz").write_bytes(b"half a checkpoint")

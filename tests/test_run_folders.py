@@ -11,6 +11,7 @@ import io
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -25,8 +26,9 @@ from helpers import cli, cli_subprocess, snapshot
 from test_robustness import error_line, write_run_config
 from test_train import synthetic, tiny_model
 
+import nbcnn
 from nbcnn.errors import ConfigError, NbcnnError
-from nbcnn.runs import MARKER, RunFolder
+from nbcnn.runs import LOCK, MARKER, RunFolder
 
 SOFTMAX_ONLY = [{"type": "Flatten"}, {"type": "Dense", "units": 3, "activation": "softmax"}]
 DENSE = [{"type": "Flatten"}, {"type": "Dense", "units": 10, "activation": "softmax"}]
@@ -108,6 +110,122 @@ def test_refused_data_creates_no_output_folder(write_config, tmp_path):
     assert result.exit_code == 2
     error_line(result.stderr, str(bad))
     assert not (tmp_path / "a").exists()
+
+
+def _lock_link_to_users_file(run: Path, tmp: Path) -> Path:
+    users = tmp / "thesis.txt"
+    users.write_text("THESIS")
+    (run / LOCK).unlink()
+    (run / LOCK).symlink_to(users)
+    return users
+
+
+def _fifo(path: Path) -> None:
+    path.unlink()
+    os.mkfifo(path)
+
+
+def _replace_by_folder(path: Path) -> None:
+    path.unlink()
+    path.mkdir()
+
+
+HAND_MADE = {
+    # what a hand (or a copy without links) did to a finished run -> the name the error gives
+    "lock_links_to_a_users_file": (lambda run, tmp: _lock_link_to_users_file(run, tmp), LOCK),
+    "lock_is_a_fifo": (lambda run, tmp: _fifo(run / LOCK), LOCK),
+    "lock_is_a_folder": (lambda run, tmp: _replace_by_folder(run / LOCK), LOCK),
+    "marker_is_a_folder": (lambda run, tmp: _replace_by_folder(run / MARKER), MARKER),
+    "marker_links_to_dev_zero": (
+        lambda run, tmp: (run / MARKER).unlink() or (run / MARKER).symlink_to("/dev/zero"),
+        MARKER,
+    ),
+    "marker_nested_json": (lambda run, tmp: (run / MARKER).write_text("[" * 60_000), MARKER),
+    "epochs_links_to_users_folder": (lambda run, tmp: _epochs_link(run, tmp), "epochs"),
+    "current_points_outside": (
+        lambda run, tmp: (run / "current").unlink() or (run / "current").symlink_to(tmp),
+        "current",
+    ),
+    "checkpoint_is_a_fifo": (
+        lambda run, tmp: _fifo(run / "current" / "checkpoint.npz"),
+        "checkpoint.npz",
+    ),
+    "top_link_to_dev_zero": (
+        lambda run, tmp: (
+            (run / "model.npz").unlink() or (run / "model.npz").symlink_to("/dev/zero")
+        ),
+        "model.npz",
+    ),
+}
+
+
+def _epochs_link(run: Path, tmp: Path) -> None:
+    """epochs/ replaced by a link to the user's photos, which look like epoch folders."""
+    photos = tmp / "photos"
+    (photos / "20230101").mkdir(parents=True)
+    (photos / "20230101" / "beach.jpg").write_text("a photo")
+    (photos / ".tmp-keep").mkdir()
+    shutil.rmtree(run / "epochs")
+    (run / "epochs").symlink_to(photos)
+
+
+@pytest.mark.parametrize("case", list(HAND_MADE))
+def test_a_run_folder_changed_by_hand_is_refused_and_nothing_outside_is_touched(
+    write_config, tmp_path, case
+):
+    """Verification of issue 16 (variants of findings 1, 6): a lock that links to a user's file
+    got the pid written into it; epochs/ linked to a user's folder had it emptied; a FIFO
+    hung; a folder, a device or deeply nested JSON gave tracebacks."""
+    config, run = trained_run(write_config, tmp_path)
+    change, name = HAND_MADE[case]
+    change(run, tmp_path)
+    outside = snapshot(tmp_path / "photos") if (tmp_path / "photos").exists() else None
+    for flags in (("--resume", "--epochs", "2"), ()):
+        proc = cli_subprocess("train", config, *flags, timeout=60)
+        assert proc.returncode == 2, (flags, proc.stderr)
+        error_line(proc.stderr, name)
+    if case == "lock_links_to_a_users_file":
+        assert (tmp_path / "thesis.txt").read_text() == "THESIS"
+    if outside is not None:
+        assert snapshot(tmp_path / "photos") == outside
+
+
+def test_a_run_copied_without_its_links_is_refused_then_overwritten(write_config, tmp_path):
+    """`cp -rL` (or zip, scp -r) turns the links into files: resume is refused before anything
+    is written, naming what changed; --overwrite replaces that copy cleanly."""
+    config, run = trained_run(write_config, tmp_path)
+    copy = tmp_path / "copy"
+    shutil.copytree(run, copy, symlinks=False)
+    before = snapshot(copy)
+    result = cli("train", config, "--output", copy, "--resume", "--epochs", "2")
+    assert result.exit_code == 2
+    error_line(result.stderr, str(copy / "current"), "cp -a")
+    assert snapshot(copy) == before
+    result = cli("train", config, "--output", copy, "--overwrite")
+    assert result.exit_code == 0, result.stderr
+    assert os.readlink(copy / "current") == "epochs/000001"
+
+
+def test_an_unmarked_folder_keeps_its_hidden_files(write_config, tmp_path):
+    """Verification variant 9: a user's `.config.yaml.backup.tmp` in an output folder that
+    was not yet a run was deleted as a stale temporary file."""
+    config = write_run_config(write_config, tmp_path, DENSE, epochs=1)
+    run = tmp_path / "run"
+    run.mkdir()
+    mine = [run / "notes.txt", run / ".config.yaml.backup.tmp", run / ".curves.png.old.tmp"]
+    for path in mine:
+        path.write_text("mine")
+    assert cli("train", config).exit_code == 0
+    assert all(p.read_text() == "mine" for p in mine)
+
+
+def test_resume_from_the_runs_own_config(write_config, tmp_path):
+    """`nbcnn train runs/x/config.yaml --output runs/x --resume` continues the run (the run's
+    own config is not "the config's folder")."""
+    config, run = trained_run(write_config, tmp_path)
+    result = cli("train", run / "config.yaml", "--output", run, "--resume", "--epochs", "2")
+    assert result.exit_code == 0, result.stderr
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
 
 
 # ---------------------------------------------------------------- one writer at a time
@@ -234,6 +352,7 @@ EDITS = {
     "layers_renamed": lambda m: {**m, "layers": [["x", "Flatten"], ["dense", "Dense"]]},
     "layer_rngs_extra": lambda m: {**m, "layer_rngs": [m["model_rng"]]},
     "not_a_mapping": lambda m: [m],
+    "history_nan": lambda m: {**m, "history": [{**m["history"][0], "loss": float("nan")}]},
 }
 
 
@@ -268,6 +387,7 @@ ARRAY_EDITS = {
     "slot_reshaped": lambda a: {**a, _first_slot(a): a[_first_slot(a)].reshape(-1)[:3]},
     "negative_iterations": lambda a: {**a, "optimizer/iterations": np.array(-1)},
     "weights_beyond_float32": lambda a: {**a, "dense/bias": np.full(10, 1e300)},
+    "meta_nested_json": lambda a: {**a, "meta": np.array("[" * 100_000 + "]" * 100_000)},
 }
 
 
@@ -368,6 +488,41 @@ def test_ctrl_c_after_the_last_batch_keeps_the_epoch(write_config, tmp_path):
     assert [json.loads(x)["epoch"] for x in lines] == [1, 2]
 
 
+CTRL_C_AFTER_TRAINING = textwrap.dedent("""
+    import os, signal, sys
+    import nbcnn.model, nbcnn.pictures
+    config, where = sys.argv[1], sys.argv[2]
+    def interrupting(original):
+        def call(*args, **kwargs):
+            os.kill(os.getpid(), signal.SIGINT)  # Python raises KeyboardInterrupt right here
+            return original(*args, **kwargs)
+        return call
+    if where == "evaluate":
+        nbcnn.model.Sequential.evaluate = interrupting(nbcnn.model.Sequential.evaluate)
+    else:
+        nbcnn.pictures.write_curves = interrupting(nbcnn.pictures.write_curves)
+    from nbcnn.cli import main
+    sys.argv = ["nbcnn", "train", config]
+    main()
+""")
+
+
+@pytest.mark.parametrize("where", ["evaluate", "curves"])
+def test_ctrl_c_after_training_completed_exits_0(write_config, tmp_path, where):
+    """Verification F12: Ctrl-C just after the last epoch (during the test evaluation or while
+    curves.png was drawn) exited 130 with no message although the run was complete."""
+    config = write_run_config(write_config, tmp_path, DENSE, epochs=2)
+    proc = subprocess.run(
+        [sys.executable, "-c", CTRL_C_AFTER_TRAINING, str(config), where],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "Ctrl-C after training completed (2 epochs" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 2
+
+
 def test_threads_beyond_the_cores_warn_and_record_what_is_used(write_config, tmp_path):
     """Finding 15: `--threads 1024` was clamped silently (and recorded as asked)."""
     import numba
@@ -466,3 +621,55 @@ def _check_one_epoch(run: Path) -> None:
     best_epoch = min(range(len(losses)), key=lambda i: (losses[i], i))
     if best_epoch == len(records) - 1:  # the last epoch is the best: best.npz is model.npz
         assert (run / "best.npz").read_bytes() == (run / "model.npz").read_bytes()
+
+
+# ------------------------------------------------------ paths the OS or a terminal refuses
+
+
+def test_a_data_path_the_os_refuses_is_one_line(write_config, tmp_path):
+    """Verification F8: `--data` with a name over 255 bytes gave an OSError traceback."""
+    config = write_run_config(write_config, tmp_path, DENSE)
+    data = tmp_path / ("x" * 256) / "x.npz"
+    for command in (("train", config), ("evaluate", config, "--weights", tmp_path / "w.npz")):
+        result = cli(*command, "--data", data)
+        assert result.exit_code == 2, result.stderr
+        error_line(result.stderr)
+    assert not (tmp_path / "run").exists()
+
+
+def test_file_names_are_printed_escaped(write_config, tmp_path):
+    """Verification F14: a file name holding terminal escapes was printed raw by predict."""
+    from PIL import Image
+
+    config = write_run_config(write_config, tmp_path, DENSE)
+    weights = tmp_path / "w.npz"
+    nbcnn.load_model(config).initialize(0).save_weights(weights)
+    image = tmp_path / "a\x1b[31mred\r.png"
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(image, format="PNG")
+    result = cli("predict", config, image, "--weights", weights)
+    assert result.exit_code == 0, result.stderr
+    assert "\x1b" not in result.stdout and "\r" not in result.stdout
+    assert "\\x1b[31mred\\r.png" in result.stdout
+
+
+def test_a_tight_ulimit_is_one_line_and_creates_nothing(write_config, tmp_path):
+    """Verification F13: under `ulimit -v` of a few hundred MB the shared libraries (scipy's
+    for the digits, llvmlite's for numba) cannot be mapped: a traceback, after the run folder
+    was created. Now one line, exit 2, nothing created."""
+    import resource
+
+    config = write_run_config(write_config, tmp_path, DENSE)
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_AS, (300 << 20, 300 << 20))
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "nbcnn.cli", "train", str(config)],
+        capture_output=True,
+        text=True,
+        preexec_fn=limit,
+        timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    error_line(proc.stderr, "memory")
+    assert not (tmp_path / "run").exists()
