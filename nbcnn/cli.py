@@ -323,6 +323,15 @@ def train(
     folder = RunFolder(tr.output)
     # Every check that can refuse the run comes before the folder is created or changed.
     folder.check_can_start(resume=resume, overwrite=overwrite, config_file=config)
+    if resume and folder.has_checkpoint():  # continue the run as recorded, flags checked
+        from nbcnn.resume import resumed_train
+
+        flags = {"epochs": epochs, "batch_size": batch_size, "seed": seed, "threads": threads}
+        flags = {k: v for k, v in flags.items() if v is not None}
+        if data is not None:
+            flags.update(path=data, dataset=_dataset_for_path(data, tr.dataset))
+        tr = resumed_train(str(folder.file("config.yaml")), spec.raw, tr, flags)
+        check_training_memory(model, tr.batch_size, tr.optimizer)
     _load_compiler()
     used = _set_threads(tr.threads)
     if used is not None:

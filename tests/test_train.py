@@ -418,5 +418,5 @@ def test_refused_resume_leaves_the_run_untouched(write_config, tmp_path):
     doc["layers"][0]["filters"] = 8
     config.write_text(yaml.safe_dump(doc))
     result = cli("train", config, "--resume")
-    assert result.exit_code == 2 and "(3, 3, 1, 8)" in result.stderr
+    assert result.exit_code == 2 and "layers[0].filters" in result.stderr
     assert snapshot(tmp_path / "run") == saved
