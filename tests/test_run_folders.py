@@ -327,20 +327,7 @@ def test_the_python_api_follows_the_same_rules(tmp_path):
 # ---------------------------------------------------------------- checkpoints nbcnn wrote
 
 
-def _edit_meta(run: Path, edit) -> None:
-    """Rewrite the committed checkpoint with ``edit(meta)`` applied (a hand edit)."""
-    path = run / "current" / "checkpoint.npz"
-    with np.load(path, allow_pickle=False) as data:
-        arrays = {k: data[k] for k in data.files}
-    meta = json.loads(str(arrays["meta"]))
-    meta = edit(meta)
-    arrays["meta"] = np.array(json.dumps(meta))
-    buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
-    path.write_bytes(buffer.getvalue())
-
-
-EDITS = {
+META_EDITS = {
     "empty": lambda m: {},
     "negative_epoch": lambda m: {**m, "epoch": -5},
     "history_short": lambda m: {**m, "history": []},
@@ -354,19 +341,6 @@ EDITS = {
     "not_a_mapping": lambda m: [m],
     "history_nan": lambda m: {**m, "history": [{**m["history"][0], "loss": float("nan")}]},
 }
-
-
-@pytest.mark.parametrize("edit", list(EDITS))
-def test_a_hand_edited_checkpoint_is_refused_before_anything_changes(write_config, tmp_path, edit):
-    """Finding 9: a hand-edited checkpoint meta gave a traceback after config.yaml was
-    already rewritten."""
-    config, run = trained_run(write_config, tmp_path)
-    _edit_meta(run, EDITS[edit])
-    before = snapshot(run)
-    result = cli("train", config, "--resume", "--epochs", "3")
-    assert result.exit_code == 2, result.stderr
-    error_line(result.stderr, str(run / "checkpoint.npz"))
-    assert snapshot(run) == before
 
 
 def _edit_arrays(run: Path, edit) -> None:
@@ -391,10 +365,25 @@ ARRAY_EDITS = {
 }
 
 
-@pytest.mark.parametrize("edit", list(ARRAY_EDITS))
-def test_a_hand_edited_optimizer_state_is_refused(write_config, tmp_path, edit):
+def _meta_edit(edit):
+    """An edit of the checkpoint's arrays that applies ``edit`` to its JSON ``meta``."""
+
+    def apply(arrays: dict) -> dict:
+        meta = edit(json.loads(str(arrays["meta"])))
+        return {**arrays, "meta": np.array(json.dumps(meta))}
+
+    return apply
+
+
+CHECKPOINT_EDITS = {**{k: _meta_edit(v) for k, v in META_EDITS.items()}, **ARRAY_EDITS}
+
+
+@pytest.mark.parametrize("edit", list(CHECKPOINT_EDITS))
+def test_a_hand_edited_checkpoint_is_refused_before_anything_changes(write_config, tmp_path, edit):
+    """Finding 9: a hand-edited checkpoint meta gave a traceback after config.yaml was
+    already rewritten. Its metadata, optimizer slots and weights are all checked."""
     config, run = trained_run(write_config, tmp_path)
-    _edit_arrays(run, ARRAY_EDITS[edit])
+    _edit_arrays(run, CHECKPOINT_EDITS[edit])
     before = snapshot(run)
     result = cli("train", config, "--resume", "--epochs", "3")
     assert result.exit_code == 2, result.stderr
