@@ -44,7 +44,27 @@ class TrainingProgress:
         return False
 
     def __call__(self, event: str, info: dict[str, Any]) -> None:
-        if event == "epoch_begin":
+        if event == "prepare_begin":
+            self.task = self.progress.add_task(
+                "prepare",
+                total=None,
+                epoch="0",
+                loss="-",
+                acc="-",
+                speed="preparing kernels (compiled on the first run, then loaded from cache)",
+            )
+        elif event == "prepare_end":
+            if self.task is not None:
+                self.progress.remove_task(self.task)
+                self.task = None
+            if info["seconds"] >= 2:
+                self.lines.print(
+                    f"kernels ready in {info['seconds']:.1f}s (compiled once; later runs load "
+                    "them from numba's cache)",
+                    soft_wrap=True,
+                    highlight=False,
+                )
+        elif event == "epoch_begin":
             self.epochs = info["epochs"]
             if self.task is not None:
                 self.progress.remove_task(self.task)

@@ -426,6 +426,14 @@ def _train_epochs(loop: _Loop) -> None:
     model, folder, history, early = loop.model, loop.folder, loop.history, loop.early_stopping
     val_batch = inference_batch_size(model)  # 256, or less where that would not fit
     _set_fused(model, _fuses_softmax(model))
+    if loop.start_epoch < loop.epochs and len(loop.x):
+        # Outside the Ctrl-C flag: an interrupt while kernels compile acts at once.
+        if loop.callback:
+            loop.callback("prepare_begin", {})
+        start = time.perf_counter()
+        warm_up(model, loop.x)
+        if loop.callback:
+            loop.callback("prepare_end", {"seconds": time.perf_counter() - start})
     # Overflow is detected (non-finite loss or weights) and reported as one TrainingError;
     # numpy's RuntimeWarnings about it would only add noise lines before that message.
     try:
@@ -480,6 +488,27 @@ def _train_epochs(loop: _Loop) -> None:
                     history.interrupted = True
     finally:
         _set_fused(model, False)
+
+
+def warm_up(model: Sequential, x: np.ndarray) -> None:
+    """Compile (on the first run) or load from numba's cache every kernel that a training
+    step and a validation pass use, on two samples of ``x``, so that the first epoch's time
+    and samples/s measure training, not compilation. Weights (BatchNormalization's moving
+    statistics included) and random streams are restored: the run is the same with or
+    without it."""
+    weights = [w.copy() for w in model.get_weights()]
+    layers = own_rng_layers(model)
+    states = [_rng_state(model.rng), *(_rng_state(layer.rng) for layer in layers)]
+    xb = x[:2]
+    yb = np.zeros(len(xb), np.int64)
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        out = model.forward(xb, training=True)
+        _, grad, _ = loss_and_grad(model, out, yb)
+        model.backward(grad, input_grad=False)
+        model.predict(xb)
+    model.set_weights(weights)
+    for rng, state in zip([model.rng, *(layer.rng for layer in layers)], states):
+        _set_rng_state(rng, state)
 
 
 def _patience_spent(early_stopping: dict, wait: int, epochs_done: int) -> bool:
