@@ -4,8 +4,12 @@ doing so changes nothing about the run."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
+from test_robustness import SMALL, write_run_config
 from test_train import TINY, synthetic, tiny_model
 
 from nbcnn import train
@@ -54,3 +58,26 @@ def test_the_callback_hears_prepare_before_the_first_epoch(tmp_path, resume):
     )
     assert events[:3] == ["prepare_begin", "prepare_end", "epoch_begin"]
     assert events.count("epoch_begin") == (1 if resume else 2)
+
+
+CTRL_C_WHILE_COMPILING = """
+import os, signal, sys
+from nbcnn import train
+def compiling(model, x):
+    os.kill(os.getpid(), signal.SIGINT)  # as if Ctrl-C came while numba compiles
+    raise AssertionError("the interrupt did not act")
+train.warm_up = compiling
+from nbcnn.cli import main
+sys.argv = ["nbcnn", "train", sys.argv[1]]
+main()
+"""
+
+
+def test_ctrl_c_while_kernels_compile_acts_at_once(write_config, tmp_path):
+    """Issue 13: Ctrl-C took 14 s to act while the first run compiled."""
+    config = write_run_config(write_config, tmp_path, SMALL)
+    proc = subprocess.run(
+        [sys.executable, "-c", CTRL_C_WHILE_COMPILING, str(config)], capture_output=True, text=True
+    )
+    assert proc.returncode == 130, proc.stderr
+    assert "0 epoch(s) completed" in proc.stderr and "Traceback" not in proc.stderr
