@@ -32,6 +32,8 @@ from nbcnn.layers.args import did_you_mean, show
 from nbcnn.layers.base import SUPPORTED_API_VERSIONS, Layer
 
 GROUP = "nbcnn.layers"
+#: Keras's activation layers and the `Activation` argument that does the same here.
+ACTIVATION_LAYERS = {"ReLU": "relu", "Softmax": "softmax", "ELU": "elu"}
 CONTRACT_METHODS = ("output_shape", "param_shapes", "macs")
 #: A layer module that takes longer than this to import is reported as slow (with its time):
 #: calculators are pure Python and kernels load inside forward/backward, so a light module
@@ -165,10 +167,15 @@ class Registry:
             candidates = [e for e in candidates if _same_dist(e.distribution, dist)]
         if not candidates:
             hint = did_you_mean(name, self.names())
+            if name in ACTIVATION_LAYERS and "Activation" in self._by_name:
+                hint = (
+                    f" (Keras's {name} layer is written here as "
+                    f"'{{type: Activation, activation: {ACTIVATION_LAYERS[name]}}}')"
+                )
             known = f" from distribution {dist!r}" if dist else ""
             raise ConfigError(
-                f"unknown layer type {type_name!r}{known}{hint}; "
-                "`nbcnn layers` lists the registered types"
+                f"unknown layer type {quote(type_name)}{known}{hint}; `nbcnn layers` lists the "
+                "registered types (a plugin's types appear once its package is installed)"
             )
         if len(candidates) > 1:
             dists = " and ".join(repr(e.distribution) for e in candidates)

@@ -178,14 +178,23 @@ def parse_spec(doc: Any, input_shape: tuple[int, ...] | None = None) -> ModelSpe
     name = "model" if name is None else check_model_name(name, "name")
     if input_shape is None:
         if "input_shape" not in doc:
+            layers = doc.get("layers") if isinstance(doc.get("layers"), list) else []
+            on_a_layer = any(isinstance(e, dict) and "input_shape" in e for e in layers)
             raise ConfigError(
-                "missing: give the shape of one sample, channels-last, e.g. [28, 28, 1]",
+                "missing: give the shape of one sample, channels-last, e.g. [28, 28, 1]"
+                + (
+                    "; nbcnn takes it at the top level of the config, not on the first "
+                    "layer as Keras's Sequential does: move it up"
+                    if on_a_layer
+                    else ""
+                ),
                 where="input_shape",
             )
         input_shape = _parse_input_shape(doc["input_shape"])
     layers = doc.get("layers")
     if not isinstance(layers, list) or not layers:
         got = "missing" if "layers" not in doc else f"got {_kind(layers)}"
+        got = "got an empty list" if layers == [] else got
         raise ConfigError(
             f"expected a non-empty list of layers like '- type: Conv2D', {got}", where="layers"
         )
@@ -212,9 +221,11 @@ def _parse_input_shape(value: Any) -> tuple[int, ...]:
         and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value)
     )
     if not ok:
+        batch = isinstance(value, list) and len(value) > 1 and value[0] is None
         raise ConfigError(
             "expected a list of 1 to 4 ints >= 1, channels-last: [H, W, C] for 2D models, "
-            f"[L, C] for 1D; got {show(value)}",
+            f"[L, C] for 1D; got {show(value)}"
+            + ("; drop the batch axis (None): input_shape is one sample's shape" if batch else ""),
             where="input_shape",
         )
     if max(value) > MAX_INT:

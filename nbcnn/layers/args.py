@@ -260,6 +260,8 @@ def choice(*values: Any) -> Callable[[Any], Any]:
     def parse(value: Any) -> Any:
         if isinstance(value, str) and value in values:
             return value
+        if len(values) == 1:  # no near miss to suggest: say it is the one supported
+            raise ValueError(f"nbcnn supports only {allowed}")
         hint = did_you_mean(value, [v for v in values if isinstance(v, str)])
         raise ValueError(f"expected one of {allowed}{hint}")
 
@@ -312,11 +314,10 @@ def did_you_mean(value: Any, candidates: list[str]) -> str:
     """``" (did you mean 'x'?)"`` for a close match, else ``""``."""
     if not isinstance(value, str):
         return ""
-    close = difflib.get_close_matches(value, candidates, n=1, cutoff=0.6)
-    if not close:
-        lowered = {c.lower(): c for c in candidates}
-        if value.lower() in lowered:
-            close = [lowered[value.lower()]]
+    # The same word in other case first (`Relu` is `relu`, not the closer-spelled `elu`).
+    lowered = {c.lower(): c for c in candidates}
+    close = [lowered[value.lower()]] if value.lower() in lowered else []
+    close = close or difflib.get_close_matches(value, candidates, n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
