@@ -235,7 +235,7 @@ def _prepare(config: Path, data: str | None, overrides: dict):
 
 
 def _load_data(model, train, config: Path):
-    from nbcnn.data import load_dataset
+    from nbcnn.data import ShapeMismatch, load_dataset
 
     classes = model.output_shape[-1]
     try:
@@ -249,6 +249,13 @@ def _load_data(model, train, config: Path):
         )
     except ConfigError as err:
         raise err.located(file=str(config)) from None
+    except ShapeMismatch as err:
+        raise ConfigError(
+            f"{list(model.input_shape)} does not fit the data: {err.file or 'the data'} has "
+            f"samples of shape {err.samples} (change input_shape, or give other data)",
+            file=str(config),
+            where="input_shape",
+        ) from None
 
 
 def _set_threads(threads: int | None) -> int | None:

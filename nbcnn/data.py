@@ -242,11 +242,21 @@ def _fit_shape(x: np.ndarray, input_shape: tuple[int, ...], origin: str) -> np.n
     if x.ndim == len(input_shape):
         x = x[..., np.newaxis]
     if x.shape[1:] != input_shape:
-        raise DataError(
+        raise ShapeMismatch(
             f"data has samples of shape {x.shape[1:]} but input_shape is {list(input_shape)}",
             file=origin,
+            samples=tuple(x.shape[1:]),
         )
     return x
+
+
+class ShapeMismatch(DataError):
+    """Data whose samples do not have the model's ``input_shape`` (``samples`` is theirs):
+    the CLI names the config too, since either side may be the one to change."""
+
+    def __init__(self, message: str, *, file: str | None, samples: tuple[int, ...]):
+        super().__init__(message, file=file)
+        self.samples = samples
 
 
 def _scale_images(x: np.ndarray, origin: str, name: str) -> np.ndarray:

@@ -44,3 +44,17 @@ def test_keras_habits_get_a_hint(write_config, case):
     result = cli("summary", write_config(doc))
     assert result.exit_code == 2
     error_line(result.stderr, *fragments)
+
+
+def test_a_data_shape_that_does_not_fit_names_the_config_and_the_data(write_config):
+    """Found 6: a train-time shape error had no file name (the config's)."""
+    doc = {
+        "input_shape": [10, 10, 1],
+        "layers": [{"type": "Flatten"}, {"type": "Dense", "units": 10, "activation": "softmax"}],
+        "train": {"data": {"dataset": "digits"}},
+    }
+    config = write_config(doc)
+    result = cli("train", config, "--output", config.parent / "run")
+    assert result.exit_code == 2
+    error_line(result.stderr, f"{config}: input_shape: [10, 10, 1]", "digits", "(8, 8, 1)")
+    assert not (config.parent / "run").exists()
