@@ -12,7 +12,6 @@ from typer.testing import CliRunner
 from nbcnn.cli import app
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = ROOT.parent / "shared" / "data"
 
 
 def cli(*args: str):

@@ -21,10 +21,6 @@ from nbcnn.data import (
 )
 from nbcnn.errors import ConfigError, DataError
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-T10K = SHARED / "mnist-t10k"
-MNIST_NPZ = SHARED / "mnist_10k.npz"
-
 IDX_NAMES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "t10k": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
@@ -195,18 +191,26 @@ def test_idx_label_beyond_num_classes(tmp_path):
     assert_data_error(tmp_path, "label 12 but num_classes is 10", **kwargs)
 
 
-@pytest.mark.skipif(not T10K.is_dir(), reason="shared MNIST t10k files not present")
-def test_idx_real_mnist_t10k():
-    labels = read_idx(str(T10K / "t10k-labels-idx1-ubyte.gz"), IDX_LABELS_MAGIC)
-    assert labels.shape == (10000,) and labels[:5].tolist() == [7, 2, 1, 0, 4]
-    d = load_dataset("idx", path=str(T10K), input_shape=(28, 28, 1), validation_split=0.1)
-    assert (len(d.x_train), len(d.x_val), len(d.x_test)) == (7200, 800, 2000)
-    assert d.num_classes == 10 and "t10k files only" in d.source
-    assert d.x_test.min() == 0.0 and d.x_test.max() == 1.0
-    if MNIST_NPZ.is_file():  # the npz holds the same split of the same images
-        n = load_dataset("npz", path=str(MNIST_NPZ), input_shape=(28, 28, 1), validation_split=0.1)
-        np.testing.assert_array_equal(n.x_test, d.x_test)
-        np.testing.assert_array_equal(n.y_train, d.y_train)
+def test_idx_t10k_only_folder_in_mnists_layout(tmp_path):
+    """A folder holding only MNIST's t10k pair, gzipped under MNIST's names (made here, 100
+    28x28 images), is split 80/20; the same images as a Keras-layout npz load the same."""
+    x, y = make_images(100, np.random.default_rng(7), size=28)
+    x[0, 0, 0], x[1, 0, 0] = 0, 255  # the full pixel range, so scaling is checked end to end
+    images, labels = IDX_NAMES["t10k"]
+    write(tmp_path / images, idx_bytes(x), gz=True)
+    write(tmp_path / labels, idx_bytes(y.astype(np.uint8)), gz=True)
+    read = read_idx(str(tmp_path / f"{labels}.gz"), IDX_LABELS_MAGIC)
+    assert read.shape == (100,) and read[:5].tolist() == y[:5].tolist()
+    d = load_dataset("idx", path=str(tmp_path), input_shape=(28, 28, 1), validation_split=0.1)
+    assert (len(d.x_train), len(d.x_val), len(d.x_test)) == (72, 8, 20)
+    assert "t10k files only" in d.source
+    np.testing.assert_array_equal(d.x_test[..., 0], x[80:] / np.float32(255))
+    np.testing.assert_array_equal(d.y_test, y[80:])
+    npz = tmp_path / "mnist.npz"
+    np.savez(npz, x_train=x[:80], y_train=y[:80], x_test=x[80:], y_test=y[80:])
+    n = load_dataset("npz", path=str(npz), input_shape=(28, 28, 1), validation_split=0.1)
+    np.testing.assert_array_equal(n.x_test, d.x_test)
+    np.testing.assert_array_equal(n.y_train, d.y_train)
 
 
 # ---------------------------------------------------------------- npz

@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 import yaml
-from helpers import ROOT, SHARED_DATA, cli, model_doc, snapshot
+from helpers import ROOT, cli, model_doc, snapshot
 
 import nbcnn
 from nbcnn.io import load_npz
@@ -285,8 +285,12 @@ def test_ctrl_c_then_resume_equals_uninterrupted(write_config, tmp_path):
         np.testing.assert_array_equal(a[key], b[key])
 
 
-@pytest.mark.skipif(not (SHARED_DATA / "mnist_10k.npz").exists(), reason="shared data absent")
-def test_evaluate_on_shared_npz_loads(tmp_path, write_config):
+def test_evaluate_on_an_mnist_layout_npz(tmp_path, write_config):
+    """`evaluate --data` on a Keras mnist.npz-layout file (uint8 28x28, made here)."""
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (50, 28, 28), dtype=np.uint8)
+    y = rng.integers(0, 10, 50).astype(np.uint8)
+    np.savez(tmp_path / "mnist.npz", x_train=x[:30], y_train=y[:30], x_test=x[30:], y_test=y[30:])
     doc = model_doc({"type": "Flatten"}, {"type": "Dense", "units": 10, "activation": "softmax"})
     path = write_config(doc, "mnist.yaml")
     model = nbcnn.load_model(path).initialize(0)
@@ -297,11 +301,11 @@ def test_evaluate_on_shared_npz_loads(tmp_path, write_config):
         "--weights",
         tmp_path / "w.npz",
         "--data",
-        SHARED_DATA / "mnist_10k.npz",
+        tmp_path / "mnist.npz",
         "--json",
     )
     assert ev.exit_code == 0, ev.stderr
-    assert json.loads(ev.stdout)["samples"] == 2000
+    assert json.loads(ev.stdout)["samples"] == 20
 
 
 def test_resume_equals_uninterrupted_with_a_seeded_dropout(tmp_path):
