@@ -18,6 +18,7 @@ import typer
 
 from nbcnn.errors import ConfigError, DataError, NbcnnError, printable
 from nbcnn.jsonout import print_json
+from nbcnn.resources import inference_batch_size
 
 app = typer.Typer(
     name="nbcnn",
@@ -326,7 +327,6 @@ def train(
             "threads": threads,
         },
     )
-    check_training_memory(model, tr.batch_size, tr.optimizer)  # before anything is allocated
     folder = RunFolder(tr.output)
     # Every check that can refuse the run comes before the folder is created or changed.
     folder.check_can_start(resume=resume, overwrite=overwrite, config_file=config)
@@ -336,9 +336,9 @@ def train(
         flags = {"epochs": epochs, "batch_size": batch_size, "seed": seed, "threads": threads}
         flags = {k: v for k, v in flags.items() if v is not None}
         if data is not None:
-            flags.update(path=data, dataset=_dataset_for_path(data, tr.dataset))
+            flags.update(path=tr.path, dataset=tr.dataset)
         tr = resumed_train(str(folder.file("config.yaml")), spec.raw, tr, flags)
-        check_training_memory(model, tr.batch_size, tr.optimizer)
+    check_training_memory(model, tr.batch_size, tr.optimizer)  # before anything is allocated
     _load_compiler()
     used = _set_threads(tr.threads)
     if used is not None:
@@ -349,7 +349,7 @@ def train(
     if resume and folder.has_checkpoint():
         folder.load_checkpoint(model)  # refused here if it does not fit: nothing written yet
     folder.acquire(resume=resume, overwrite=overwrite)
-    resume_command = _resume_command(config, tr.output, epochs, batch_size, data, seed, threads)
+    resume_command = _resume_command(config, tr.output)
     try:
         try:
             history = _train_in(folder, config, spec, model, tr, dataset, resume)
@@ -420,7 +420,7 @@ def _after_training(folder, model, dataset, interrupted: bool) -> None:
             file=sys.stderr,
         )
     else:
-        result = model.evaluate(dataset.x_test, dataset.y_test, _inference_batch(model))
+        result = model.evaluate(dataset.x_test, dataset.y_test, inference_batch_size(model))
         console().print(
             f"test: loss {result['loss']:.4f}  accuracy {result['accuracy']:.4f}  "
             f"({result['samples']} samples)  weights: {weights}",
@@ -430,27 +430,11 @@ def _after_training(folder, model, dataset, interrupted: bool) -> None:
     write_curves(folder.path, missing_ok=True)
 
 
-def _inference_batch(model) -> int:
-    """256 samples per batch, or fewer where that would not fit in memory."""
-    from nbcnn.resources import inference_batch_size
-
-    return inference_batch_size(model)
-
-
-def _resume_command(config, output, epochs, batch_size, data, seed, threads) -> str:
-    """The command that continues this run, with the overrides it was started with."""
+def _resume_command(config, output) -> str:
+    """The command that continues this run (its flags are in the run's config.yaml)."""
     import shlex
 
     words = ["nbcnn", "train", str(config), "--output", str(output), "--resume"]
-    for flag, value in (
-        ("--epochs", epochs),
-        ("--batch-size", batch_size),
-        ("--data", data),
-        ("--seed", seed),
-        ("--threads", threads),
-    ):
-        if value is not None:
-            words += [flag, str(value)]
     return " ".join(shlex.quote(w) for w in words)
 
 
@@ -511,7 +495,7 @@ def evaluate(
         # Weights that overflow show as a non-finite loss (null in --json, with a note), not
         # as NumPy warnings from inside the layers.
         with np.errstate(over="ignore", invalid="ignore"):
-            result = model.evaluate(dataset.x_test, dataset.y_test, _inference_batch(model))
+            result = model.evaluate(dataset.x_test, dataset.y_test, inference_batch_size(model))
     if json_output:
         print_json(result)
         return
@@ -590,7 +574,7 @@ def _predict(config: Path, weights: Path, inputs: list[Path]):
     if not labels:
         raise DataError("no images to predict: the inputs hold no arrays")
     with np.errstate(over="ignore", invalid="ignore"):  # non-finite results are reported
-        probs = model.predict(np.concatenate(batches), _inference_batch(model))
+        probs = model.predict(np.concatenate(batches), inference_batch_size(model))
     return labels, probs
 
 

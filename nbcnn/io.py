@@ -62,11 +62,16 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     write_bytes_atomic(path, text.encode("utf-8"))
 
 
-def save_npz_atomic(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> None:
-    """Save named arrays as an uncompressed ``.npz`` atomically (no object arrays)."""
+def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    """Named arrays as the bytes of an uncompressed ``.npz``."""
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
-    write_bytes_atomic(path, buffer.getvalue())
+    return buffer.getvalue()
+
+
+def save_npz_atomic(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> None:
+    """Save named arrays as an uncompressed ``.npz`` atomically (no object arrays)."""
+    write_bytes_atomic(path, npz_bytes(arrays))
 
 
 #: Refuse an ``.npz`` whose arrays hold more than this in all (as their .npy headers declare),

@@ -8,12 +8,11 @@ methods, which import the kernels lazily.
 from __future__ import annotations
 
 import math
-import numbers
 import os
 from typing import TYPE_CHECKING, Any
 
 from nbcnn.errors import ConfigError, DataError, NbcnnError
-from nbcnn.layers.args import MAX_INT, TOO_LARGE, is_int, show, show_some
+from nbcnn.layers.args import MAX_INT, TOO_LARGE, is_int, is_number, show, show_some
 from nbcnn.layers.base import Layer, ParamSpec, Shape, ShapeError, format_shape
 from nbcnn.registry import Registry, describe, quote, registry
 from nbcnn.spec import check_model_name
@@ -564,10 +563,7 @@ def _field_result(value: Any, input_shape: Shape, rf: tuple, jump: tuple) -> tup
         return (
             isinstance(part, (tuple, list))
             and len(part) == len(rf)
-            and all(
-                isinstance(v, numbers.Real) and not isinstance(v, bool) and 0 < v < math.inf
-                for v in part
-            )
+            and all(is_number(v) and 0 < v < math.inf for v in part)
         )
 
     if value is None:

@@ -134,8 +134,6 @@ def read_image(path: str | os.PathLike, grey: bool = False) -> np.ndarray:
             pixels = np.asarray(image.convert(mode), dtype=np.float32)
     except FileNotFoundError:
         raise DataError("file not found", file=str(path)) from None
-    except IsADirectoryError:
-        raise DataError("is a folder, not an image", file=str(path)) from None
     except UnidentifiedImageError as err:
         raise DataError(f"not a readable image ({err})", file=str(path)) from None
     except (OSError, ValueError) as err:

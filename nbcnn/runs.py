@@ -25,7 +25,6 @@ nbcnn run would write but no marker is somebody else's: refused, never overwritt
 from __future__ import annotations
 
 import errno
-import io
 import json
 import math
 import os
@@ -39,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from nbcnn.errors import DataError, NbcnnError, TrainingError
-from nbcnn.io import load_npz, write_text_atomic
+from nbcnn.io import load_npz, npz_bytes, write_text_atomic
 from nbcnn.layers.args import is_int, is_number
 
 MARKER = "nbcnn-run.json"
@@ -79,12 +78,6 @@ def _write_new(path: Path, data: bytes) -> None:
         handle.write(data)
         handle.flush()
         os.fsync(handle.fileno())
-
-
-def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
-    buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
-    return buffer.getvalue()
 
 
 def _same_path(a: Path, b: Path) -> bool:
@@ -173,19 +166,26 @@ class RunFolder:
         self._check_contents(resume, overwrite)
 
     def _check_not_busy(self) -> None:
-        """Refuse at once a folder whose lock another process holds (looked at, not taken)."""
-        import fcntl
-
+        """Refuse at once a folder whose lock another process holds (looked at, not kept)."""
         if not os.path.lexists(self.file(LOCK)):
             return  # no lock file yet: nobody writes here
         fd = self._open_lock(os.O_RDONLY)
+        try:
+            self._flock(fd)
+        finally:
+            os.close(fd)  # closing releases the lock if it was free and so taken
+
+    def _flock(self, fd: int) -> None:
+        """Take the lock on ``fd`` without waiting; RunFolderError naming the holder's pid when
+        another process has it."""
+        import fcntl
+
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as err:
             if err.errno in (errno.EWOULDBLOCK, errno.EACCES):
                 raise self._busy(fd) from None
-        finally:
-            os.close(fd)
+            raise TrainingError(f"{self.file(LOCK)}: cannot lock: {err.strerror}") from None
 
     def _open_lock(self, flags: int) -> int:
         """Open the lock file itself: never through a link, never a FIFO or a device (a link
@@ -211,7 +211,8 @@ class RunFolder:
             "wait for it, stop it, or choose another --output"
         )
 
-    def _check_contents(self, resume: bool, overwrite: bool) -> None:
+    def _check_contents(self, resume: bool, overwrite: bool) -> dict | None:
+        """The checks on what the folder holds; returns its run marker (None: not a run)."""
         where = str(self.path)
         marker = self.file(MARKER)
         if os.path.lexists(marker) and not self.is_run():
@@ -226,8 +227,8 @@ class RunFolder:
                 "folder made by nbcnn; nbcnn will not overwrite these files (even with "
                 "--overwrite): choose another --output or move them away"
             )
-        if self.is_run():
-            self._read_marker()
+        marker = self._read_marker() if self.is_run() else None
+        if marker is not None:
             problem = None if overwrite else self._layout_problem()
             if problem:
                 raise RunFolderError(
@@ -245,6 +246,7 @@ class RunFolder:
                 f"{where} holds weights but no checkpoint.npz to resume from; pass "
                 "--overwrite to start that run again"
             )
+        return marker
 
     def _layout_problem(self) -> tuple[str, str] | None:
         """``(name, what is wrong)`` when the folder is not laid out as nbcnn lays it out:
@@ -274,8 +276,7 @@ class RunFolder:
         return None
 
     def _has_weights_without_checkpoint(self) -> bool:
-        current = self.path / CURRENT
-        return os.path.lexists(current) and not (current / "checkpoint.npz").is_file()
+        return os.path.lexists(self.path / CURRENT) and not self.has_checkpoint()
 
     def _check_writable(self) -> None:
         """Without creating anything: the folder, or its nearest existing parent, must be a
@@ -329,10 +330,10 @@ class RunFolder:
             ) from None
         self._lock()
         try:
-            self._check_contents(resume, overwrite)
-            if overwrite and self.is_run():
-                self._remove_run(self._read_marker())
-            if self.is_run():  # a folder nbcnn did not make is never cleaned
+            marker = self._check_contents(resume, overwrite)
+            if marker is not None and overwrite:
+                self._remove_run(marker)
+            if marker is not None:  # a folder nbcnn did not make is never cleaned
                 self.remove_stale()
             else:
                 marker = {
@@ -357,19 +358,12 @@ class RunFolder:
         return bool(self._holds)
 
     def _lock(self) -> None:
-        import fcntl
-
-        path = self.file(LOCK)
         fd = self._open_lock(os.O_RDWR | os.O_CREAT)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as err:
-            busy = err.errno in (errno.EWOULDBLOCK, errno.EACCES)
-            refusal = self._busy(fd) if busy else None
+            self._flock(fd)
+        except NbcnnError:
             os.close(fd)
-            if refusal:
-                raise refusal from None
-            raise TrainingError(f"{path}: cannot lock: {err.strerror}") from None
+            raise
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._lock_fd = fd
@@ -454,9 +448,9 @@ class RunFolder:
             if os.path.lexists(staging):
                 shutil.rmtree(staging)
             staging.mkdir()
-            _write_new(staging / "checkpoint.npz", _npz_bytes({**weights, **optimizer, **meta}))
+            _write_new(staging / "checkpoint.npz", npz_bytes({**weights, **optimizer, **meta}))
             writing = "model.npz"
-            model_bytes = _npz_bytes(weights)
+            model_bytes = npz_bytes(weights)
             _write_new(staging / "model.npz", model_bytes)
             writing = "best.npz"
             old_best = epochs / previous / "best.npz" if previous else None

@@ -496,7 +496,7 @@ def warm_up(model: Sequential, x: np.ndarray) -> None:
     and samples/s measure training, not compilation. Weights (BatchNormalization's moving
     statistics included) and random streams are restored: the run is the same with or
     without it."""
-    weights = [w.copy() for w in model.get_weights()]
+    weights = model.get_weights()  # copies
     layers = own_rng_layers(model)
     states = [_rng_state(model.rng), *(_rng_state(layer.rng) for layer in layers)]
     xb = x[:2]
