@@ -22,3 +22,11 @@ def load_model(config, input_shape=None):
     from nbcnn.model import load_model as _load_model
 
     return _load_model(config, input_shape=input_shape)
+
+
+def fit_config(config, **kwargs):
+    """Train a YAML config as ``nbcnn train`` does; returns ``(model, history)`` (see
+    :func:`nbcnn.prepare.fit_config` for the overrides)."""
+    from nbcnn.prepare import fit_config as _fit_config
+
+    return _fit_config(config, **kwargs)

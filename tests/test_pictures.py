@@ -117,7 +117,7 @@ def test_stride_and_padding_give_keras_output_sizes(tmp_path, stride, padding):
 
 
 def test_new_commands_run_as_python_dash_m(tmp_path):
-    # `python -m nbcnn.cli` runs cli.py as __main__: the extra commands must register there.
+    # `python -m nbcnn.cli` runs the package's __main__: every command module registers there.
     src = save_grey(tmp_path / "square.png", dark_square())
     done = cli_subprocess("convolve", src, "--out", tmp_path / "edge.png")
     assert done.returncode == 0, done.stderr

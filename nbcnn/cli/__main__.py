@@ -1,0 +1,5 @@
+"""``python -m nbcnn.cli``: the same as the ``nbcnn`` command."""
+
+from nbcnn.cli import main
+
+main()

@@ -1,0 +1,145 @@
+"""``nbcnn train``: a run prepared by :mod:`nbcnn.prepare`, with a progress bar, the test
+evaluation and what to do after a Ctrl-C."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import replace
+from typing import Annotated
+
+import typer
+
+from nbcnn.cli.common import ConfigArg, console, handles_errors, load_compiler, set_threads
+from nbcnn.errors import printable
+from nbcnn.resources import inference_batch_size
+
+
+@handles_errors
+def train(
+    config: ConfigArg,
+    epochs: Annotated[int | None, typer.Option(min=1, help="Override train.epochs.")] = None,
+    batch_size: Annotated[
+        int | None, typer.Option("--batch-size", min=1, help="Override train.batch_size.")
+    ] = None,
+    data: Annotated[
+        str | None,
+        typer.Option(help="An .npz (Keras mnist.npz layout) or a folder of MNIST IDX files."),
+    ] = None,
+    output: Annotated[str | None, typer.Option(help="Override train.output.")] = None,
+    seed: Annotated[int | None, typer.Option(min=0, help="Override train.seed.")] = None,
+    threads: Annotated[
+        int | None, typer.Option(min=1, max=1024, help="Numba threads (default: all cores).")
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue from the last completed epoch in output.")
+    ] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace an earlier run in the output folder.")
+    ] = False,
+):
+    """Train the model of CONFIG on its train.data (scikit-learn's digits by default) into a
+    run folder of its own: model.npz, best.npz, checkpoint.npz and metrics.jsonl of the last
+    completed epoch (committed together), config.yaml and curves.png."""
+    from nbcnn.pictures import write_curves
+    from nbcnn.prepare import load_data, prepare_run, run_training
+    from nbcnn.progress import TrainingProgress
+    from nbcnn.train import StopRequested
+
+    # Every check that can refuse the run comes before the folder is created or changed.
+    run = prepare_run(
+        config,
+        data=data,
+        resume=resume,
+        overwrite=overwrite,
+        epochs=epochs,
+        batch_size=batch_size,
+        output=output,
+        seed=seed,
+        threads=threads,
+    )
+    load_compiler()
+    used = set_threads(run.train.threads)
+    if used is not None:
+        run.train = replace(run.train, threads=used)
+    dataset = load_data(run.model, run.train, config)
+    folder, out = run.folder, run.train.output
+    resume_command = _resume_command(config, out)
+
+    def show_data() -> None:
+        console().print(f"data: {printable(dataset.source)}", highlight=False, markup=False)
+
+    try:
+        with TrainingProgress() as progress:
+            history = run_training(run, dataset, callback=progress, on_start=show_data)
+        _after_training(folder, run.model, dataset, history.interrupted)
+    except StopRequested as stop:
+        if stop.completed:
+            print(
+                f"nbcnn: interrupted in epoch {stop.epoch}; epoch {stop.completed} is the last "
+                f"completed one, kept in {printable(str(out))}. Resume with: "
+                + printable(resume_command),
+                file=sys.stderr,
+            )
+        else:
+            print(
+                f"nbcnn: interrupted in epoch {stop.epoch}, before any epoch completed: "
+                "nothing to resume",
+                file=sys.stderr,
+            )
+        write_curves(out, missing_ok=True)
+        raise typer.Exit(130) from None
+    except KeyboardInterrupt:
+        # A second Ctrl-C, or one after training: say what the run folder holds.
+        done = _epochs_committed(folder)
+        if done >= run.train.epochs:
+            print(
+                f"nbcnn: Ctrl-C after training completed ({done} epochs, weights "
+                f"{printable(str(folder.file('model.npz')))}); the test evaluation or "
+                "curves.png was skipped",
+                file=sys.stderr,
+            )
+            return
+        print(
+            f"nbcnn: interrupted; {done} epoch(s) completed and kept in "
+            f"{printable(str(out))}. Resume with: {printable(resume_command)}",
+            file=sys.stderr,
+        )
+        raise typer.Exit(130) from None
+
+
+def _epochs_committed(folder) -> int:
+    try:
+        return len(folder.file("metrics.jsonl").read_text().splitlines())
+    except (OSError, UnicodeDecodeError):
+        return 0
+
+
+def _after_training(folder, model, dataset, interrupted: bool) -> None:
+    """The test evaluation and curves.png of a completed run (skipped after a Ctrl-C in the
+    last epoch: the run is complete, the user wants to stop)."""
+    from nbcnn.pictures import write_curves
+
+    weights = printable(str(folder.file("model.npz")))
+    if interrupted:
+        print(
+            f"nbcnn: Ctrl-C during the last epoch: training is complete (weights {weights}); "
+            "the test evaluation was skipped",
+            file=sys.stderr,
+        )
+    else:
+        result = model.evaluate(dataset.x_test, dataset.y_test, inference_batch_size(model))
+        console().print(
+            f"test: loss {result['loss']:.4f}  accuracy {result['accuracy']:.4f}  "
+            f"({result['samples']} samples)  weights: {weights}",
+            highlight=False,
+            markup=False,
+        )
+    write_curves(folder.path, missing_ok=True)
+
+
+def _resume_command(config, output) -> str:
+    """The command that continues this run (its flags are in the run's config.yaml)."""
+    import shlex
+
+    words = ["nbcnn", "train", str(config), "--output", str(output), "--resume"]
+    return " ".join(shlex.quote(w) for w in words)

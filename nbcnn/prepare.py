@@ -1,0 +1,263 @@
+"""Preparing and running a training run from a config: one path for the CLI and the Python API.
+
+``nbcnn train config.yaml --epochs 3`` and ``nbcnn.fit_config("config.yaml", epochs=3)`` go
+through the same three steps, so the two cannot drift apart:
+
+1. :func:`prepare_run` reads the config, applies the overrides, checks everything that can
+   refuse the run (the train section, the data path, early stopping's monitor, layers without
+   compute, the run folder, a resume's recorded settings, the memory a step needs) and
+   creates nothing;
+2. :func:`load_data` loads the data the resolved settings name, shaped for the model;
+3. :func:`run_training` writes the resolved config into the locked run folder and trains.
+
+The CLI adds only what is printed: the progress bar, the test line, the resume hint.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from nbcnn.errors import ConfigError
+from nbcnn.model import Sequential
+from nbcnn.runs import RunFolder
+from nbcnn.spec import ModelSpec, TrainSpec
+
+#: The overrides ``prepare_run`` takes, as ``TrainSpec`` fields (the CLI's flags).
+OVERRIDES = ("epochs", "batch_size", "output", "seed", "threads")
+
+
+@dataclass
+class PreparedRun:
+    """A run checked and ready to train: nothing has been written yet.
+
+    ``train`` is the resolved train section (the config, the overrides and, on a resume,
+    what the run folder recorded); ``resuming`` is True when ``resume`` finds a checkpoint.
+    """
+
+    config: Path
+    spec: ModelSpec
+    model: Sequential
+    train: TrainSpec
+    folder: RunFolder
+    resume: bool = False
+    overwrite: bool = False
+
+    @property
+    def resuming(self) -> bool:
+        return self.resume and self.folder.has_checkpoint()
+
+    def resolved_config(self) -> dict[str, Any]:
+        """The config document with every default and override of the train section written
+        in: what the run folder's config.yaml records."""
+        from nbcnn.spec import train_to_dict
+
+        return {**self.spec.raw, "train": train_to_dict(self.train)}
+
+
+def dataset_for_path(path: str, current: str) -> str:
+    """``--data PATH`` picks the loader from the path: a folder is IDX, a file is npz."""
+    if os.path.isdir(path):  # False for paths the OS refuses too: the loader names them
+        return "idx"
+    if current in ("npz", "idx"):
+        return current
+    return "npz"
+
+
+def prepare(
+    config: str | os.PathLike, data: str | None = None, overrides: dict[str, Any] | None = None
+) -> tuple[ModelSpec, Sequential, TrainSpec]:
+    """Config, model and train settings with the overrides applied (``None`` values are
+    ignored); every check that needs no data and no run folder, errors naming the file."""
+    from nbcnn.spec import check_output_path, load_spec, parse_train
+
+    config = Path(config)
+    spec = load_spec(config)
+    try:
+        model = Sequential.from_spec(spec)
+        train = parse_train(spec.train, default_output=f"runs/{spec.name}")
+    except ConfigError as err:
+        raise err.located(file=str(config)) from None
+    changes = {k: v for k, v in (overrides or {}).items() if v is not None}
+    unknown = sorted(set(changes) - set(OVERRIDES))
+    if unknown:
+        raise ConfigError(
+            f"unknown override {unknown[0]!r}; choose from {', '.join(OVERRIDES)}",
+            where=unknown[0],
+        )
+    if "output" in changes:
+        changes["output"] = check_output_path(changes["output"], "--output")
+    if data is not None:
+        changes["path"] = data
+        changes["dataset"] = dataset_for_path(data, train.dataset)
+    train = replace(train, **changes)
+    early = train.early_stopping
+    if early and early["monitor"].startswith("val_") and train.validation_split == 0:
+        raise ConfigError(
+            f"monitor {early['monitor']!r} needs validation data: set "
+            "train.data.validation_split above 0 or monitor 'loss'",
+            file=str(config),
+            where="train.early_stopping.monitor",
+        )
+    missing = model.without_compute()
+    if missing:
+        i, layer, dist = missing[0]
+        raise ConfigError(
+            f"layer type {type(layer).__name__} from distribution {dist!r} brings no compute "
+            "(calculator only), so this model cannot be trained or run",
+            file=str(config),
+            where=f"layers[{i}] {layer.name!r}",
+        )
+    return spec, model, train
+
+
+def prepare_run(
+    config: str | os.PathLike,
+    *,
+    data: str | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    **overrides: Any,
+) -> PreparedRun:
+    """Check a training run of ``config`` before anything is created or changed.
+
+    overrides : ``epochs``, ``batch_size``, ``output``, ``seed``, ``threads`` (None = the
+    config's). With ``resume`` and a checkpoint in the output folder, the run continues as its
+    config.yaml recorded it (:func:`nbcnn.resume.resumed_train`: a differing override is
+    refused by name, ``epochs`` may extend the run).
+    """
+    from nbcnn.resources import check_training_memory
+
+    if resume and overwrite:
+        raise ConfigError(
+            "--resume continues the run in the output folder and --overwrite replaces it: "
+            "pass one of them",
+            where="--resume --overwrite",
+        )
+    config = Path(config)
+    spec, model, train = prepare(config, data, overrides)
+    folder = RunFolder(train.output)
+    folder.check_can_start(resume=resume, overwrite=overwrite, config_file=config)
+    if resume and folder.has_checkpoint():
+        from nbcnn.resume import resumed_train
+
+        flags = {k: v for k, v in overrides.items() if v is not None and k != "output"}
+        if data is not None:
+            flags.update(path=train.path, dataset=train.dataset)
+        train = resumed_train(str(folder.file("config.yaml")), spec.raw, train, flags)
+    check_training_memory(model, train.batch_size, train.optimizer)  # before any allocation
+    return PreparedRun(config, spec, model, train, folder, resume, overwrite)
+
+
+def load_data(model: Sequential, train: TrainSpec, config: str | os.PathLike):
+    """The :class:`~nbcnn.data.Dataset` that ``train`` names, shaped for ``model``; a data
+    shape that does not fit names the config's ``input_shape`` as well as the data."""
+    from nbcnn.data import ShapeMismatch, load_dataset
+
+    try:
+        return load_dataset(
+            train.dataset,
+            path=train.path,
+            input_shape=model.input_shape,
+            validation_split=train.validation_split,
+            seed=train.seed,
+            num_classes=model.output_shape[-1],
+        )
+    except ConfigError as err:
+        raise err.located(file=str(config)) from None
+    except ShapeMismatch as err:
+        raise ConfigError(
+            f"{list(model.input_shape)} does not fit the data: {err.file or 'the data'} has "
+            f"samples of shape {err.samples} (change input_shape, or give other data)",
+            file=str(config),
+            where="input_shape",
+        ) from None
+
+
+def run_training(
+    run: PreparedRun,
+    dataset,
+    *,
+    callback: Callable[[str, dict[str, Any]], None] | None = None,
+    verbose: int = 0,
+    on_start: Callable[[], None] | None = None,
+):
+    """Train ``run`` on ``dataset`` in its run folder, locked while it writes; returns the
+    :class:`~nbcnn.train.History`.
+
+    The model is compiled and initialised from the resolved settings; on a resume the
+    checkpoint is loaded (and refused if it does not fit) before the folder is touched. The
+    resolved config is written first, so that a run interrupted in its first epoch still
+    records how it was started. ``on_start`` runs once the folder is held.
+    """
+    import yaml
+
+    from nbcnn.io import write_text_atomic
+
+    model, train, folder = run.model, run.train, run.folder
+    model.compile(optimizer=train.optimizer)
+    model.initialize(train.seed)
+    if run.resuming:
+        folder.load_checkpoint(model)  # refused here if it does not fit: nothing written yet
+    folder.acquire(resume=run.resume, overwrite=run.overwrite)
+    try:
+        text = yaml.safe_dump(run.resolved_config(), sort_keys=False)
+        write_text_atomic(folder.file("config.yaml"), text)
+        if on_start is not None:
+            on_start()
+        validation = (dataset.x_val, dataset.y_val) if len(dataset.x_val) else None
+        return model.fit(
+            dataset.x_train,
+            dataset.y_train,
+            epochs=train.epochs,
+            batch_size=train.batch_size,
+            validation_data=validation,
+            seed=train.seed,
+            output=folder,
+            resume=run.resume,
+            early_stopping=train.early_stopping,
+            callback=callback,
+            verbose=verbose,
+        )
+    finally:
+        folder.release()
+
+
+def model_with_weights(
+    config: str | os.PathLike, weights: str | os.PathLike | None = None
+) -> tuple[ModelSpec, Sequential, TrainSpec]:
+    """The model of ``config``, initialised from its seed, with ``weights`` (a .npz saved by
+    nbcnn) loaded when given."""
+    spec, model, train = prepare(config)
+    model.initialize(train.seed)
+    if weights is not None:
+        model.load_weights(weights)
+    return spec, model, train
+
+
+def fit_config(
+    config: str | os.PathLike,
+    *,
+    data: str | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    verbose: int = 1,
+    **overrides: Any,
+):
+    """Train ``config`` as ``nbcnn train`` does, from Python: returns ``(model, history)``.
+
+    The run folder (``train.output`` or ``output=``) gets the same files as from the CLI;
+    ``epochs``, ``batch_size``, ``output``, ``seed`` and ``threads`` override the config;
+    ``resume``/``overwrite`` as the CLI's flags. ``verbose=1`` prints a line per epoch.
+    """
+    from nbcnn.kernels._jit import set_threads
+
+    run = prepare_run(config, data=data, resume=resume, overwrite=overwrite, **overrides)
+    if run.train.threads is not None:
+        run.train = replace(run.train, threads=set_threads(run.train.threads))
+    dataset = load_data(run.model, run.train, run.config)
+    history = run_training(run, dataset, verbose=verbose)
+    return run.model, history

@@ -1,0 +1,65 @@
+"""One path prepares and runs training for the CLI and the Python API (nbcnn/prepare.py,
+issue 13 item 8): `nbcnn.fit_config` writes the same run as `nbcnn train`, refuses what the
+CLI refuses, and creates nothing for a refused run."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import yaml
+from helpers import cli, model_doc
+
+import nbcnn
+from nbcnn.errors import ConfigError
+from nbcnn.prepare import dataset_for_path, prepare_run
+
+DENSE = [{"type": "Flatten"}, {"type": "Dense", "units": 10, "activation": "softmax"}]
+
+
+@pytest.fixture
+def config(write_config):
+    doc = model_doc(*DENSE, input_shape=(8, 8, 1))
+    doc["train"] = {"data": {"dataset": "digits"}, "epochs": 2, "batch_size": 64}
+    return write_config(doc)
+
+
+def test_fit_config_trains_the_same_run_as_the_cli(config, tmp_path):
+    done = cli("train", config, "--output", tmp_path / "cli", "--seed", "3")
+    assert done.exit_code == 0, done.stderr
+    model, history = nbcnn.fit_config(config, output=str(tmp_path / "api"), seed=3, verbose=0)
+    assert len(history.history["loss"]) == 2
+    for name in ("model.npz", "checkpoint.npz", "metrics.jsonl", "config.yaml"):
+        assert (tmp_path / "api" / name).exists(), name
+    with np.load(tmp_path / "cli" / "model.npz") as a, np.load(tmp_path / "api" / "model.npz") as b:
+        assert a.files == b.files
+        for key in a.files:
+            np.testing.assert_array_equal(a[key], b[key])
+    for w, key in zip(model.get_weights(), sorted(np.load(tmp_path / "api" / "model.npz").files)):
+        assert w.dtype == np.float32, key
+    recorded = [yaml.safe_load((tmp_path / f / "config.yaml").read_text()) for f in ("cli", "api")]
+    recorded[0]["train"]["output"] = recorded[1]["train"]["output"]
+    assert recorded[0] == recorded[1]
+
+
+def test_fit_config_resume_refuses_a_differing_override_by_name(config, tmp_path):
+    out = str(tmp_path / "run")
+    nbcnn.fit_config(config, output=out, epochs=1, verbose=0)
+    with pytest.raises(ConfigError, match="batch_size 64.*--batch-size asks for 32"):
+        nbcnn.fit_config(config, output=out, resume=True, batch_size=32, verbose=0)
+    _, history = nbcnn.fit_config(config, output=out, resume=True, verbose=0)
+    assert len(history.history["loss"]) == 1  # epoch 2 only: epoch 1 was committed before
+
+
+def test_a_refused_run_creates_nothing(config, tmp_path):
+    with pytest.raises(ConfigError, match="pass one of them"):
+        prepare_run(config, output=str(tmp_path / "a"), resume=True, overwrite=True)
+    with pytest.raises(ConfigError, match="unknown override 'learning_rate'"):
+        prepare_run(config, output=str(tmp_path / "b"), learning_rate=0.1)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_data_path_picks_the_loader(tmp_path):
+    (tmp_path / "idx").mkdir()
+    assert dataset_for_path(str(tmp_path / "idx"), "digits") == "idx"
+    assert dataset_for_path(str(tmp_path / "x.npz"), "digits") == "npz"
+    assert dataset_for_path(str(tmp_path / "x.npz"), "idx") == "idx"
