@@ -2,7 +2,7 @@
 exit code 2, an impossible memory request is refused before anything is allocated, and faults
 during training (kill -9, a full disk, an unwritable folder, a NaN loss, a plugin that raises)
 end with a clear message and leave the earlier checkpoint intact. Each promise in
-README.md ("What nbcnn guarantees") names the test here (or in test_train.py, test_config_errors.py,
+docs/guarantees.md names the test here (or in test_train.py, test_config_errors.py,
 test_fuzz_spec.py) that checks it."""
 
 from __future__ import annotations
