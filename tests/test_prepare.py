@@ -63,3 +63,11 @@ def test_data_path_picks_the_loader(tmp_path):
     assert dataset_for_path(str(tmp_path / "idx"), "digits") == "idx"
     assert dataset_for_path(str(tmp_path / "x.npz"), "digits") == "npz"
     assert dataset_for_path(str(tmp_path / "x.npz"), "idx") == "idx"
+
+
+def test_resume_with_overwrite_is_one_line_from_the_cli(config, tmp_path):
+    """Found 6 of issue 13: `--resume --overwrite` was accepted together."""
+    result = cli("train", config, "--output", tmp_path / "run", "--resume", "--overwrite")
+    assert result.exit_code == 2
+    assert result.stderr.count("\n") == 1 and "--resume --overwrite" in result.stderr
+    assert not (tmp_path / "run").exists()
