@@ -60,13 +60,13 @@ class NbcnnRunner:
 
     def step(self, x, y):
         m = self.model
-        m.layers[-1].fused_softmax = True
+        m.layers[-1].fused_activation = True
         out = m.forward(x, training=True)
         _, grad, _ = loss_and_grad(m, out, y)
         m.backward(grad, input_grad=False)
         grads = [layer.grads[name] for layer, name in self.owners]
         m.compiled.optimizer.step(self.params, grads)
-        m.layers[-1].fused_softmax = False
+        m.layers[-1].fused_activation = False
 
     def infer(self, x):
         return self.model.forward(x, training=False)
@@ -106,7 +106,7 @@ def gradient_check(config, x, y, torch):
     for module in net:
         if isinstance(module, torch.nn.Dropout):
             module.p = 0.0
-    model.layers[-1].fused_softmax = True
+    model.layers[-1].fused_activation = True
     out = model.forward(x, training=True)
     _, grad, _ = loss_and_grad(model, out, y)
     model.backward(grad)

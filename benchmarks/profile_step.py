@@ -49,7 +49,7 @@ def main():
         totals[name] += time.perf_counter() - start
         return value
 
-    model.layers[-1].fused_softmax = True
+    model.layers[-1].fused_activation = True
     steps = model.steps()  # a fused conv + pool pair is one step, named "conv2d+max_pooling2d"
     names = {i: "+".join(layer.name for layer in getattr(s, "layers", [s])) for i, s in steps}
     for step in range(args.steps + 3):  # 3 warm-up steps (compile, caches)

@@ -18,10 +18,31 @@ from nbcnn.layers.base import API_VERSION as PLUGIN_API_VERSION  # noqa: E402, F
 
 
 def load_model(config, input_shape=None):
-    """Build the Sequential model of a YAML config (see :func:`nbcnn.model.load_model`)."""
+    """Build the Sequential model of a YAML config file or a config dict (see
+    :func:`nbcnn.model.load_model`)."""
     from nbcnn.model import load_model as _load_model
 
     return _load_model(config, input_shape=input_shape)
+
+
+#: The Keras-like API, imported on first use so that ``import nbcnn`` stays light (and
+#: ``nbcnn summary`` free of numba): name -> module that defines it.
+_LAZY = {
+    "Sequential": "nbcnn.model",
+    "from_config": "nbcnn.model",
+    "model_from_yaml": "nbcnn.model",
+    "callbacks": None,  # the submodule nbcnn.callbacks itself
+}
+
+
+def __getattr__(name):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'nbcnn' has no attribute {name!r}")
+    import importlib
+
+    if _LAZY[name] is None:
+        return importlib.import_module(f"nbcnn.{name}")
+    return getattr(importlib.import_module(_LAZY[name]), name)
 
 
 def fit_config(config, **kwargs):

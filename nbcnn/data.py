@@ -1,7 +1,7 @@
 """Datasets for training and images for prediction.
 
 ``load_dataset`` returns a ``Dataset`` of float32 images scaled to [0, 1] with int64 labels,
-from one of four sources:
+from one of these sources:
 
 - ``digits``: scikit-learn's bundled 8x8 digits (no download), a fixed 80/20 train/test split.
 - ``npz``: Keras's ``mnist.npz`` layout (``x_train``, ``y_train``, ``x_test``, ``y_test``).
@@ -9,6 +9,9 @@ from one of four sources:
   10,000 test images are split into the first 80% for training and the last 20% for testing,
   the same split as ``mnist_10k.npz`` in the shared data folder.
 - ``synthetic``: a small learnable dataset generated from the seed, for tests.
+- ``mnist``, ``fashion_mnist``, ``kmnist``, ``cifar10``, ``cifar100``: fetched into the cache on
+  first use and verified (nbcnn.datasets), read with the npz and IDX readers here or, for CIFAR,
+  from the binary tarball member by member; the official train/test split.
 
 Every file is untrusted input: headers are checked against the real sizes before anything is
 allocated, and every defect is a ``DataError`` naming the file.
@@ -20,13 +23,15 @@ import difflib
 import gzip
 import math
 import os
+import tarfile
 import zipfile
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
+from nbcnn import datasets
 from nbcnn.errors import ConfigError, DataError
 from nbcnn.io import (
     READ_ERRORS,
@@ -37,11 +42,12 @@ from nbcnn.io import (
     open_zip,
     read_npy_header,
     read_npz_member,
-    refuse_special_file,
 )
 from nbcnn.layers.args import show, show_some
 
-DATASETS = ("digits", "idx", "npz", "synthetic")
+DATASETS = ("digits", "idx", "npz", "synthetic", "folder", "csv", *datasets.NAMES)
+#: Datasets of image files of your own (nbcnn.imagefolder).
+IMAGE_DATASETS = ("folder", "csv")
 
 # Largest array a data file may declare. MNIST's 60k training images are 47 MB; the cap stops a
 # corrupt or hostile header from making us allocate gigabytes before the data is even read.
@@ -65,9 +71,12 @@ NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
 class Dataset:
     """Train/validation/test arrays.
 
-    x_* : (N, *input_shape) float32 in [0, 1]; y_* : (N,) int64 in [0, num_classes).
-    x_val/y_val are empty (N = 0) when validation_split is 0. source says where the data came
-    from and how it was split.
+    x_* : (N, *input_shape) float32 in [0, 1], or for streamed image folders
+    :class:`~nbcnn.streaming.ImageArray` that read from disk a batch at a time (index them, or
+    ``np.asarray`` for all); y_* : (N,) int64 in [0, num_classes), or float32 targets (N,) or
+    (N, K) from an npz (one-hot, multi-hot, regression: see nbcnn.losses). x_val/y_val are
+    empty (N = 0) when validation_split is 0. source says where the data came from and how it was
+    split; class_names names each class (folder and csv datasets), else None.
     """
 
     x_train: np.ndarray
@@ -78,6 +87,7 @@ class Dataset:
     y_test: np.ndarray
     num_classes: int
     source: str
+    class_names: list[str] | None = None
 
 
 def load_dataset(
@@ -89,17 +99,28 @@ def load_dataset(
     seed: int = 0,
     num_classes: int | None = None,
     size: int | tuple[int, int] | None = None,
+    label_mode: str = "fine",
+    test_path: str | None = None,
+    test_split: float | None = None,
+    image_size: Sequence[int] | None = None,
+    color_mode: str | None = None,
+    interpolation: str = "bilinear",
+    stream: bool | str = "auto",
+    progress: Callable[[int, int], None] | None = None,
     where: str = "train.data",
 ) -> Dataset:
-    """Load ``dataset`` ("digits", "npz", "idx" or "synthetic") shaped for ``input_shape``.
+    """Load ``dataset`` (one of ``DATASETS``) shaped for ``input_shape``.
 
     path : the .npz file or IDX folder (required for npz and idx, ignored otherwise).
+    label_mode : cifar100 only, "fine" (100 classes) or "coarse" (20), as Keras's.
     input_shape : per-sample shape the model takes, e.g. (28, 28, 1); data with one axis fewer
     gets a trailing channel axis. validation_split : the last fraction of the training set,
     after shuffling it with ``np.random.default_rng(seed)``, becomes x_val/y_val.
     num_classes : labels must be below it; inferred as max label + 1 when None (10 for
     synthetic). size : synthetic only, the number of training samples (test = a quarter) or a
     (train, test) pair; default (512, 128). Bad options are a ConfigError located at ``where``.
+    test_path, test_split, image_size, color_mode, interpolation, stream, progress : folder
+    and csv only, see :func:`nbcnn.imagefolder.load_image_dataset` (docs/own-images.md).
     """
     if dataset not in DATASETS:
         close = (
@@ -118,38 +139,57 @@ def load_dataset(
             where=f"{where}.validation_split",
         )
     if num_classes is not None and (
-        isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2
+        isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1
     ):
         raise ConfigError(
-            f"must be an integer >= 2, got {show(num_classes)}", where=f"{where}.num_classes"
+            f"must be an integer >= 1, got {show(num_classes)}", where=f"{where}.num_classes"
         )
     input_shape = tuple(input_shape)
-    if dataset in ("npz", "idx") and not path:
+    if dataset in ("npz", "idx", *IMAGE_DATASETS) and not path:
         raise ConfigError(f"dataset {show(dataset)} needs a path", where=f"{where}.path")
+    datasets.check_label_mode(label_mode, dataset, f"{where}.label_mode")
 
+    if dataset in IMAGE_DATASETS:
+        from nbcnn.imagefolder import load_image_dataset
+
+        return load_image_dataset(
+            dataset,
+            path,
+            input_shape=input_shape,
+            validation_split=validation_split,
+            seed=seed,
+            num_classes=num_classes,
+            test_path=test_path,
+            test_split=test_split,
+            image_size=image_size,
+            color_mode=color_mode,
+            interpolation=interpolation,
+            stream=stream,
+            where=where,
+            progress=progress,
+        )
     if dataset == "digits":
         x_train, y_train, x_test, y_test, source = _load_digits()
     elif dataset == "npz":
         x_train, y_train, x_test, y_test, source = _load_npz(path)
     elif dataset == "idx":
         x_train, y_train, x_test, y_test, source = _load_idx_folder(path)
+    elif dataset in datasets.NAMES:
+        x_train, y_train, x_test, y_test, source = _load_downloaded(dataset, label_mode)
     else:
         num_classes = num_classes or 10
+        if num_classes < 2:
+            raise ConfigError(
+                f"synthetic data needs 2 classes or more, got {num_classes}",
+                where=f"{where}.num_classes",
+            )
         n_train, n_test = _synthetic_sizes(size, where)
         x_train, y_train, x_test, y_test, source = _make_synthetic(
             input_shape, num_classes, seed, n_train, n_test
         )
 
     origin = path or dataset
-    found = int(max(y_train.max(initial=0), y_test.max(initial=0))) + 1
-    if num_classes is None:
-        num_classes = max(found, 2)
-    elif found > num_classes:
-        raise DataError(
-            f"has label {found - 1} but num_classes is {num_classes} (labels must be in "
-            f"[0, {num_classes}))",
-            file=origin,
-        )
+    num_classes = _check_classes(y_train, y_test, num_classes, origin)
     x_train = _fit_shape(x_train, input_shape, origin)
     x_test = _fit_shape(x_test, input_shape, origin)
 
@@ -179,15 +219,19 @@ def batches(
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Yield ``(xb, yb)`` mini-batches covering every sample once.
 
-    x : (N, ...) float32; y : (N,). xb : (B, ...) C-contiguous float32, yb : (B,), B <=
-    batch_size (the last batch may be smaller; nothing is dropped). In order when rng is None
-    (xb is then a view of x), else in the order of ``rng.permutation(N)``.
+    x : (N, ...) float32 (or an ImageArray, read a batch at a time); y : (N,). xb : (B, ...)
+    C-contiguous float32, yb : (B,), B <= batch_size (the last batch may be smaller; nothing
+    is dropped). In order when rng is None (xb is then a view of an array x), else in the
+    order of ``rng.permutation(N)``.
     """
+    from nbcnn.streaming import ImageArray
+
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     if len(x) != len(y):
         raise ValueError(f"{len(x)} samples but {len(y)} labels")
-    x = np.ascontiguousarray(x, dtype=np.float32)
+    if not isinstance(x, ImageArray):  # its batches are float32 copies already
+        x = np.ascontiguousarray(x, dtype=np.float32)
     order = None if rng is None else rng.permutation(len(x))
     for start in range(0, len(x), batch_size):
         if order is None:
@@ -198,42 +242,30 @@ def batches(
             yield x[idx], y[idx]
 
 
-def load_images(paths: Sequence[str], input_shape: tuple[int, ...]) -> np.ndarray:
-    """Read image files as a batch for prediction.
+def load_images(
+    paths: Sequence[str], input_shape: tuple[int, ...], interpolation: str = "bilinear"
+) -> np.ndarray:
+    """Read image files as a batch for prediction, decoded as ``dataset: folder`` decodes them
+    (:func:`nbcnn.imagefolder.decode_image`).
 
-    input_shape : (H, W, 1) or (H, W) for grayscale, (H, W, 3) for RGB. Each image is converted
-    to Pillow mode "L" or "RGB", resized to W x H with bilinear filtering and scaled by 1/255.
-    Returns (len(paths), *input_shape) float32 in [0, 1]. No inversion: MNIST-trained models
-    expect a light digit on a dark background.
+    input_shape : (H, W, 1) or (H, W) for grayscale, (H, W, 3) for RGB, (H, W, 4) for RGBA.
+    Each image is converted to that Pillow mode, resized to W x H with ``interpolation``
+    (Keras's name) and scaled by 1/255. Returns (len(paths), *input_shape) float32 in [0, 1].
+    No inversion: MNIST-trained models expect a light digit on a dark background.
     """
-    input_shape = tuple(input_shape)
-    channels = input_shape[2] if len(input_shape) == 3 else 1
-    if len(input_shape) not in (2, 3) or channels not in (1, 3):
-        raise ConfigError(
-            f"images need input_shape (H, W), (H, W, 1) or (H, W, 3), got {list(input_shape)}",
-            where="input_shape",
-        )
+    from nbcnn.imagefolder import decode_image, image_shape
+    from nbcnn.io import image_bomb_warnings_as_errors
+
     try:
-        from PIL import Image, UnidentifiedImageError
+        import PIL  # noqa: F401 - a dependency, but an environment may lack it
     except ImportError:
         raise DataError("reading images needs Pillow: pip install pillow") from None
-
-    height, width = input_shape[:2]
-    out = np.empty((len(paths), *input_shape), dtype=np.float32)
-    for i, path in enumerate(paths):
-        refuse_special_file(path, "an image")
-        try:
-            with Image.open(path) as image:
-                image = image.convert("L" if channels == 1 else "RGB")
-                image = image.resize((width, height), Image.Resampling.BILINEAR)
-                pixels = np.asarray(image, dtype=np.float32)
-        except FileNotFoundError:
-            raise DataError("file not found", file=str(path)) from None
-        except (UnidentifiedImageError, Image.DecompressionBombError) as err:
-            raise DataError(f"not a readable image ({err})", file=str(path)) from None
-        except (OSError, ValueError) as err:
-            raise DataError(f"cannot read image ({err})", file=str(path)) from None
-        out[i] = (pixels / 255.0).reshape(input_shape)
+    shape, color_mode = image_shape(tuple(input_shape), None, None, "predict")
+    out = np.empty((len(paths), *shape), dtype=np.float32)
+    with image_bomb_warnings_as_errors():
+        for i, path in enumerate(paths):
+            out[i] = decode_image(str(path), shape, color_mode, interpolation)
+    out /= 255.0
     return out
 
 
@@ -259,38 +291,115 @@ class ShapeMismatch(DataError):
         self.samples = samples
 
 
-def _scale_images(x: np.ndarray, origin: str, name: str) -> np.ndarray:
-    """Integer pixels 0..255 -> x / 255; float pixels must already be finite and in [0, 1]."""
+def to_model_input(x: np.ndarray, name: str, file: str | None = None) -> np.ndarray:
+    """The one rule for what a model is fed, shared by the data loaders and the Python API
+    (``fit``, ``evaluate``, ``predict``; docs/python-api.md states it):
+
+    - integer arrays (``uint8`` and every other integer dtype) hold pixels 0..255 and become
+      ``x / 255`` in float32, the scaling Keras's examples apply to MNIST by hand;
+    - float arrays are taken as they are, as float32, and must be finite there (1e300 is not);
+    - anything else (bool, complex, strings) is refused.
+
+    x : (N, ...) -> (N, ...) float32, C-contiguous. DataError names ``name`` (and ``file``).
+    """
     if np.issubdtype(x.dtype, np.integer):
         if x.size and (x.min() < 0 or x.max() > 255):
             raise DataError(
-                f"{name} has integer pixels in [{x.min()}, {x.max()}]; expected 0..255",
-                file=origin,
+                f"{name} has integer pixels in [{x.min()}, {x.max()}]; expected 0..255 (integer "
+                "inputs are pixels, divided by 255; give floats to have values taken as they are)",
+                file=file,
             )
-        out = x.astype(np.float32)
+        out = np.ascontiguousarray(x, dtype=np.float32)
         out /= 255.0
         return out
-    if np.issubdtype(x.dtype, np.floating):
-        if not np.isfinite(x).all():
-            raise DataError(f"{name} contains NaN or infinite values", file=origin)
-        if x.size and (x.min() < 0 or x.max() > 1):
+    if not np.issubdtype(x.dtype, np.floating):
+        raise DataError(
+            f"{name} has dtype {x.dtype}; expected integers 0..255 or floats", file=file
+        )
+    with np.errstate(over="ignore"):
+        out = np.ascontiguousarray(x, dtype=np.float32)
+    # One float64 sum (no temporary the size of x) is finite exactly when every value is.
+    if not np.isfinite(out.sum(dtype=np.float64)):
+        sample = np.argwhere(~np.isfinite(out.reshape(len(out), -1)))[0][0]
+        raise DataError(
+            f"{name}[{sample}] holds NaN or infinite values, or values beyond float32's range "
+            f"(largest {np.finfo(np.float32).max:.8g})",
+            file=file,
+        )
+    return out
+
+
+def _scale_images(x: np.ndarray, origin: str, name: str) -> np.ndarray:
+    """:func:`to_model_input`; a file's float pixels must also lie in [0, 1], since a float
+    file of 0..255 values is almost always a scaling left out."""
+    out = to_model_input(x, name, file=origin)
+    if np.issubdtype(x.dtype, np.floating) and out.size and (out.min() < 0 or out.max() > 1):
+        raise DataError(
+            f"{name} has float pixels in [{out.min():g}, {out.max():g}]; expected [0, 1] "
+            "(or integers 0..255)",
+            file=origin,
+        )
+    return out
+
+
+def _check_classes(
+    y_train: np.ndarray, y_test: np.ndarray, num_classes: int | None, origin: str
+) -> int:
+    """The number of classes (or target columns) of the labels, checked against the model's
+    ``num_classes`` outputs when given. Integer labels must lie below it (a model with one
+    output unit takes 0/1 labels: binary_crossentropy); (N, K) targets must have K columns."""
+    forms = [_target_form(y) for y in (y_train, y_test)]
+    if forms[0] != forms[1]:
+        raise DataError(
+            f"y_train holds {forms[0]} but y_test {forms[1]}: both must have the same form",
+            file=origin,
+        )
+    if y_train.ndim == 2:
+        columns = y_train.shape[1]
+        if num_classes is not None and columns != num_classes:
             raise DataError(
-                f"{name} has float pixels in [{x.min():g}, {x.max():g}]; expected [0, 1] "
-                "(or integers 0..255)",
+                f"targets have {columns} columns but the model has {num_classes} outputs "
+                "(the last layer's units)",
                 file=origin,
             )
-        return x.astype(np.float32)
-    raise DataError(f"{name} has dtype {x.dtype}; expected integers 0..255 or floats", file=origin)
+        return columns
+    if not np.issubdtype(y_train.dtype, np.integer):
+        return num_classes or 1  # float targets (N,): regression or binary, one output
+    found = int(max(y_train.max(initial=0), y_test.max(initial=0))) + 1
+    if num_classes is None:
+        return max(found, 2)
+    if found > num_classes and num_classes > 1:
+        raise DataError(
+            f"has label {found - 1} but num_classes is {num_classes} (labels must be in "
+            f"[0, {num_classes}))",
+            file=origin,
+        )
+    return num_classes
+
+
+def _target_form(y: np.ndarray) -> str:
+    if y.ndim == 2:
+        return f"one-hot or multi-column targets of {y.shape[1]} columns"
+    return "integer class labels" if np.issubdtype(y.dtype, np.integer) else "float targets"
 
 
 def _labels(y: np.ndarray, origin: str, name: str) -> np.ndarray:
-    """(N,) or (N, 1) non-negative integer labels -> (N,) int64."""
-    if y.ndim == 2 and y.shape[1] == 1:
+    """Targets as the losses take them (nbcnn.losses.check_targets checks them against the
+    chosen loss): integer class labels (N,) or (N, 1) -> (N,) int64; float targets (N,)
+    (regression, binary) and (N, K) targets (one-hot, multi-hot, regression) -> float32."""
+    if y.ndim == 2 and y.shape[1] == 1 and np.issubdtype(y.dtype, np.integer):
         y = y[:, 0]  # Keras's CIFAR files store labels as (N, 1)
+    if y.ndim == 2 or np.issubdtype(y.dtype, np.floating):
+        if not (np.issubdtype(y.dtype, np.number) or y.dtype == np.bool_):
+            raise DataError(f"{name} has dtype {y.dtype}; expected numbers", file=origin)
+        with np.errstate(over="ignore", invalid="ignore"):
+            targets = y.astype(np.float32)
+        if not np.isfinite(targets).all():
+            raise DataError(f"{name} holds NaN, inf or values beyond float32's range", file=origin)
+        return targets
     if y.ndim != 1:
         raise DataError(
-            f"{name} has shape {y.shape}; expected integer class labels of shape (N,) "
-            "(one-hot labels are not supported)",
+            f"{name} has shape {y.shape}; expected class labels (N,) or targets (N, K)",
             file=origin,
         )
     if not np.issubdtype(y.dtype, np.integer):
@@ -441,6 +550,93 @@ def _read_idx_pair(images_path: str, labels_path: str):
     y = read_idx(labels_path, IDX_LABELS_MAGIC).astype(np.int64)
     _check_pairs(x, y, images_path, os.path.basename(labels_path))
     return x, y
+
+
+def _load_downloaded(name: str, label_mode: str):
+    """A dataset of nbcnn.datasets' catalogue, fetched (or found in the cache) and verified,
+    with its official train/test split."""
+    info = datasets.info(name)
+    paths = {file: str(path) for file, path in datasets.fetch(name).items()}
+    if info.reader == "npz":
+        x_train, y_train, x_test, y_test, _ = _load_npz(paths[info.files[0].name])
+    elif info.reader == "idx":
+        x_train, y_train = _read_idx_pair(
+            paths["train-images-idx3-ubyte.gz"], paths["train-labels-idx1-ubyte.gz"]
+        )
+        x_test, y_test = _read_idx_pair(
+            paths["t10k-images-idx3-ubyte.gz"], paths["t10k-labels-idx1-ubyte.gz"]
+        )
+    else:
+        archive = paths[info.files[0].name]
+        label_bytes = info.cifar.label_bytes
+        splits = (info.cifar.train, info.cifar.test)
+        (x_train, y_train), (x_test, y_test) = _read_cifar(archive, splits, label_bytes, label_mode)
+    labels = f", {label_mode} labels" if info.coarse_classes else ""
+    source = (
+        f"{name} ({info.title}{labels}; official split {len(x_train)} train+validation / "
+        f"{len(x_test)} test; cached in {datasets.cache_dir(name)})"
+    )
+    return x_train, y_train, x_test, y_test, source
+
+
+#: Bytes of one CIFAR image: 32 x 32 pixels, 3 channels.
+CIFAR_PIXELS = 32 * 32 * 3
+
+
+def _read_cifar(
+    path: str, splits: tuple[tuple[str, ...], ...], label_bytes: int, label_mode: str
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Images and labels of a CIFAR binary .tar.gz, one ``(x, y)`` per split: the records of
+    its members (named in ``splits``) joined in order, in one pass over the archive.
+
+    label_bytes : label bytes before each image (``nbcnn.datasets.CifarLayout`` says the
+    record layout); label_mode : "fine" or "coarse". The archive is read member by member with
+    tarfile: only the named members are read, each must be a regular file holding a whole
+    number of records, and nothing is extracted to disk. (The python version that Keras and
+    torchvision read holds pickles, which run code when loaded: never used here.)
+    x : (N, 32, 32, 3) float32 in [0, 1]; y : (N,) int64.
+    """
+    members = [name for split in splits for name in split]
+    record = label_bytes + CIFAR_PIXELS
+    found: dict[str, np.ndarray] = {}
+    try:
+        with tarfile.open(path, "r:gz") as archive:
+            for member in archive:
+                if member.name not in members:
+                    continue
+                if member.name in found:
+                    raise DataError(f"holds {member.name} twice", file=path)
+                if not member.isreg():
+                    raise DataError(f"{member.name} is not a regular file", file=path)
+                if not 0 < member.size <= MAX_ARRAY_BYTES or member.size % record:
+                    raise DataError(
+                        f"{member.name} has {member.size} bytes, not a whole number of "
+                        f"{record}-byte records",
+                        file=path,
+                    )
+                check_room(member.size * (1 + LOADED_BYTES_PER_VALUE["images"]), member.name, path)
+                with archive.extractfile(member) as stream:
+                    data = stream.read(member.size)
+                if len(data) != member.size:
+                    raise DataError(f"{member.name} is truncated", file=path)
+                found[member.name] = np.frombuffer(data, np.uint8).reshape(-1, record)
+    except MemoryError:
+        raise DataError("not enough memory to read its images", file=path) from None
+    except (tarfile.TarError, EOFError, zlib.error, OSError) as err:
+        raise DataError(f"truncated or corrupt archive ({err})", file=path) from None
+    missing = [name for name in members if name not in found]
+    if missing:
+        raise DataError(f"has no member {missing[0]}", file=path)
+    # CIFAR-100's records start with the coarse label, then the fine one.
+    label_at = label_bytes - 1 if label_mode == "fine" else 0
+    out = []
+    for split in splits:
+        records = np.concatenate([found.pop(name) for name in split])
+        y = records[:, label_at].astype(np.int64)
+        # Channel planes (N, 3, 32, 32) -> channels_last (N, 32, 32, 3), as Keras's loaders.
+        x = records[:, label_bytes:].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+        out.append((_scale_images(x, path, "images"), y))
+    return out
 
 
 def read_idx(path: str | os.PathLike, magic: int) -> np.ndarray:

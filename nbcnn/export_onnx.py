@@ -13,6 +13,8 @@ Choices made for exact outputs:
 * average pooling counts only real cells (``count_include_pad=0``), as nbcnn and Keras do;
 * BatchNormalization is its inference form with the moving statistics, applied per channel on
   the last axis exactly as nbcnn computes it: ``(x - mean) * (gamma / sqrt(var + eps)) + beta``;
+* Rescaling is ``x * scale + offset``; Normalization ``(x - mean) / std`` with its (adapted or
+  given) statistics as constants, so the exported model takes raw inputs as nbcnn's does;
 * Dropout is the identity; UpSampling2D repeats rows and columns with Reshape/Expand/Reshape.
 
 Plugins export their own layers by defining ``to_onnx(self, builder, input_name) ->
@@ -28,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from nbcnn.errors import DataError
-from nbcnn.layers import conv, core, normalization, pooling, reshaping
+from nbcnn.layers import conv, core, normalization, pooling, preprocessing, reshaping
 
 #: Default opset: 17 has every op used here with the attribute forms used here.
 OPSET = 17
@@ -195,6 +197,18 @@ def _batch_norm(layer: normalization.BatchNormalization, b: OnnxBuilder, x: str)
     return b.node("Add", [y, b.constant(beta, "beta")])
 
 
+def _rescaling(layer: preprocessing.Rescaling, b: OnnxBuilder, x: str) -> str:
+    y = b.node("Mul", [x, b.constant(np.float32(layer.scale), "scale")])
+    return b.node("Add", [y, b.constant(np.float32(layer.offset), "offset")])
+
+
+def _normalization(layer: preprocessing.Normalization, b: OnnxBuilder, x: str) -> str:
+    # The same float32 arithmetic as Normalization.forward: (x - mean) / std.
+    mean, std = layer.statistics()
+    y = b.node("Sub", [x, b.constant(mean, "mean")])
+    return b.node("Div", [y, b.constant(std, "std")])
+
+
 def _reshape_to(b: OnnxBuilder, x: str, shape: Sequence[int]) -> str:
     return b.node("Reshape", [x, b.constant(np.array([-1, *shape], np.int64), "shape")])
 
@@ -244,6 +258,8 @@ EXPORTERS: dict[type, Exporter] = {
     core.Activation: lambda layer, b, x: b.activation(x, layer.activation),
     core.Dropout: lambda layer, b, x: b.node("Identity", [x]),
     normalization.BatchNormalization: _batch_norm,
+    preprocessing.Rescaling: _rescaling,
+    preprocessing.Normalization: _normalization,
     reshaping.ZeroPadding2D: _zero_padding,
     reshaping.Cropping2D: _cropping,
     reshaping.UpSampling2D: _upsampling,

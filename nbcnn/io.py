@@ -12,8 +12,11 @@ import os
 import stat
 import tempfile
 import tokenize
+import warnings
 import zipfile
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO, NamedTuple
 
@@ -139,6 +142,45 @@ def refuse_special_file(path: str | os.PathLike, what: str = "a file") -> None:
         raise DataError(f"is a folder, not {what}", file=str(path))
     if not stat.S_ISREG(mode):
         raise DataError("not a regular file (a pipe, a device...); refused", file=str(path))
+
+
+@contextmanager
+def image_bomb_warnings_as_errors() -> Iterator[None]:
+    """Turn Pillow's ``DecompressionBombWarning`` into an exception while the block runs.
+
+    Pillow refuses an image of more than twice ``PIL.Image.MAX_IMAGE_PIXELS`` pixels
+    (89,478,485: about 9459 x 9459) when it opens it, but only warns, two lines on stderr, up
+    to twice that. The warning filter is process-wide (``warnings`` is not thread-safe): enter
+    this once, in the main thread, around a pool of threads that open images."""
+    from PIL import Image
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        yield
+
+
+def image_bomb_error(err: Exception, path: str | os.PathLike) -> DataError | None:
+    """The DataError naming ``path`` for Pillow's decompression-bomb warning or error, None for
+    any other exception."""
+    from PIL import Image
+
+    if isinstance(err, (Image.DecompressionBombWarning, Image.DecompressionBombError)):
+        return DataError(f"image too large to read ({err})", file=str(path))
+    return None
+
+
+@contextmanager
+def refuse_image_bombs(path: str | os.PathLike) -> Iterator[None]:
+    """Pillow's decompression-bomb guard (:func:`image_bomb_warnings_as_errors`) as one
+    DataError naming ``path``."""
+    with image_bomb_warnings_as_errors():
+        try:
+            yield
+        except Exception as err:
+            refused = image_bomb_error(err, path)
+            if refused is None:
+                raise
+            raise refused from None
 
 
 class NpyHeader(NamedTuple):

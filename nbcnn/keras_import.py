@@ -92,8 +92,9 @@ def _open(path: str):
 
 def _array(dataset: Any, path: str, file: str) -> np.ndarray:
     value = np.asarray(dataset[()])
-    if not np.issubdtype(value.dtype, np.floating):
-        raise DataError(f"{path} holds {value.dtype}, not floats", file=file)
+    # Integers too: Keras 3's Normalization stores its count as an int variable.
+    if not (np.issubdtype(value.dtype, np.floating) or np.issubdtype(value.dtype, np.integer)):
+        raise DataError(f"{path} holds {value.dtype}, not numbers", file=file)
     return value.astype(np.float32)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from nbcnn.errors import ConfigError, DataError, NbcnnError
@@ -29,52 +30,57 @@ def layer_label(index: int, layer: Layer) -> str:
 
 
 class Sequential:
-    """A stack of layers with known shapes.
+    """A stack of layers with known shapes, built as Keras's ``Sequential`` is:
+    ``Sequential([Conv2D(32, 3, activation="relu"), ...], input_shape=(28, 28, 1))``, then
+    :meth:`add` for more. The input shape comes from ``input_shape``, else from the first
+    layer's ``input_shape=`` (the Keras 2 habit), else from the first array given to ``fit``,
+    ``evaluate`` or ``predict``. Layers without a name are named as Keras names them
+    (``conv2d``, ``conv2d_1``...), skipping names given explicitly.
 
     Attributes
     ----------
     layers : the Layer objects, in order.
-    input_shape : per-sample input shape, channels-last.
+    input_shape : per-sample input shape, channels-last (None until known).
     shapes : ``(input_shape, output_shape)`` of each layer.
     distributions : the distribution that provides each layer's type.
     """
 
     def __init__(
         self,
-        layers: list[Layer],
-        input_shape: Shape,
+        layers: list[Layer] | tuple[Layer, ...] | None = None,
+        input_shape: Shape | None = None,
         name: str = "model",
         distributions: list[str] | None = None,
         spec: ModelSpec | None = None,
     ):
-        if not isinstance(layers, (list, tuple)) or not layers:
+        layers = [] if layers is None else layers
+        if not isinstance(layers, (list, tuple)):
             raise ConfigError(
-                f"expected a non-empty list of layers, got {show(layers)}",
-                where="Sequential(layers)",
+                f"expected a list of layers, got {show(layers)}", where="Sequential(layers)"
             )
-        for i, layer in enumerate(layers):
-            if not isinstance(layer, Layer):
-                raise ConfigError(
-                    f"expected a Layer, got {show(layer)}", where=f"Sequential(layers[{i}])"
-                )
-        if distributions is not None and len(distributions) != len(layers):
+        if distributions is not None and (
+            not isinstance(distributions, (list, tuple)) or len(distributions) != len(layers)
+        ):
             raise ConfigError(
                 f"expected one distribution name per layer ({len(layers)}), got "
                 f"{show(distributions)}",
                 where="Sequential(distributions)",
             )
-        self.layers = list(layers)
-        self.input_shape = check_shape(input_shape, "Sequential(input_shape)")
         self.name = check_model_name(name, "Sequential(name)")
-        self.distributions = distributions or ["nbcnn"] * len(layers)
         self.spec = spec
-        self.shapes = self._infer_shapes()
-        self._param_specs = [
-            self.calculate(i, "param_shapes", s_in) for i, (s_in, _) in enumerate(self.shapes)
-        ]
+        self.layers: list[Layer] = []
+        self.distributions: list[str] = []
+        self.input_shape: Shape | None = None
+        if input_shape is not None:
+            self.input_shape = check_shape(input_shape, "Sequential(input_shape)")
+        self.shapes: list[tuple[Shape, Shape]] = []
+        self._param_specs: list[list[ParamSpec]] = []
+        self._set_layers(list(layers), distributions, "Sequential")
         self.built = False
         self.rng = None
         self.compiled = None  # set by nbcnn.train.compile
+        #: Set by a callback to stop fit after the current epoch (Keras's attribute).
+        self.stop_training = False
         #: Run Conv2D/Conv1D(relu) -> max pooling pairs as one fused step (nbcnn/fusion.py).
         #: Same results either way; False runs every layer on its own (to measure the gain).
         self.fuse = True
@@ -87,10 +93,15 @@ class Sequential:
         """Instantiate and shape-check every layer; ConfigError names the layer and key."""
         reg = reg or registry()
         layers, dists = [], []
-        counts: dict[str, int] = {}
-        taken = {s.name for s in spec.layers if s.name}
         for s in spec.layers:
             where = f"layers[{s.index}]"
+            if "input_shape" in s.kwargs:
+                # In Python, Conv2D(..., input_shape=...) is accepted on the first layer; a
+                # config has one place for it.
+                raise ConfigError(
+                    "a config takes input_shape at its top level, not on a layer: move it up",
+                    where=f"{where}.input_shape",
+                )
             try:
                 entry = reg.entry(s.type)
             except ConfigError as err:
@@ -115,15 +126,101 @@ class Sequential:
                     "its __init__ call super().__init__?)",
                     where=where,
                 )
-            if s.name is None:
-                layer.name = _default_name(layer.name, counts, taken)
             layers.append(layer)
             dists.append(entry.distribution)
         return cls(layers, spec.input_shape, spec.name, dists, spec)
 
-    def _infer_shapes(self) -> list[tuple[Shape, Shape]]:
-        shapes = []
+    def add(self, layer: Layer) -> None:
+        """Append ``layer`` (Keras's ``Sequential.add``), shape-checked at once when the input
+        shape is known; on any error the model is left as it was. Refused once the model has
+        weights: they and the optimizer's state would no longer match the layers."""
+        if self.built:
+            raise ConfigError(
+                "the model already has weights (fit, predict or get_weights ran); build a new "
+                "Sequential to change its layers",
+                where="add(layer)",
+            )
+        self._set_layers([*self.layers, layer], [*self.distributions, None], "add")
+
+    def _set_layers(self, layers: list[Any], distributions: list[Any] | None, what: str) -> None:
+        """Check ``layers`` (Layer objects, each once), name the unnamed ones, take the input
+        shape from the first layer's ``input_shape=`` if the model has none, and infer every
+        shape; on error, the model keeps its previous layers."""
+        for i, layer in enumerate(layers):
+            where = f"{what}(layers[{i}])" if what == "Sequential" else f"{what}(layer)"
+            if not isinstance(layer, Layer):
+                raise ConfigError(f"expected a Layer, got {show(layer)}", where=where)
+            if not isinstance(getattr(layer, "name", None), str):
+                raise ConfigError(
+                    f"{type(layer).__name__} has no name (does its __init__ call "
+                    "super().__init__?)",
+                    where=where,
+                )
+            if any(layer is other for other in layers[:i]):
+                raise ConfigError(
+                    f"layer {layer.name!r} appears twice; each position needs its own Layer "
+                    "object (it holds its weights)",
+                    where=where,
+                )
+            declared = getattr(layer, "declared_input_shape", None)
+            if declared is not None and i > 0:
+                raise ConfigError(
+                    "input_shape belongs on the first layer only (or Sequential(input_shape=...))",
+                    where=f"{where}.input_shape",
+                )
+        input_shape = self.input_shape
+        declared = getattr(layers[0], "declared_input_shape", None) if layers else None
+        if declared is not None:
+            declared = check_shape(declared, "layers[0].input_shape")
+            if input_shape is not None and declared != input_shape:
+                raise ConfigError(
+                    f"the first layer says input_shape {declared} but the model has {input_shape}",
+                    where="layers[0].input_shape",
+                )
+            input_shape = declared
+        dists = [
+            d if d is not None else _distribution_of(layer)
+            for layer, d in zip(layers, distributions or [None] * len(layers))
+        ]
+        _name_layers(layers)
+        previous = (self.layers, self.distributions, self.input_shape)
+        self.layers, self.distributions, self.input_shape = layers, dists, input_shape
+        try:
+            self._infer_shapes()
+        except BaseException:
+            self.layers, self.distributions, self.input_shape = previous
+            raise
+
+    def _set_input_shape(self, input_shape: Shape) -> None:
+        """Adopt ``input_shape`` (from the first data seen) and infer every shape."""
+        self.input_shape = check_shape(input_shape, "input_shape")
+        try:
+            self._infer_shapes()
+        except BaseException:
+            self.input_shape = None
+            raise
+
+    def require_shapes(self) -> None:
+        """ConfigError unless the model has layers and an input shape (so shapes are known)."""
+        if not self.layers:
+            raise ConfigError("the model has no layers: add some with model.add(...)")
+        if self.input_shape is None:
+            raise ConfigError(
+                "the model does not know its input shape yet: give Sequential(..., "
+                "input_shape=(28, 28, 1)), input_shape= on the first layer, or call fit or "
+                "predict, which take it from the data",
+                where="input_shape",
+            )
+
+    def _infer_shapes(self) -> None:
+        """Each layer's ``(input shape, output shape)`` and weights, from the calculators;
+        nothing to infer before the input shape is known. On error the model keeps the
+        previous ones."""
+        shapes: list[tuple[Shape, Shape]] = []
         shape = self.input_shape
+        if shape is None:
+            self.shapes, self._param_specs = [], []
+            return
         for i, layer in enumerate(self.layers):
             out = self.calculate(i, "output_shape", shape)
             if not out or min(out) < 1:
@@ -133,14 +230,17 @@ class Sequential:
                 )
             shapes.append((shape, out))
             shape = out
-        return shapes
+        specs = [self.calculate(i, "param_shapes", s_in) for i, (s_in, _) in enumerate(shapes)]
+        self.shapes, self._param_specs = shapes, specs
 
     @property
     def output_shape(self) -> Shape:
+        self.require_shapes()
         return self.shapes[-1][1]
 
     def param_specs(self) -> list[list[ParamSpec]]:
         """Each layer's weights, in Keras's order and layout."""
+        self.require_shapes()
         return self._param_specs
 
     def calculate(self, i: int, method: str, *args: Any) -> Any:
@@ -180,13 +280,9 @@ class Sequential:
 
     # ------------------------------------------------------------------ compute
 
-    def initialize(self, seed: int = 0) -> Sequential:
-        """Allocate weights as Keras initialises them (glorot_uniform kernels, zero biases),
-        drawn from ``seed``. Refuses layers that bring no compute, naming their distribution,
-        and weights larger than the available memory, before allocating them."""
-        import numpy as np
-
-        seed = check_int(seed, "initialize(seed)", 0)
+    def require_compute(self) -> None:
+        """Refuse, naming the layer and its distribution, a model with a calculator-only
+        layer: it can be summarised but not run or trained."""
         missing = self.without_compute()
         if missing:
             i, layer, dist = missing[0]
@@ -195,6 +291,16 @@ class Sequential:
                 "(calculator only): it can be summarised but not run or trained",
                 where=layer_label(i, layer),
             )
+
+    def initialize(self, seed: int = 0) -> Sequential:
+        """Allocate weights as Keras initialises them (glorot_uniform kernels, zero biases),
+        drawn from ``seed``. Refuses layers that bring no compute, naming their distribution,
+        and weights larger than the available memory, before allocating them."""
+        import numpy as np
+
+        seed = check_int(seed, "initialize(seed)", 0)
+        self.require_shapes()
+        self.require_compute()
         from nbcnn.resources import check_parameter_memory
 
         check_parameter_memory(self)  # a Dense of 10**9 units must not even try to allocate
@@ -299,66 +405,115 @@ class Sequential:
         return np.concatenate(outputs)
 
     def check_input(self, x: Any, what: str = "x") -> np.ndarray:
-        """``x`` as C-contiguous float32 of shape (N, *input_shape), or DataError: ints or
-        floats that stay finite as float32 (1e300 would become inf, and every output NaN)."""
+        """``x`` as C-contiguous float32 of shape (N, *input_shape) by the input rule that the
+        data loaders share (:func:`nbcnn.data.to_model_input`: integers are 0..255 pixels and
+        are divided by 255, floats are taken as they are), or DataError. A model that does not
+        know its input shape yet takes ``x``'s sample shape."""
         import numpy as np
 
+        from nbcnn.data import to_model_input
+        from nbcnn.streaming import ImageArray
+
+        if isinstance(x, ImageArray) and x.shape[1:] == self.input_shape:
+            return x  # images on disk, read as float32 a batch at a time: never converted whole
         try:
             x = np.asarray(x)
         except (ValueError, TypeError) as err:  # ragged nested lists
             raise DataError(f"{what} is not an array: {err}") from None
+        if self.input_shape is None:
+            if not 2 <= x.ndim <= 5:
+                raise DataError(
+                    f"{what} has shape {tuple(x.shape)}; expected (N, *sample shape) with 1 to 4 "
+                    "sample axes, channels-last"
+                )
+            self._set_input_shape(x.shape[1:])
         if x.ndim != len(self.input_shape) + 1 or tuple(x.shape[1:]) != self.input_shape:
             raise DataError(
                 f"{what} has shape {tuple(x.shape)} but the model takes (N, "
                 f"{', '.join(map(str, self.input_shape))})"
             )
-        if not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)):
-            raise DataError(f"{what} must hold ints or floats, got dtype {x.dtype}")
-        floating = np.issubdtype(x.dtype, np.floating)
-        with np.errstate(over="ignore"):
-            x32 = np.ascontiguousarray(x, dtype=np.float32)
-        # One float64 sum (no temporary the size of x) is finite exactly when every value is.
-        if floating and not np.isfinite(x32.sum(dtype=np.float64)):
-            sample = np.argwhere(~np.isfinite(x32.reshape(len(x32), -1)))[0][0]
-            raise DataError(
-                f"{what}[{sample}] holds NaN, inf or values beyond float32's range "
-                f"(largest {np.finfo(np.float32).max:.8g})"
-            )
-        return x32
+        return to_model_input(x, what)
 
     # ------------------------------------------------------------------ Keras-like API
 
-    def compile(self, optimizer: str | dict | None = None, loss: str | None = None):
-        """Choose optimizer and loss; defaults come from the config's ``train:`` section."""
+    def summary(self, print_fn: Any = None, *, plain: bool = False, explain: bool = False) -> None:
+        """Print the table of ``nbcnn summary`` (Keras's columns, then MACs, memory and
+        receptive field; ``plain`` keeps Keras's columns only, ``explain`` adds the arithmetic
+        of each count). As Keras, returns None and calls ``print_fn`` (default ``print``) on
+        each line."""
+        from nbcnn.summary import render_table, summarize
+
+        self.require_shapes()
+        print_fn = print if print_fn is None else print_fn
+        for line in render_table(summarize(self), extras=not plain, explain=explain).split("\n"):
+            print_fn(line)
+
+    def get_config(self) -> dict[str, Any]:
+        """The config as a dict, the YAML's structure: ``name``, ``input_shape``, ``layers``
+        (each with every argument, defaults included) and the ``train`` section the model was
+        loaded with, if any. :func:`from_config` rebuilds the same model from it."""
+        import copy
+
+        self.require_shapes()
+        config: dict[str, Any] = {
+            "name": self.name,
+            "input_shape": list(self.input_shape),
+            "layers": [layer.get_config() for layer in self.layers],
+        }
+        if self.spec is not None and self.spec.train is not None:
+            config["train"] = copy.deepcopy(self.spec.train)
+        return config
+
+    def to_yaml(self) -> str:
+        """:meth:`get_config` as YAML text, a config file that ``nbcnn`` commands accept."""
+        import yaml
+
+        return yaml.safe_dump(self.get_config(), sort_keys=False)
+
+    def compile(
+        self,
+        optimizer: str | dict | None = None,
+        loss: str | None = None,
+        metrics: list[str] | tuple[str, ...] | None = None,
+    ) -> None:
+        """Choose optimizer, loss and metrics; defaults come from the config's ``train:``
+        section (metrics: ``["accuracy"]``)."""
         from nbcnn import train
 
-        train.compile(self, optimizer=optimizer, loss=loss)
-        return self
+        train.compile(self, optimizer=optimizer, loss=loss, metrics=metrics)
 
     def fit(
         self,
         x,
         y,
-        epochs: int = 1,
         batch_size: int = 32,
+        epochs: int = 1,
+        verbose: int | str = 1,
+        callbacks: list | None = None,
+        validation_split: float = 0.0,
         validation_data=None,
-        verbose: int = 1,
+        shuffle: bool = True,
         **kwargs,
     ):
-        """Train on ``x : (N, *input_shape)`` with integer labels ``y : (N,)``; returns a
-        History whose ``history`` maps loss, accuracy, val_loss, val_accuracy to lists.
-        ``epochs=0`` trains nothing, as in Keras; a bad argument is a ConfigError naming it
-        (``fit(batch_size): expected an int >= 1, got 0``) before any work."""
+        """Train on ``x : (N, *input_shape)`` with integer labels ``y : (N,)``, Keras's
+        arguments in Keras's order (see :func:`nbcnn.train.fit`); returns a History whose
+        ``history`` maps loss, the metrics and, with validation data, their ``val_`` forms
+        to one value per epoch. ``epochs=0`` trains nothing, as in Keras; a bad argument is a
+        ConfigError naming it (``fit(batch_size): expected an int >= 1, got 0``) before any
+        work."""
         from nbcnn import train
 
         return train.fit(
             self,
             x,
             y,
-            epochs=epochs,
             batch_size=batch_size,
-            validation_data=validation_data,
+            epochs=epochs,
             verbose=verbose,
+            callbacks=callbacks,
+            validation_split=validation_split,
+            validation_data=validation_data,
+            shuffle=shuffle,
             **kwargs,
         )
 
@@ -621,6 +776,40 @@ def max_file_members(weights: int) -> int:
     return max(MAX_NPZ_MEMBERS, ARRAYS_PER_WEIGHT * weights + 2)  # + 'iterations' and 'meta'
 
 
+def _name_layers(layers: list[Layer]) -> None:
+    """Name the layers built without a name as Keras does, skipping the names given; refuse
+    a name given twice (weights files store arrays as ``layer/param``)."""
+    where: dict[str, int] = {}
+    for i, layer in enumerate(layers):
+        if getattr(layer, "named", True):
+            if layer.name in where:
+                raise ConfigError(
+                    f"duplicate layer name {show(layer.name)} (also layers[{where[layer.name]}])",
+                    where=f"layers[{i}].name",
+                )
+            where[layer.name] = i
+    counts: dict[str, int] = {}
+    taken = set(where)
+    for layer in layers:
+        if not getattr(layer, "named", True):
+            # The name the layer gave itself (max_pooling2d, or a plugin's own), kept from its
+            # first naming: Sequential.add names every layer again, from the same bases.
+            base = vars(layer).setdefault("default_name", layer.name)
+            layer.name = _default_name(base, counts, taken)
+
+
+def _distribution_of(layer: Layer) -> str:
+    """The distribution whose entry point names ``layer``'s class (no plugin is imported to
+    find it), else the top-level package of the class's module (``__main__`` for a class
+    written in a script)."""
+    cls = type(layer)
+    value = f"{cls.__module__}:{cls.__qualname__}"
+    for entry in registry().entries():
+        if entry.value.replace(" ", "") == value:
+            return entry.distribution
+    return cls.__module__.partition(".")[0]
+
+
 def _default_name(base: str, counts: dict[str, int], taken: set[str]) -> str:
     """Keras's naming: conv2d, conv2d_1, conv2d_2... skipping names given explicitly."""
     while True:
@@ -644,10 +833,15 @@ def layer_failure(model: Sequential, i: int, phase: str, what: str) -> NbcnnErro
     )
 
 
-def load_model(config: str | os.PathLike, input_shape: Shape | None = None) -> Sequential:
-    """Build the model of a YAML config (calculators only; weights on first use)."""
+def load_model(
+    config: str | os.PathLike | Mapping[str, Any], input_shape: Shape | None = None
+) -> Sequential:
+    """Build the model of a YAML config file, or of a config dict (:func:`from_config`);
+    calculators only, weights on first use."""
     from nbcnn.spec import load_spec
 
+    if isinstance(config, Mapping):
+        return from_config(config, input_shape=input_shape)
     if input_shape is not None:
         input_shape = check_shape(input_shape, "load_model(input_shape)")
     spec = load_spec(config, input_shape=input_shape)
@@ -655,3 +849,46 @@ def load_model(config: str | os.PathLike, input_shape: Shape | None = None) -> S
         return Sequential.from_spec(spec)
     except ConfigError as err:
         raise err.located(file=str(config)) from None
+
+
+def from_config(config: Mapping[str, Any], input_shape: Shape | None = None) -> Sequential:
+    """The model of a config given as a dict with the YAML's structure (``name``,
+    ``input_shape``, ``layers``, optional ``train``), checked as a config file is; tuples and
+    NumPy numbers are taken as YAML's lists and numbers. The dict is copied, never kept."""
+    from nbcnn.spec import spec_from_document
+
+    if not isinstance(config, Mapping):
+        raise ConfigError(
+            f"expected a dict like {{'input_shape': [28, 28, 1], 'layers': [...]}}, got "
+            f"{show(config)}",
+            where="from_config(config)",
+        )
+    if input_shape is not None:
+        input_shape = check_shape(input_shape, "from_config(input_shape)")
+    try:
+        doc = _as_yaml_values(config)
+    except RecursionError:
+        raise ConfigError("nested too deeply (a dict inside itself?)", where="config") from None
+    return Sequential.from_spec(spec_from_document(doc, input_shape=input_shape))
+
+
+def model_from_yaml(text: str) -> Sequential:
+    """The model of a config given as YAML text (what :meth:`Sequential.to_yaml` returns),
+    parsed as strictly as a config file."""
+    from nbcnn.spec import parse_yaml, spec_from_document
+
+    if not isinstance(text, str):
+        raise ConfigError(f"expected YAML text, got {show(text)}", where="model_from_yaml(text)")
+    return Sequential.from_spec(spec_from_document(parse_yaml(text)))
+
+
+def _as_yaml_values(value: Any) -> Any:
+    """A copy of ``value`` in the types YAML gives: dict, list, int, float, str, bool, None
+    (a tuple becomes a list, a NumPy array a list, a NumPy number an int or float)."""
+    if isinstance(value, Mapping):
+        return {k: _as_yaml_values(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_as_yaml_values(v) for v in value]
+    if hasattr(value, "ndim") and hasattr(value, "tolist"):  # a NumPy array or scalar
+        return _as_yaml_values(value.tolist())
+    return value

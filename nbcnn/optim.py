@@ -1,9 +1,15 @@
-"""Optimizers (SGD, Adam, RMSprop) and per-epoch learning-rate schedules.
+"""Optimizers (SGD, Adam, AdamW, RMSprop) and per-epoch learning-rate schedules.
 
 Defaults and update rules are Keras 3's (``keras/src/optimizers/sgd.py``, ``adam.py``,
-``rmsprop.py``), operation for operation, so a config that trains well in Keras trains the same
-way here. Updates are done in place on float32 arrays with two persistent scratch buffers,
-so a training step allocates nothing in the optimizer.
+``adamw.py``, ``rmsprop.py``), operation for operation, so a config that trains well in Keras
+trains the same way here. Every optimizer takes Keras's common arguments
+(``keras/src/optimizers/base_optimizer.py``), applied in Keras's order each step: first the
+gradients are clipped (``clipnorm``: each gradient array to that L2 norm; ``global_clipnorm``: all
+of them together to that global norm; ``clipvalue``: each element to [-v, v]; at most one of the
+three), then weight decay shrinks every parameter, ``p -= p * weight_decay * lr`` (decoupled, as
+in Loshchilov & Hutter's AdamW, with the step's learning rate), then the optimizer's own update
+runs. Updates are done in place on float32 arrays with persistent scratch buffers, so a training
+step allocates nothing in the optimizer.
 
 An optimizer's whole state is ``iterations`` plus its slot arrays; ``state_dict`` returns them
 as a flat ``name -> array`` mapping (``np.savez``-ready) and ``load_state_dict`` restores them
@@ -20,7 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from nbcnn.errors import ConfigError, DataError
-from nbcnn.layers.args import did_you_mean, key_text, show
+from nbcnn.layers.args import check_options, show, split_type
 
 
 def _number(name: str, value: object) -> float:
@@ -64,19 +70,58 @@ def _flag(name: str, value: object) -> bool:
     return value
 
 
+def _optional_positive(name: str, value: object) -> float | None:
+    return None if value is None else _positive(name, value)
+
+
+def _optional_decay(name: str, value: object) -> float | None:
+    if value is None:
+        return None
+    x = _number(name, value)
+    if x < 0:
+        raise ConfigError(f"must be >= 0 (or null for none), got {show(value)}", where=name)
+    return x
+
+
+#: Keras's arguments common to every optimizer (``BaseOptimizer.__init__``), all off by default.
+COMMON_OPTIONS = ("weight_decay", "clipnorm", "clipvalue", "global_clipnorm")
+
+
 class Optimizer:
-    """Base class: slot bookkeeping, scratch buffers, state I/O; subclasses define ``_update``.
+    """Base class: clipping, weight decay, slot bookkeeping, scratch buffers, state I/O;
+    subclasses define ``_update``.
 
     Subclasses list their per-parameter slot arrays in ``_slot_names()`` and update one
     parameter in ``_update(i, p, g, lr, t1, t2)`` where t1, t2 are scratch arrays shaped like p.
+    They pass ``**common`` (the ``COMMON_OPTIONS``) on to this constructor.
     """
 
-    def __init__(self, learning_rate: float):
+    def __init__(
+        self,
+        learning_rate: float,
+        *,
+        weight_decay: float | None = None,
+        clipnorm: float | None = None,
+        clipvalue: float | None = None,
+        global_clipnorm: float | None = None,
+    ):
         self.learning_rate = _positive("learning_rate", learning_rate)
+        self.weight_decay = _optional_decay("weight_decay", weight_decay)
+        self.clipnorm = _optional_positive("clipnorm", clipnorm)
+        self.clipvalue = _optional_positive("clipvalue", clipvalue)
+        self.global_clipnorm = _optional_positive("global_clipnorm", global_clipnorm)
+        clips = [k for k in ("clipnorm", "clipvalue", "global_clipnorm") if getattr(self, k)]
+        if len(clips) > 1:  # Keras: "Only one of `clipnorm`, `clipvalue` and ..."
+            raise ConfigError(
+                f"only one of clipnorm, clipvalue and global_clipnorm can be set, got "
+                f"{' and '.join(clips)}",
+                where=clips[1],
+            )
         self.iterations = 0
         # slot name -> one array per parameter, created on the first step (or by load).
         self._slots: dict[str, list[np.ndarray]] | None = None
-        self._scratch: tuple[np.ndarray, np.ndarray] | None = None
+        # t1, t2 for the updates and, when clipping, a third for the clipped gradient.
+        self._scratch: tuple[np.ndarray, ...] | None = None
 
     def _slot_names(self) -> tuple[str, ...]:
         raise NotImplementedError
@@ -84,9 +129,18 @@ class Optimizer:
     def _update(self, i, p, g, lr, t1, t2) -> None:
         raise NotImplementedError
 
+    @classmethod
+    def option_names(cls) -> list[str]:
+        """Every option a config may give this optimizer: its own, then the common ones."""
+        own = [
+            p.name for p in inspect.signature(cls).parameters.values() if p.kind != p.VAR_KEYWORD
+        ]
+        return own + [name for name in COMMON_OPTIONS if name not in own]
+
     def config(self) -> dict:
-        """The constructor arguments, ``{"type": ..., "learning_rate": ..., ...}``."""
-        names = inspect.signature(type(self)).parameters
+        """The resolved options, ``{"type": ..., "learning_rate": ..., ...}``, every default
+        written in (the run's config.yaml records this)."""
+        names = self.option_names()
         return {"type": type(self).__name__.lower(), **{k: getattr(self, k) for k in names}}
 
     def __repr__(self) -> str:
@@ -114,13 +168,31 @@ class Optimizer:
             self._slots = {name: [np.zeros_like(p) for p in params] for name in self._slot_names()}
         self._check_slots(params)
         size = max((p.size for p in params), default=0)
-        if self._scratch is None or self._scratch[0].size < size:
-            self._scratch = (np.empty(size, np.float32), np.empty(size, np.float32))
+        clipping = bool(self.clipnorm or self.clipvalue or self.global_clipnorm)
+        buffers = 3 if clipping else 2
+        if self._scratch is None or len(self._scratch) < buffers or self._scratch[0].size < size:
+            self._scratch = tuple(np.empty(size, np.float32) for _ in range(buffers))
+        scale = _global_scale(grads, self.global_clipnorm) if self.global_clipnorm else None
         for i, (p, g) in enumerate(zip(params, grads, strict=True)):
             g = np.asarray(g, dtype=np.float32)
-            t1, t2 = (s[: p.size].reshape(p.shape) for s in self._scratch)
+            t1, t2, *t3 = (s[: p.size].reshape(p.shape) for s in self._scratch)
+            if clipping:
+                g = self._clip(g, scale, out=t3[0])
+            if self.weight_decay:
+                np.multiply(p, np.float32(self.weight_decay) * np.float32(lr), out=t1)
+                p -= t1
             self._update(i, p, g, lr, t1, t2)
         self.iterations += 1
+
+    def _clip(self, g: np.ndarray, scale: float | None, out: np.ndarray) -> np.ndarray:
+        """``g`` clipped into ``out`` as Keras's ``_clip_gradients``: by the global ``scale``,
+        by this array's own norm (``g * clipnorm / max(norm, clipnorm)``), or by value."""
+        if self.clipvalue:
+            return np.clip(g, -self.clipvalue, self.clipvalue, out=out)
+        if scale is None:
+            norm = math.sqrt(float(np.square(g, dtype=np.float64).sum()))
+            scale = self.clipnorm / max(norm, self.clipnorm) if math.isfinite(norm) else math.nan
+        return np.multiply(g, np.float32(scale), out=out)
 
     def _check_slots(self, params: list[np.ndarray]) -> None:
         """Loaded state must fit the parameters it is applied to (a resume of another model)."""
@@ -178,6 +250,14 @@ class Optimizer:
                 )
 
 
+def _global_scale(grads: list[np.ndarray], clip: float) -> float:
+    """Keras's ``clip_by_global_norm``: every gradient is multiplied by
+    ``clip / max(global_norm, clip)``, the global norm taken over all arrays together; a
+    non-finite norm gives NaN (the step then fails loudly, as in Keras)."""
+    norm = math.sqrt(sum(float(np.square(g, dtype=np.float64).sum()) for g in grads))
+    return clip / max(norm, clip) if math.isfinite(norm) else math.nan
+
+
 def _slot(state: dict, key: str) -> np.ndarray:
     """One optimizer slot as float32; refused when not real numbers or beyond float32."""
     value = np.asarray(state[key])
@@ -197,8 +277,14 @@ class SGD(Optimizer):
     ``p += m``, or with Nesterov ``p += momentum * m - lr * g``.
     """
 
-    def __init__(self, learning_rate: float = 0.01, momentum: float = 0.0, nesterov: bool = False):
-        super().__init__(learning_rate)
+    def __init__(
+        self,
+        learning_rate: float = 0.01,
+        momentum: float = 0.0,
+        nesterov: bool = False,
+        **common: float | None,
+    ):
+        super().__init__(learning_rate, **common)
         self.momentum = _fraction("momentum", momentum)
         self.nesterov = _flag("nesterov", nesterov)
 
@@ -235,8 +321,9 @@ class Adam(Optimizer):
         beta_1: float = 0.9,
         beta_2: float = 0.999,
         epsilon: float = 1e-7,
+        **common: float | None,
     ):
-        super().__init__(learning_rate)
+        super().__init__(learning_rate, **common)
         self.beta_1 = _fraction("beta_1", beta_1)
         self.beta_2 = _fraction("beta_2", beta_2)
         self.epsilon = _positive("epsilon", epsilon)
@@ -262,6 +349,30 @@ class Adam(Optimizer):
         p -= t2
 
 
+class AdamW(Adam):
+    """Adam with decoupled weight decay (Loshchilov & Hutter, "Decoupled Weight Decay
+    Regularization", 2019), Keras 3's ``AdamW``: Adam whose ``weight_decay`` defaults to 0.004
+    and may not be null. The decay is the common ``p -= p * weight_decay * lr`` (see the
+    module docstring), applied before Adam's update."""
+
+    def __init__(
+        self,
+        learning_rate: float = 0.001,
+        weight_decay: float = 0.004,
+        beta_1: float = 0.9,
+        beta_2: float = 0.999,
+        epsilon: float = 1e-7,
+        **common: float | None,
+    ):
+        if weight_decay is None:  # Keras: "Argument `weight_decay` must be a float."
+            raise ConfigError(
+                "AdamW needs a number (Keras's default is 0.004)", where="weight_decay"
+            )
+        super().__init__(
+            learning_rate, beta_1, beta_2, epsilon, weight_decay=weight_decay, **common
+        )
+
+
 class RMSprop(Optimizer):
     """RMSprop with optional plain momentum and centering, Keras 3's rule.
 
@@ -278,8 +389,9 @@ class RMSprop(Optimizer):
         momentum: float = 0.0,
         epsilon: float = 1e-7,
         centered: bool = False,
+        **common: float | None,
     ):
-        super().__init__(learning_rate)
+        super().__init__(learning_rate, **common)
         self.rho = _fraction("rho", rho)
         self.momentum = _fraction("momentum", momentum)
         self.epsilon = _positive("epsilon", epsilon)
@@ -321,39 +433,12 @@ class RMSprop(Optimizer):
             p -= t2
 
 
-OPTIMIZERS: dict[str, type[Optimizer]] = {"sgd": SGD, "adam": Adam, "rmsprop": RMSprop}
-
-
-def _split_type(spec: object, where: str, choices: list[str]) -> tuple[str, dict]:
-    """``"name"`` or ``{"type": "name", **options}`` -> (lower-case name, options)."""
-    if isinstance(spec, str):
-        spec = {"type": spec}
-    if not isinstance(spec, dict):
-        raise ConfigError(
-            f"expected a name or a mapping with 'type', got {show(spec)}; types: "
-            f"{', '.join(choices)}",
-            where=where,
-        )
-    if "type" not in spec:
-        raise ConfigError(f"missing 'type'; choose one of {', '.join(choices)}", where=where)
-    kind = spec["type"]
-    if not isinstance(kind, str) or kind.lower() not in choices:
-        hint = did_you_mean(kind.lower(), choices) if isinstance(kind, str) else ""
-        raise ConfigError(
-            f"unknown type {show(kind)}{hint}; choose one of {', '.join(choices)}",
-            where=f"{where}.type",
-        )
-    return kind.lower(), {k: v for k, v in spec.items() if k != "type"}
-
-
-def _check_keys(options: dict, allowed: list[str], kind: str, where: str) -> None:
-    for key in options:
-        if key not in allowed:
-            raise ConfigError(
-                f"unknown option {show(key)} for {kind}{did_you_mean(str(key), allowed)}; "
-                f"allowed: {', '.join(allowed) or 'none'}",
-                where=f"{where}.{key_text(key)}",
-            )
+OPTIMIZERS: dict[str, type[Optimizer]] = {
+    "sgd": SGD,
+    "adam": Adam,
+    "adamw": AdamW,
+    "rmsprop": RMSprop,
+}
 
 
 def make_optimizer(spec: str | dict, *, where: str = "train.optimizer") -> Optimizer:
@@ -363,9 +448,9 @@ def make_optimizer(spec: str | dict, *, where: str = "train.optimizer") -> Optim
     an unknown option or a value out of range is a ConfigError located at ``where``
     (e.g. ``train.optimizer.beta_1``) with a did-you-mean suggestion.
     """
-    kind, options = _split_type(spec, where, sorted(OPTIMIZERS))
+    kind, options = split_type(spec, where, sorted(OPTIMIZERS), "optimizer")
     cls = OPTIMIZERS[kind]
-    _check_keys(options, list(inspect.signature(cls).parameters), kind, where)
+    check_options(options, cls.option_names(), kind, where)
     try:
         return cls(**options)
     except ConfigError as err:
@@ -423,8 +508,8 @@ def make_schedule(
     base_lr = _positive("learning_rate", base_lr)
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise ConfigError(f"must be an integer >= 1, got {show(epochs)}", where="train.epochs")
-    kind, options = _split_type(spec or "constant", where, list(SCHEDULES))
-    _check_keys(options, list(SCHEDULES[kind]), kind, where)
+    kind, options = split_type(spec or "constant", where, list(SCHEDULES), "schedule")
+    check_options(options, list(SCHEDULES[kind]), kind, where)
     values = {**SCHEDULES[kind], **options}
     checks = {
         "step_size": _step_size,

@@ -25,9 +25,7 @@ import json
 import math
 import os
 import sys
-import warnings
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +39,7 @@ from nbcnn.io import (
     error_summary,
     read_npy_data,
     read_npy_header,
+    refuse_image_bombs,
     refuse_special_file,
 )
 from nbcnn.layers.args import is_int, is_number
@@ -140,21 +139,6 @@ def read_image(path: str | os.PathLike, grey: bool = False) -> np.ndarray:
         raise DataError(f"cannot read image ({err})", file=str(path)) from None
     pixels /= 255.0
     return pixels.reshape(*pixels.shape[:2], -1)
-
-
-@contextmanager
-def refuse_image_bombs(path: str | os.PathLike) -> Iterator[None]:
-    """Pillow's decompression-bomb guard as one DataError naming ``path``: Pillow refuses an
-    image of more than twice ``PIL.Image.MAX_IMAGE_PIXELS`` pixels (89,478,485: about 9459 x
-    9459) when it opens it, but only warns, two lines on stderr, up to twice that."""
-    from PIL import Image
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        try:
-            yield
-        except (Image.DecompressionBombWarning, Image.DecompressionBombError) as err:
-            raise DataError(f"image too large to read ({err})", file=str(path)) from None
 
 
 def convolve_image(

@@ -24,7 +24,7 @@ from typing import Any
 from nbcnn.errors import ConfigError
 from nbcnn.model import Sequential
 from nbcnn.runs import RunFolder
-from nbcnn.spec import ModelSpec, TrainSpec
+from nbcnn.spec import IMAGE_DATASETS, IMAGE_KEYS, ModelSpec, TrainSpec
 
 #: The overrides ``prepare_run`` takes, as ``TrainSpec`` fields (the CLI's flags).
 OVERRIDES = ("epochs", "batch_size", "output", "seed", "threads")
@@ -59,7 +59,12 @@ class PreparedRun:
 
 
 def dataset_for_path(path: str, current: str) -> str:
-    """``--data PATH`` picks the loader from the path: a folder is IDX, a file is npz."""
+    """``--data PATH`` picks the loader from the path: a folder is IDX, a file is npz; for a
+    config of your own images, a folder of class subfolders or a CSV file; a .csv is csv."""
+    if current in IMAGE_DATASETS:
+        return "folder" if os.path.isdir(path) else "csv"
+    if path.lower().endswith(".csv"):
+        return "csv"
     if os.path.isdir(path):  # False for paths the OS refuses too: the loader names them
         return "idx"
     if current in ("npz", "idx"):
@@ -102,15 +107,10 @@ def prepare(
             file=str(config),
             where="train.early_stopping.monitor",
         )
-    missing = model.without_compute()
-    if missing:
-        i, layer, dist = missing[0]
-        raise ConfigError(
-            f"layer type {type(layer).__name__} from distribution {dist!r} brings no compute "
-            "(calculator only), so this model cannot be trained or run",
-            file=str(config),
-            where=f"layers[{i}] {layer.name!r}",
-        )
+    try:
+        model.require_compute()
+    except ConfigError as err:
+        raise err.located(file=str(config)) from None
     return spec, model, train
 
 
@@ -152,19 +152,28 @@ def prepare_run(
     return PreparedRun(config, spec, model, train, folder, resume, overwrite)
 
 
-def load_data(model: Sequential, train: TrainSpec, config: str | os.PathLike):
+def load_data(
+    model: Sequential,
+    train: TrainSpec,
+    config: str | os.PathLike,
+    progress: Callable[[int, int], None] | None = None,
+):
     """The :class:`~nbcnn.data.Dataset` that ``train`` names, shaped for ``model``; a data
-    shape that does not fit names the config's ``input_shape`` as well as the data."""
+    shape that does not fit names the config's ``input_shape`` as well as the data.
+    ``progress(done, total)`` follows the decoding of image folders (when not cached)."""
     from nbcnn.data import ShapeMismatch, load_dataset
 
     try:
         return load_dataset(
             train.dataset,
             path=train.path,
+            label_mode=train.label_mode,
             input_shape=model.input_shape,
             validation_split=train.validation_split,
             seed=train.seed,
             num_classes=model.output_shape[-1],
+            progress=progress,
+            **{key: getattr(train, key) for key in IMAGE_KEYS},
         )
     except ConfigError as err:
         raise err.located(file=str(config)) from None
@@ -198,7 +207,8 @@ def run_training(
     from nbcnn.io import write_text_atomic
 
     model, train, folder = run.model, run.train, run.folder
-    model.compile(optimizer=train.optimizer)
+    # The resolved settings (a resume's are the record's), not the config file's train section.
+    model.compile(optimizer=train.optimizer, loss=train.loss, metrics=train.metrics)
     model.initialize(train.seed)
     if run.resuming:
         folder.load_checkpoint(model)  # refused here if it does not fit: nothing written yet
@@ -221,6 +231,7 @@ def run_training(
             early_stopping=train.early_stopping,
             callback=callback,
             verbose=verbose,
+            augment=train.augment,
         )
     finally:
         folder.release()

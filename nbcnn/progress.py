@@ -27,7 +27,7 @@ class TrainingProgress:
             TextColumn("epoch {task.fields[epoch]}"),
             BarColumn(),
             MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]}  acc {task.fields[acc]}  {task.fields[speed]}"),
+            TextColumn("{task.fields[values]}  {task.fields[speed]}"),
             TimeRemainingColumn(),
             console=self.console,
             transient=True,
@@ -49,8 +49,7 @@ class TrainingProgress:
                 "prepare",
                 total=None,
                 epoch="0",
-                loss="-",
-                acc="-",
+                values="loss -",
                 speed="preparing kernels (compiled on the first run, then loaded from cache)",
             )
         elif event == "prepare_end":
@@ -72,8 +71,7 @@ class TrainingProgress:
                 "train",
                 total=info["batches"],
                 epoch=f"{info['epoch']}/{info['epochs']}",
-                loss="-",
-                acc="-",
+                values="loss -",
                 speed="",
             )
         elif event == "batch_end":
@@ -81,20 +79,79 @@ class TrainingProgress:
             self.progress.update(
                 self.task,
                 completed=info["batch"],
-                loss=_fmt(info["loss"]),
-                acc=_fmt(info["accuracy"]),
+                values=values_text(info),
                 speed=f"{speed:,.0f} samples/s",
             )
         elif event == "epoch_end":
             self.lines.print(epoch_line(info, self.epochs), soft_wrap=True, highlight=False)
 
 
+#: Keys of progress events and epoch records that are not loss or metric values.
+_NOT_VALUES = ("epoch", "batch", "samples", "seconds", "samples_per_second", "learning_rate")
+
+
+def values_text(values: dict[str, Any]) -> str:
+    """``loss 0.1234  accuracy 0.9600  val_loss ...``: the loss and every metric (the train
+    metrics nbcnn.metrics records, and their val_ twins), in the record's order."""
+    return "  ".join(
+        f"{k} {_fmt(v)}"
+        for k, v in values.items()
+        if k not in _NOT_VALUES and (v is None or isinstance(v, float))  # not the report lists
+    )
+
+
 def epoch_line(record: dict[str, Any], epochs: int) -> str:
     """``epoch 3/10  loss 0.1234  accuracy 0.9600  val_loss ...  2.1s (1,234 samples/s)``."""
     speed = record.get("samples_per_second") or 0
     return (
-        f"epoch {record['epoch']}/{epochs}  loss {_fmt(record['loss'])}  "
-        f"accuracy {_fmt(record['accuracy'])}  val_loss {_fmt(record['val_loss'])}  "
-        f"val_accuracy {_fmt(record['val_accuracy'])}  lr {record['learning_rate']:.3g}  "
-        f"{record['seconds']:.1f}s ({speed:,.0f} samples/s)"
+        f"epoch {record['epoch']}/{epochs}  {values_text(record)}  "
+        f"lr {record['learning_rate']:.3g}  {record['seconds']:.1f}s ({speed:,.0f} samples/s)"
     )
+
+
+class DecodeProgress:
+    """A ``progress(done, total)`` for decoding image folders (:mod:`nbcnn.streaming`): a bar
+    on stderr while the images are decoded, then one line saying how fast it went. Nothing
+    is drawn when the images come from the cache. Use it as a context manager."""
+
+    def __init__(self, console: Console | None = None):
+        self.console = console or Console(stderr=True)
+        self.progress = None
+        self.task = None
+        self.started = 0.0
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.progress is not None:  # decoding failed: take the bar away before the error
+            self.progress.stop()
+            self.progress = None
+        return False
+
+    def __call__(self, done: int, total: int) -> None:
+        import time
+
+        if self.progress is None:
+            self.started = time.perf_counter()
+            self.progress = Progress(
+                TextColumn("decoding images into the cache (once)"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeRemainingColumn(),
+                console=self.console,
+                transient=True,
+            )
+            self.progress.start()
+            self.task = self.progress.add_task("decode", total=total)
+        self.progress.update(self.task, completed=done)
+        if done == total:
+            self.progress.stop()
+            self.progress = None
+            seconds = time.perf_counter() - self.started
+            self.console.print(
+                f"decoded {total:,} images in {seconds:.1f}s ({total / max(seconds, 1e-9):,.0f} "
+                "images/s); later runs read them from the cache",
+                highlight=False,
+                soft_wrap=True,
+            )

@@ -36,7 +36,7 @@ BYTES_PER_VALUE = 4  # float32
 ACTIVATION_COPIES = 3
 #: Per-parameter slot arrays of each optimizer, at most (SGD with momentum, centered RMSprop
 #: with momentum); an unknown type counts as Adam.
-OPTIMIZER_SLOTS = {"sgd": 1, "adam": 2, "rmsprop": 3}
+OPTIMIZER_SLOTS = {"sgd": 1, "adam": 2, "adamw": 2, "rmsprop": 3}
 
 
 @dataclass(frozen=True)

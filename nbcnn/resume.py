@@ -43,12 +43,20 @@ def _flatten(value: Any, path: str = "") -> dict[str, Any]:
 
 
 def _differences(a: Any, b: Any) -> list[tuple[str, Any, Any]]:
-    """``(key path, value in a, value in b)`` of every leaf that differs, in key order."""
+    """``(key path, value in a, value in b)`` of every leaf that differs, in key order. Where a
+    mapping's ``type`` differs (``train.optimizer.type``), its other keys are left out: the
+    resolved options of another type differ as a consequence and would hide the cause."""
     flat_a, flat_b = _flatten(a), _flatten(b)
-    return [
+    differing = [
         (key, flat_a.get(key, _ABSENT), flat_b.get(key, _ABSENT))
         for key in sorted(set(flat_a) | set(flat_b), key=str)
         if flat_a.get(key, _ABSENT) != flat_b.get(key, _ABSENT)
+    ]
+    retyped = [key.removesuffix("type") for key, _, _ in differing if key.endswith(".type")]
+    return [
+        d
+        for d in differing
+        if d[0].endswith(".type") or not any(d[0].startswith(prefix) for prefix in retyped)
     ]
 
 

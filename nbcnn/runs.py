@@ -592,6 +592,8 @@ def check_state(state: Any, model: Any, file: str) -> None:
         raise bad("wait", f"must be an integer in [0, {epoch}]")
     _check_rng_state(state["shuffle_rng"], "'shuffle_rng'", file)
     _check_rng_state(state["model_rng"], "'model_rng'", file)
+    if "augment_rng" in state:  # only runs with train.augment have it (nbcnn/augment.py)
+        _check_rng_state(state["augment_rng"], "'augment_rng'", file)
     ours, theirs = layer_signature(model), state["layers"]
     if theirs != ours:
         theirs = theirs if isinstance(theirs, list) else []

@@ -16,7 +16,9 @@ from typing import Any
 
 import yaml
 
+from nbcnn import datasets
 from nbcnn.errors import ConfigError
+from nbcnn.imagefolder import COLOR_MODES, DEFAULT_TEST_SPLIT, INTERPOLATIONS
 from nbcnn.layers.args import (
     MAX_INT,
     TOO_LARGE,
@@ -24,6 +26,7 @@ from nbcnn.layers.args import (
     boolean,
     choice,
     did_you_mean,
+    int_tuple,
     integer,
     key_text,
     number,
@@ -102,6 +105,12 @@ def read_yaml(path: str | os.PathLike) -> Any:
             text = handle.read(MAX_CONFIG_BYTES + 1)
     except OSError as err:
         raise ConfigError(f"cannot read the config: {err.strerror or err}", file=file) from None
+    return parse_yaml(text, file)
+
+
+def parse_yaml(text: str | bytes, file: str | None = None) -> Any:
+    """Parse one YAML document (a file's bytes or a str, at most MAX_CONFIG_BYTES) strictly;
+    ConfigError with the line on failure, naming ``file`` when there is one."""
     if len(text) > MAX_CONFIG_BYTES:
         raise ConfigError(f"config is over {MAX_CONFIG_BYTES:,} bytes; refused", file=file)
     try:
@@ -148,16 +157,21 @@ class ModelSpec:
 def load_spec(path: str | os.PathLike, input_shape: tuple[int, ...] | None = None) -> ModelSpec:
     """Read and validate the model part of a config file (``train`` checked by train_spec)."""
     file = str(path)
+    return spec_from_document(read_yaml(file), input_shape=input_shape, file=file)
+
+
+def spec_from_document(
+    doc: Any, input_shape: tuple[int, ...] | None = None, file: str | None = None
+) -> ModelSpec:
+    """Validate a parsed config (a file's YAML or a dict from Python): the model part, and
+    the ``train`` section when there is one; errors name ``file`` when there is one."""
     try:
-        spec = parse_spec(read_yaml(file), input_shape=input_shape)
+        spec = parse_spec(doc, input_shape=input_shape)
+        if spec.train is not None:
+            parse_train(spec.train, default_output=f"runs/{spec.name}")
     except ConfigError as err:
         raise err.located(file=file) from None
     spec.file = file
-    if spec.train is not None:
-        try:
-            parse_train(spec.train, default_output=f"runs/{spec.name}")
-        except ConfigError as err:
-            raise err.located(file=file) from None
     return spec
 
 
@@ -365,20 +379,48 @@ class TrainSpec:
 
     dataset: str = "digits"
     path: str | None = None
+    label_mode: str = "fine"
     validation_split: float = 0.1
     epochs: int = 10
     batch_size: int = 128
     optimizer: dict[str, Any] = field(default_factory=lambda: {"type": "adam"})
     lr_schedule: dict[str, Any] | None = None
-    loss: str = "categorical_crossentropy"
+    #: The resolved loss mapping (nbcnn.losses.Loss.config()): ``{type, from_logits, ...}``.
+    loss: dict[str, Any] = field(default_factory=lambda: {"type": "categorical_crossentropy"})
+    #: The resolved metrics (nbcnn.metrics.Metric.config() each); None: the loss's default.
+    metrics: list[Any] | None = None
     seed: int = 0
     output: str = "runs/model"
     early_stopping: dict[str, Any] | None = None
     threads: int | None = None
+    augment: dict[str, dict[str, Any]] | None = None  # nbcnn.augment.parse_augment's form
+    # dataset folder and csv only (nbcnn.imagefolder; docs/own-images.md): None = the default
+    # that input_shape implies (image_size, color_mode); test_split resolved by parse_train.
+    test_path: str | None = None
+    test_split: float | None = None
+    image_size: tuple[int, int] | None = None
+    color_mode: str | None = None
+    interpolation: str = "bilinear"
+    stream: bool | str = "auto"
 
 
-DATASETS = ("digits", "npz", "idx", "synthetic")
-LOSSES = ("categorical_crossentropy", "sparse_categorical_crossentropy")
+DATASETS = ("digits", "npz", "idx", "synthetic", "folder", "csv", *datasets.NAMES)
+#: The datasets of image files of your own, and their keys (with their defaults).
+IMAGE_DATASETS = ("folder", "csv")
+IMAGE_KEYS = {
+    "test_path": None,
+    "test_split": None,
+    "image_size": None,
+    "color_mode": None,
+    "interpolation": "bilinear",
+    "stream": "auto",
+}
+
+
+def _stream(value: Any) -> bool | str:
+    if isinstance(value, bool) or value == "auto":
+        return value
+    raise ValueError("expected auto, true or false")
 
 
 def _mapping(value: Any) -> dict:
@@ -397,7 +439,14 @@ def _name_or_mapping(value: Any) -> dict:
 _DATA_SCHEMA = {
     "dataset": Arg(choice(*DATASETS), "digits", "which data"),
     "path": Arg(optional(string), None, "file or folder for npz and idx"),
+    "label_mode": Arg(choice(*datasets.LABEL_MODES), "fine", "cifar100's fine or coarse labels"),
     "validation_split": Arg(number(0.0, 1.0, max_open=True), 0.1, "fraction held out"),
+    "test_path": Arg(optional(string), None, "folder or CSV file of the test images"),
+    "test_split": Arg(optional(number(0.0, 1.0, max_open=True)), None, "fraction for testing"),
+    "image_size": Arg(optional(int_tuple(2)), None, "[height, width] (input_shape's)"),
+    "color_mode": Arg(optional(choice(*COLOR_MODES)), None, "grayscale, rgb or rgba"),
+    "interpolation": Arg(choice(*INTERPOLATIONS), "bilinear", "resizing filter"),
+    "stream": Arg(_stream, "auto", "read batches from disk: auto, true or false"),
 }
 _EARLY_STOPPING_SCHEMA = {
     "patience": Arg(integer(0), 3, "epochs without improvement before stopping"),
@@ -411,11 +460,13 @@ _TRAIN_SCHEMA = {
     "batch_size": Arg(positive_int, 128, "samples per step"),
     "optimizer": Arg(lambda v: v, "adam", "optimizer"),
     "lr_schedule": Arg(optional(_name_or_mapping), None, "learning-rate schedule"),
-    "loss": Arg(choice(*LOSSES), "categorical_crossentropy", "loss"),
+    "loss": Arg(lambda v: v, "categorical_crossentropy", "loss (nbcnn.losses)"),
+    "metrics": Arg(lambda v: v, None, "metrics (nbcnn.metrics)"),
     "seed": Arg(integer(0), 0, "random seed"),
     "output": Arg(string, None, "output folder"),
     "early_stopping": Arg(optional(_mapping), None, "early stopping"),
     "threads": Arg(optional(integer(1, 1024)), None, "numba threads"),
+    "augment": Arg(lambda v: v, None, "training-batch augmentation (nbcnn.augment)"),
 }
 
 
@@ -426,6 +477,8 @@ def parse_train(section: dict[str, Any] | None, *, default_output: str) -> Train
     nbcnn.optim, which knows their arguments.
     """
     from nbcnn import optim
+    from nbcnn.losses import make_loss
+    from nbcnn.metrics import make_metrics
 
     section = {} if section is None else section
     try:
@@ -441,6 +494,14 @@ def parse_train(section: dict[str, Any] | None, *, default_output: str) -> Train
             f"dataset {data['dataset']!r} needs a path (the .npz file or the IDX folder)",
             where="train.data.path",
         )
+    if data["dataset"] in datasets.NAMES and data["path"] is not None:
+        raise ConfigError(
+            f"dataset {data['dataset']!r} is downloaded into the dataset cache and takes no "
+            "path; to read a file of your own, use dataset npz or idx (docs/datasets.md)",
+            where="train.data.path",
+        )
+    datasets.check_label_mode(data["label_mode"], data["dataset"], "train.data.label_mode")
+    _check_image_keys(data)
     early = None
     if top["early_stopping"] is not None:
         try:
@@ -452,26 +513,73 @@ def parse_train(section: dict[str, Any] | None, *, default_output: str) -> Train
     optimizer = top["optimizer"]
     if isinstance(optimizer, str):
         optimizer = {"type": optimizer}
-    optim.make_optimizer(optimizer)  # raises ConfigError(where="train.optimizer...")
+    # Recorded resolved (every default written in), so a resume compares every option.
+    optimizer = optim.make_optimizer(optimizer).config()  # ConfigError(where="train.optimizer.*")
+    loss = make_loss(top["loss"])  # raises ConfigError(where="train.loss...")
+    metrics = make_metrics(top["metrics"], loss)  # raises ConfigError(where="train.metrics[i]")
+    if early and early["monitor"].removeprefix("val_") not in ["loss", *(m.name for m in metrics)]:
+        raise ConfigError(
+            f"monitor {early['monitor']!r} is not recorded: train.metrics is "
+            f"{[m.name for m in metrics]}",
+            where="train.early_stopping.monitor",
+        )
     schedule = top["lr_schedule"]
     if schedule is not None:
         optim.make_schedule(schedule, 0.001, top["epochs"])
     if top["output"] is not None:
         check_output_path(top["output"], "train.output")
+    from nbcnn.augment import parse_augment
+
+    augment = parse_augment(top["augment"])  # raises ConfigError(where="train.augment...")
     return TrainSpec(
         dataset=data["dataset"],
         path=data["path"],
+        label_mode=data["label_mode"],
         validation_split=data["validation_split"],
         epochs=top["epochs"],
         batch_size=top["batch_size"],
         optimizer=optimizer,
         lr_schedule=schedule,
-        loss=top["loss"],
+        loss=loss.config(),
+        metrics=[m.config() for m in metrics],
         seed=top["seed"],
         output=top["output"] or default_output,
         early_stopping=early,
         threads=top["threads"],
+        augment=augment,
+        **{key: data[key] for key in IMAGE_KEYS},
     )
+
+
+def _check_image_keys(data: dict[str, Any]) -> None:
+    """The keys of folder and csv datasets: refused elsewhere; ``test_split`` resolved (0.2,
+    or 0 with a ``test_path``, which is the test set then)."""
+    if data["dataset"] not in IMAGE_DATASETS:
+        for key, default in IMAGE_KEYS.items():
+            if data[key] != default:
+                raise ConfigError(
+                    f"applies to dataset folder or csv only, not {data['dataset']!r}",
+                    where=f"train.data.{key}",
+                )
+        return
+    if data["path"] is None:
+        raise ConfigError(
+            f"dataset {data['dataset']!r} needs a path (the folder with one subfolder per "
+            "class, or the CSV file)",
+            where="train.data.path",
+        )
+    if data["test_path"] is not None and data["test_split"]:
+        raise ConfigError(
+            f"test_path {data['test_path']!r} is the test set: leave test_split out",
+            where="train.data.test_split",
+        )
+    if data["test_split"] is None:
+        data["test_split"] = 0.0 if data["test_path"] is not None else DEFAULT_TEST_SPLIT
+
+
+def _plain(value: Any) -> Any:
+    """A tuple as a list: yaml.safe_dump writes lists only."""
+    return list(value) if isinstance(value, tuple) else value
 
 
 def train_to_dict(train: TrainSpec) -> dict[str, Any]:
@@ -480,15 +588,24 @@ def train_to_dict(train: TrainSpec) -> dict[str, Any]:
         "data": {
             "dataset": train.dataset,
             "path": train.path,
+            "label_mode": train.label_mode,
             "validation_split": train.validation_split,
+            # Written for the datasets that take them only: the others' config stays short.
+            **(
+                {key: _plain(getattr(train, key)) for key in IMAGE_KEYS}
+                if train.dataset in IMAGE_DATASETS
+                else {}
+            ),
         },
         "epochs": train.epochs,
         "batch_size": train.batch_size,
         "optimizer": train.optimizer,
         "lr_schedule": train.lr_schedule,
         "loss": train.loss,
+        "metrics": train.metrics,
         "seed": train.seed,
         "output": train.output,
         "early_stopping": train.early_stopping,
         "threads": train.threads,
+        "augment": train.augment,
     }

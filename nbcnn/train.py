@@ -1,10 +1,11 @@
 """Training, evaluation and checkpoints: the Keras-like ``compile``/``fit``/``evaluate``.
 
-One epoch: shuffle with the run's Generator, forward in training mode, fused softmax +
-cross-entropy (when the last layer's activation is softmax), backward, one optimizer step per
-batch; then validation in inference mode. :class:`RunFolder` writes every file atomically, and
-a checkpoint holds everything a resumed run needs to continue bit for bit: weights, optimizer
-slots, both random streams, early-stopping state and the metrics so far.
+One epoch: shuffle with the run's Generator, forward in training mode, the loss (fused with the
+last layer's softmax or sigmoid when that is the activation the cross-entropy expects: see
+nbcnn.losses), backward, one optimizer step per batch; then validation in inference mode.
+:class:`RunFolder` writes every file atomically, and a checkpoint holds everything a resumed
+run needs to continue bit for bit: weights, optimizer slots, both random streams,
+early-stopping state and the metrics so far.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import math
 import numbers
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -23,19 +25,27 @@ from typing import Any
 import numpy as np
 
 from nbcnn import losses
+from nbcnn.augment import Augmenter, augment_rng, parse_augment
+from nbcnn.callbacks import Callback, CallbackList, EarlyStopping, Monitor
 from nbcnn.data import batches
 from nbcnn.errors import ConfigError, DataError, TrainingError
 from nbcnn.layers.args import show
+from nbcnn.layers.normalization import moving_statistics_warning
+from nbcnn.layers.preprocessing import adapt_model
+from nbcnn.metrics import Metric, Tally, classification_report, make_metrics
 from nbcnn.model import Sequential, check_int
 from nbcnn.resources import check_training_memory, inference_batch_size
 from nbcnn.runs import RunFolder, layer_signature, own_rng_layers
 
-METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
+#: Keys of an epoch record that describe the epoch rather than the model: not in History.
+RECORD_ONLY = ("epoch", "seconds", "samples_per_second")
 
 
 @dataclass
 class History:
-    """What ``fit`` returns: ``history.history["loss"]`` etc., one value per epoch, as Keras."""
+    """What ``fit`` returns: ``history.history["loss"]`` etc., one value per epoch, as Keras:
+    ``loss``, each metric by name (``accuracy``, ``top_5_accuracy``, ``mae``), their ``val_``
+    twins when there is validation data, and ``learning_rate``."""
 
     history: dict[str, list[float]] = field(default_factory=dict)
     epochs: list[dict[str, Any]] = field(default_factory=list)
@@ -44,25 +54,34 @@ class History:
 
     def add(self, record: dict[str, Any]) -> None:
         self.epochs.append(record)
-        for key in (*METRICS, "learning_rate"):
-            self.history.setdefault(key, []).append(record.get(key))
+        for key, value in record.items():
+            if key not in RECORD_ONLY:
+                self.history.setdefault(key, []).append(value)
 
 
 @dataclass
 class Compiled:
-    """The result of ``compile``: optimizer, schedule spec and loss."""
+    """The result of ``compile``: optimizer, schedule spec, loss and metrics."""
 
     optimizer: Any
     optimizer_spec: dict[str, Any]
     lr_schedule: dict[str, Any] | None
-    loss: str
+    loss: losses.Loss
+    metrics: list[Metric] = field(default_factory=list)
 
 
-def compile(model: Sequential, optimizer: str | dict | None = None, loss: str | None = None):
-    """Choose the optimizer (``"adam"`` or ``{"type": "adam", "learning_rate": 1e-3}``) and the
-    loss; defaults come from the config's ``train:`` section."""
+def compile(
+    model: Sequential,
+    optimizer: str | dict | None = None,
+    loss: str | dict | None = None,
+    metrics: list | tuple | None = None,
+):
+    """Choose the optimizer (``"adam"`` or ``{"type": "adam", "learning_rate": 1e-3}``), the
+    loss (``"mse"`` or ``{"type": "binary_crossentropy", "from_logits": True}``, see
+    nbcnn.losses) and the metrics (``["accuracy", {"type": "top_k_accuracy", "k": 3}]``, see
+    nbcnn.metrics); defaults come from the config's ``train:`` section."""
     from nbcnn import optim
-    from nbcnn.spec import LOSSES, parse_train
+    from nbcnn.spec import parse_train
 
     train = parse_train(model.spec.train if model.spec else None, default_output="runs/model")
     spec = train.optimizer if optimizer is None else optimizer
@@ -79,14 +98,45 @@ def compile(model: Sequential, optimizer: str | dict | None = None, loss: str | 
     optimizer = optim.make_optimizer(
         spec, where="train.optimizer" if optimizer is None else "compile(optimizer)"
     )
-    if loss is None:
-        loss = train.loss
-    elif not isinstance(loss, str) or loss not in LOSSES:
-        raise ConfigError(
-            f"expected one of {', '.join(LOSSES)}, got {show(loss)}", where="compile(loss)"
-        )
-    model.compiled = Compiled(optimizer, spec, train.lr_schedule, loss)
+    loss = losses.make_loss(
+        train.loss if loss is None else loss,
+        where="train.loss" if loss is None else "compile(loss)",
+    )
+    if metrics is None:
+        metrics = _config_metrics(model, loss, "train.metrics")
+    else:
+        metrics = make_metrics(metrics, loss, where="compile(metrics)")
+    model.compiled = Compiled(optimizer, spec, train.lr_schedule, loss, metrics)
     return model.compiled
+
+
+def _config_metrics(model: Sequential, loss: losses.Loss, where: str) -> list[Metric]:
+    """The config's ``train.metrics`` for ``loss`` (its default when the config has none)."""
+    section = (model.spec.train if model.spec else None) or {}
+    return make_metrics(section.get("metrics"), loss, where=where)
+
+
+def _loss_and_metrics(
+    model: Sequential, loss: Any = None, metrics: Any = None
+) -> tuple[losses.Loss, list[Metric]]:
+    """The loss and metrics to use: those given (specs as in a config, or resolved objects),
+    else the compiled ones, else the config's."""
+    compiled = model.compiled
+    if loss is None:
+        loss = compiled.loss if compiled else _config_loss(model)
+    loss = losses.make_loss(loss, where="loss")
+    if metrics is None:
+        return loss, (compiled.metrics if compiled else _config_metrics(model, loss, "metrics"))
+    if all(isinstance(m, Metric) for m in metrics):
+        return loss, list(metrics)
+    return loss, make_metrics(metrics, loss, where="metrics")
+
+
+def _config_loss(model: Sequential) -> losses.Loss:
+    from nbcnn.spec import parse_train
+
+    train = parse_train(model.spec.train if model.spec else None, default_output="runs/model")
+    return losses.make_loss(train.loss)
 
 
 def _check_fit_arguments(
@@ -100,7 +150,6 @@ def _check_fit_arguments(
     resume,
     overwrite,
     early_stopping,
-    callback,
 ) -> tuple[int, int, int, int, dict[str, Any] | None]:
     """Refuse bad ``fit`` arguments before any work, naming each (``fit(batch_size)``);
     returns ``epochs, batch_size, verbose, seed`` as ints and ``early_stopping`` with its
@@ -154,52 +203,138 @@ def _check_fit_arguments(
             )
         except ConfigError as err:
             raise err.located(where="fit(early_stopping)") from None
-    if callback is not None and not callable(callback):
-        raise ConfigError(
-            f"expected a function callback(event, info) or None, got {show(callback)}",
-            where="fit(callback)",
-        )
     return epochs, batch_size, int(verbose), seed, early_stopping
 
 
-def _fuses_softmax(model: Sequential) -> bool:
-    return getattr(model.layers[-1], "activation", None) == "softmax"
+def _validation_split(split: Any, validation_data: Any) -> float:
+    """``fit(validation_split)`` as a float in [0, 1); ignored (0) with validation_data, as
+    Keras ignores it then."""
+    from nbcnn.layers.args import number
+
+    try:
+        split = number(0.0, 1.0, max_open=True)(split)
+    except ValueError as err:
+        raise ConfigError(f"{err}, got {show(split)}", where="fit(validation_split)") from None
+    return 0.0 if validation_data is not None else split
 
 
-def loss_and_grad(model: Sequential, out: np.ndarray, y: np.ndarray):
-    """``(loss, gradient w.r.t. out, probabilities)`` for a training forward's output ``out``:
-    logits when the softmax is fused, probabilities otherwise."""
+def _split_off(x: np.ndarray, y: np.ndarray, split: float):
+    """Keras's rule (keras/src/trainers/data_adapters/data_adapter_utils.py,
+    ``train_validation_split``): the last ``split`` of the samples, taken before any
+    shuffling, validate; ``(x, y, x_val, y_val)``."""
+    at = math.floor(len(x) * (1.0 - split))
+    if at in (0, len(x)):
+        raise DataError(
+            f"fit(validation_split): {len(x)} samples cannot be split into training and "
+            f"validation sets with validation_split={split} (one of them would be empty)"
+        )
+    return x[:at], y[:at], x[at:], y[at:]
+
+
+def _callback_list(
+    model: Sequential,
+    callbacks: Any,
+    early_stopping: dict[str, Any] | None,
+    callback: Callable[[str, dict[str, Any]], None] | None,
+    verbose: int,
+    params: dict[str, Any],
+    logs_keys: list[str],
+) -> tuple[CallbackList, EarlyStopping | None]:
+    """The callbacks of one fit, in the order they run: the caller's ``callbacks``, the
+    EarlyStopping of ``early_stopping`` (a config's ``train.early_stopping``), then the
+    progress: ``callback(event, info)`` or, with ``verbose``, a line per epoch. A monitor
+    that the epoch's logs will not hold is refused before any work (Keras warns each epoch
+    and does nothing)."""
+    from nbcnn.callbacks import EpochLines, EventCallback, check_callbacks
+
+    chosen = check_callbacks(callbacks)
+    early = None
+    if early_stopping is not None:
+        early = EarlyStopping(**early_stopping)
+        chosen.append(early)
+    if callback is not None:
+        chosen.append(EventCallback(callback))
+    elif verbose:
+        chosen.append(EpochLines())
+    for i, cb in enumerate(chosen):
+        monitor = cb.monitored()
+        if monitor is not None and monitor not in logs_keys:
+            where = "train.early_stopping.monitor" if cb is early else f"fit(callbacks[{i}])"
+            need = (
+                "validation data (validation_split or validation_data)"
+                if monitor.startswith("val_")
+                else "a metric of that name in compile(metrics=...)"
+            )
+            raise ConfigError(
+                f"monitor {monitor!r} needs {need}; the epochs will have {', '.join(logs_keys)}",
+                where=where,
+            )
+    return CallbackList(chosen, model, params), early
+
+
+def _last_activation(model: Sequential) -> str | None:
+    return getattr(model.layers[-1], "activation", None)
+
+
+def _fuses_activation(model: Sequential, loss: losses.Loss) -> bool:
+    """Whether training hands the loss the logits of the last layer's activation: when that
+    activation is the softmax or sigmoid the cross-entropy expects (with or without
+    ``from_logits``, as Keras's TensorFlow backend uses the logits an output carries)."""
+    return loss.activation is not None and _last_activation(model) == loss.activation
+
+
+def loss_and_grad(model: Sequential, out: np.ndarray, y: np.ndarray, loss: Any = None):
+    """``(loss value, gradient w.r.t. out, probabilities)`` of a training forward's ``out``.
+
+    out : (N, *output_shape) float32, the logits when the last layer's activation is fused
+    (``layers[-1].fused_activation``, set by fit); y : targets as :func:`_labels` returns them;
+    loss : a :class:`nbcnn.losses.Loss` or its spec, else the compiled (or config's) loss.
+    The gradient has out's shape; probabilities are (N, K) float32 (see losses.compute).
+    """
+    loss, _ = _loss_and_metrics(model, loss, [])
     out2 = out.reshape(out.shape[0], -1)
-    if model.layers[-1].fused_softmax:
-        loss, grad, probs = losses.softmax_cross_entropy(out2, y)
-    else:
-        loss, grad = losses.crossentropy_from_probs(out2, y)
-        probs = out2
-    return loss, grad.reshape(out.shape), probs
+    logits = model.layers[-1].fused_activation or loss.from_logits
+    value, grad, probs = losses.compute(loss, out2, y, logits=logits)
+    return value, grad.reshape(out.shape), probs
 
 
-def evaluate_arrays(model: Sequential, x: np.ndarray, y: np.ndarray, batch_size: int = 256):
-    """Loss, accuracy and per-class results of ``model`` on ``(x, y)`` in inference mode."""
+def evaluate_arrays(
+    model: Sequential,
+    x: np.ndarray,
+    y: np.ndarray,
+    batch_size: int = 256,
+    loss: Any = None,
+    metrics: Any = None,
+) -> dict[str, Any]:
+    """The loss, metrics and per-class report of ``model`` on ``(x, y)`` in inference mode.
+
+    x : (N, *input_shape) float32; y : targets as :func:`_labels` returns them. loss and
+    metrics : specs as in a config (``"mse"``, ``["accuracy", {"type": "top_k_accuracy",
+    "k": 3}]``) or resolved objects; None takes the compiled ones, else the config's.
+    Returns ``{"loss", <metric name>..., "samples"}`` plus, for a classification loss,
+    ``confusion_matrix``, ``precision``, ``recall`` (and ``per_class_accuracy`` for
+    single-label losses) from :func:`nbcnn.metrics.classification_report`.
+    """
+    loss, metrics = _loss_and_metrics(model, loss, metrics)
     batch_size = check_int(batch_size, "evaluate(batch_size)", 1)
     if len(x) == 0:
         raise DataError("no samples to evaluate (the test split is empty)")
-    probs = model.predict(x, batch_size=batch_size).reshape(len(x), -1)
-    loss, _ = losses.crossentropy_from_probs(probs, y)
-    predicted = probs.argmax(axis=1)
-    k = probs.shape[1]
-    confusion = np.zeros((k, k), np.int64)
-    np.add.at(confusion, (y, predicted), 1)
-    per_class = [
-        float(confusion[c, c] / confusion[c].sum()) if confusion[c].sum() else None
-        for c in range(k)
-    ]
-    return {
-        "loss": float(loss),
-        "accuracy": float((predicted == y).mean()),
-        "per_class_accuracy": per_class,
-        "confusion_matrix": confusion.tolist(),
-        "samples": int(len(x)),
-    }
+    out = model.predict(x, batch_size=batch_size).reshape(len(x), -1)
+    # predict applies the last activation; logits remain only where the loss is told so and
+    # the layer does not end in the activation the loss expects.
+    logits = loss.from_logits and _last_activation(model) != loss.activation
+    value, _, probs = losses.compute(loss, out, y, logits=logits)
+    tally = Tally(loss, metrics)
+    tally.add(value, probs, y)
+    return {**tally.values(), "samples": int(len(x)), **classification_report(loss, probs, y)}
+
+
+def warn_about_output(model: Sequential, loss: losses.Loss) -> None:
+    """Print on stderr, once, why the last layer does not fit ``loss`` (see
+    :func:`nbcnn.losses.output_warning`): a model that would silently train to chance."""
+    message = losses.output_warning(loss, model.layers[-1].name, _last_activation(model))
+    if message:
+        print(f"nbcnn: warning: {message}", file=sys.stderr)
 
 
 class StopRequested(Exception):
@@ -246,16 +381,6 @@ def _set_rng_state(rng: np.random.Generator, state: dict) -> None:
     rng.bit_generator.state = state
 
 
-def _improved(monitor: str, value: float, best: float | None, min_delta: float) -> bool:
-    if value is None or not math.isfinite(value):
-        return False
-    if best is None:
-        return True
-    if "accuracy" in monitor:
-        return value > best + min_delta
-    return value < best - min_delta
-
-
 def fit(
     model: Sequential,
     x: np.ndarray,
@@ -271,8 +396,19 @@ def fit(
     overwrite: bool = False,
     early_stopping: dict[str, Any] | None = None,
     callback: Callable[[str, dict[str, Any]], None] | None = None,
+    augment: Mapping[str, Any] | None = None,
+    callbacks: list[Callback] | None = None,
+    validation_split: float = 0.0,
+    shuffle: bool = True,
 ) -> History:
-    """Train ``model`` on ``x : (N, *input_shape) float32`` and integer labels ``y : (N,)``.
+    """Train ``model`` on ``x : (N, *input_shape)`` (integers are 0..255 pixels, divided by
+    255; floats as they are: :meth:`Sequential.check_input`) and targets ``y``.
+
+    As Keras's ``fit``: ``validation_split`` holds out the last fraction of ``x`` and ``y``,
+    taken before shuffling (ignored when ``validation_data`` is given); ``shuffle=False``
+    keeps the order; ``callbacks`` are :class:`nbcnn.callbacks.Callback` objects
+    (EarlyStopping, ModelCheckpoint or your own). ``early_stopping`` (a config's
+    ``train.early_stopping`` mapping) adds an EarlyStopping whose state the run folder keeps.
 
     With ``output`` (a path or a held :class:`~nbcnn.runs.RunFolder`), each epoch is
     committed there and ``resume=True`` continues from the last committed one: the final
@@ -280,7 +416,11 @@ def fit(
     refused unless ``resume`` or ``overwrite``; the folder is locked while ``fit`` writes.
     Ctrl-C stops between batches with :class:`StopRequested` after the last commit; one that
     comes after the last epoch's last batch lets the run finish (``history.interrupted``).
-    ``callback(event, info)`` receives "epoch_begin", "batch_end" and "epoch_end" events.
+    ``callback(event, info)``: the older progress interface, see
+    :class:`nbcnn.callbacks.EventCallback`.
+    ``augment`` (an ``augment:`` mapping, see nbcnn/augment.py) transforms each training batch
+    with a random stream of its own, seeded from ``seed`` and kept in the checkpoint.
+    Normalization layers not adapted yet are adapted from ``x`` before the first epoch.
     """
     epochs, batch_size, verbose, seed, early_stopping = _check_fit_arguments(
         x,
@@ -293,10 +433,13 @@ def fit(
         resume,
         overwrite,
         early_stopping,
-        callback,
     )
+    split = _validation_split(validation_split, validation_data)
+    if not isinstance(shuffle, bool):
+        raise ConfigError(f"expected True or False, got {show(shuffle)}", where="fit(shuffle)")
     from nbcnn import optim
 
+    x = model.check_input(x)  # first: a model without an input shape takes it from x
     if len(model.output_shape) != 1:
         raise ConfigError(
             f"training needs a last layer that outputs a vector of class scores, but the "
@@ -306,14 +449,27 @@ def fit(
         )
     if model.compiled is None:
         compile(model)
-    x = model.check_input(x)
     y = _labels(y, len(x), model)
-    if validation_data is not None:
+    if split:
+        x, y, x_val, y_val = _split_off(x, y, split)
+    elif validation_data is not None:
         x_val = model.check_input(validation_data[0], "validation x")
         y_val = _labels(validation_data[1], len(x_val), model)
     else:
         x_val, y_val = None, None
     compiled = model.compiled
+    names = ["loss", *(m.name for m in compiled.metrics)]
+    logs_keys = [*names, *(f"val_{n}" for n in names if x_val is not None), "learning_rate"]
+    params = {
+        "epochs": epochs,
+        "steps": math.ceil(len(x) / batch_size),
+        "batch_size": batch_size,
+        "samples": len(x),
+        "verbose": verbose,
+    }
+    callback_list, early = _callback_list(
+        model, callbacks, early_stopping, callback, verbose, params, logs_keys
+    )
     check_training_memory(model, min(batch_size, max(len(x), 1)), compiled.optimizer_spec)
     if not model.built:
         model.initialize(seed)
@@ -323,11 +479,9 @@ def fit(
     shuffle_rng = np.random.default_rng([seed, 1])
     folder = _run_folder(output, resume, overwrite)
     history = History()
-    monitor = (early_stopping or {}).get("monitor", "val_loss")
-    if monitor.startswith("val_") and x_val is None and early_stopping:
-        raise ConfigError(
-            f"monitor {monitor!r} needs validation data", where="train.early_stopping.monitor"
-        )
+    # The run folder's best.npz follows the config's early-stopping monitor, else val_loss
+    # (loss without validation data).
+    monitor = early.monitor if early else ("val_loss" if x_val is not None else "loss")
     loop = _Loop(
         model,
         x,
@@ -340,17 +494,19 @@ def fit(
         shuffle_rng,
         folder,
         history,
-        early_stopping,
-        monitor,
-        verbose,
-        callback,
-        restore_best=bool(early_stopping and early_stopping.get("restore_best_weights")),
+        callback_list,
+        Monitor(monitor, min_delta=early.min_delta if early else 0.0),
+        shuffle,
+        augment=_augmenter(augment, model),
+        augment_rng=augment_rng(seed),
     )
     resuming = folder is not None and resume and folder.has_checkpoint()
     if resuming and not folder.held:
         folder.load_checkpoint(model)  # refuse a checkpoint that does not fit before the lock
     if folder is not None:
         folder.acquire(resume=resume, overwrite=overwrite)
+    model.stop_training = False
+    callback_list.call("on_train_begin", None)
     try:
         if resuming:
             state = folder.load_checkpoint(model)  # under the lock: what this run continues
@@ -365,22 +521,39 @@ def fit(
             )
             for record in state["history"]:
                 history.add(record)
+            if early is not None:
+                best_weights = _best_weights(model, early, folder)
+                early.resume(state["best"], state["wait"], state["epoch"], best_weights)
+            _restore_augment_rng(loop, state, str(folder.file("checkpoint.npz")))
+        adapt_model(model, x)  # Normalization's statistics, on a fresh run (count still 0)
         _train_epochs(loop)
     finally:
         if folder is not None:
             folder.release()
-    if loop.restore_best:
-        # In memory when this run saw the best epoch; from best.npz when a resumed run did not.
-        if loop.best_weights is not None:
-            model.set_weights(loop.best_weights)
-        elif folder is not None and folder.file("best.npz").exists():
-            model.load_weights(folder.file("best.npz"))
+    callback_list.call("on_train_end", None)
+    model.history = history
+    steps = len(history.epochs) * math.ceil(len(x) / batch_size)
+    warning = moving_statistics_warning(model, steps)  # the run's steps, resumed ones too
+    if warning:
+        print(f"nbcnn: warning: {warning}", file=sys.stderr)
     return history
+
+
+def _best_weights(model: Sequential, early: EarlyStopping, folder: RunFolder) -> list | None:
+    """For a resumed run whose EarlyStopping restores the best weights: those of best.npz,
+    the best epoch committed before the interruption (the model's own weights are kept)."""
+    if not (early.restore_best_weights and folder.file("best.npz").exists()):
+        return None
+    current = model.get_weights()
+    model.load_weights(folder.file("best.npz"))
+    best = model.get_weights()
+    model.set_weights(current)
+    return best
 
 
 @dataclass
 class _Loop:
-    """What the epoch loop of :func:`fit` reads, and the early-stopping state it updates."""
+    """What the epoch loop of :func:`fit` reads, and the best-epoch state it updates."""
 
     model: Sequential
     x: np.ndarray
@@ -393,15 +566,41 @@ class _Loop:
     shuffle_rng: np.random.Generator
     folder: RunFolder | None
     history: History
-    early_stopping: dict[str, Any] | None
-    monitor: str
-    verbose: int
-    callback: Callable[[str, dict[str, Any]], None] | None
-    restore_best: bool = False
+    callbacks: CallbackList
+    #: Decides which epoch is the run folder's best.npz; its state is the checkpoint's.
+    tracker: Monitor
+    shuffle: bool = True
     best_value: float | None = None
     wait: int = 0
     start_epoch: int = 0
-    best_weights: list[np.ndarray] | None = None
+    augment: Augmenter | None = None
+    augment_rng: np.random.Generator | None = None
+
+
+def _augmenter(augment: Mapping[str, Any] | None, model: Sequential) -> Augmenter | None:
+    """The Augmenter of ``fit(augment=...)``: a train.augment mapping, checked here (the
+    CLI's was checked with the config, and parses to itself)."""
+    config = parse_augment(augment, where="fit(augment)")
+    if config is None:
+        return None
+    augmenter = Augmenter(config)
+    augmenter.check_input_shape(model.input_shape, "fit(augment)")
+    return augmenter
+
+
+def _restore_augment_rng(loop: _Loop, state: dict[str, Any], file: str) -> None:
+    """Continue the augmentation stream where the checkpoint left it; a checkpoint made with
+    augmentation on resumed with it off (or the reverse) would silently change the run."""
+    saved = state.get("augment_rng")
+    if (saved is None) != (loop.augment is None):
+        then, now = ("with", "without") if saved is not None else ("without", "with")
+        raise DataError(
+            f"the run was trained {then} augmentation and would continue {now} it: give the "
+            "same train.augment (fit(augment=...)) as when it started",
+            file=file,
+        )
+    if saved is not None:
+        _set_rng_state(loop.augment_rng, saved)
 
 
 def _run_folder(output, resume: bool, overwrite: bool) -> RunFolder | None:
@@ -423,40 +622,37 @@ def _run_folder(output, resume: bool, overwrite: bool) -> RunFolder | None:
 
 def _train_epochs(loop: _Loop) -> None:
     """The epoch loop of :func:`fit`: train, validate, track the best, commit each epoch."""
-    model, folder, history, early = loop.model, loop.folder, loop.history, loop.early_stopping
+    model, folder, history, callbacks = loop.model, loop.folder, loop.history, loop.callbacks
     val_batch = inference_batch_size(model)  # 256, or less where that would not fit
-    _set_fused(model, _fuses_softmax(model))
+    loss = model.compiled.loss
+    if loop.start_epoch < loop.epochs:
+        warn_about_output(model, loss)
+    _set_fused(model, _fuses_activation(model, loss))
     if loop.start_epoch < loop.epochs and len(loop.x):
         # Outside the Ctrl-C flag: an interrupt while kernels compile acts at once.
-        if loop.callback:
-            loop.callback("prepare_begin", {})
+        callbacks.call("on_prepare_begin", None)
         start = time.perf_counter()
         warm_up(model, loop.x)
-        if loop.callback:
-            loop.callback("prepare_end", {"seconds": time.perf_counter() - start})
+        callbacks.call("on_prepare_end", {"seconds": time.perf_counter() - start})
     # Overflow is detected (non-finite loss or weights) and reported as one TrainingError;
     # numpy's RuntimeWarnings about it would only add noise lines before that message.
     try:
         with _SigintFlag() as sigint, np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             for epoch in range(loop.start_epoch, loop.epochs):
-                if early and _patience_spent(early, loop.wait, epoch):
+                if model.stop_training:  # a resumed run whose patience was already spent
                     history.stopped_early = True
                     break
+                callbacks.call("on_epoch_begin", epoch, None)
                 lr = loop.schedule(epoch)
                 record = _run_epoch(loop, epoch, lr, sigint)
                 record["learning_rate"] = lr
                 if loop.x_val is not None and len(loop.x_val):
                     result = evaluate_arrays(model, loop.x_val, loop.y_val, val_batch)
-                    record["val_loss"], record["val_accuracy"] = result["loss"], result["accuracy"]
-                else:
-                    record["val_loss"] = record["val_accuracy"] = None
-                value = record.get(loop.monitor)
-                if value is None:
-                    value = record["loss"]
-                improved = _improved(loop.monitor, value, loop.best_value, _min_delta(early))
+                    names = ["loss", *(m.name for m in model.compiled.metrics)]
+                    record.update({f"val_{name}": result[name] for name in names})
+                improved = loop.tracker.improved(record[loop.tracker.monitor], loop.best_value)
                 if improved:
-                    loop.best_value, loop.wait = value, 0
-                    loop.best_weights = model.get_weights() if loop.restore_best else None
+                    loop.best_value, loop.wait = record[loop.tracker.monitor], 0
                 else:
                     loop.wait += 1
                 history.add(record)
@@ -472,14 +668,11 @@ def _train_epochs(loop: _Loop) -> None:
                         "layer_rngs": [_rng_state(la.rng) for la in own_rng_layers(model)],
                         "layers": layer_signature(model),
                     }
+                    if loop.augment is not None:
+                        state["augment_rng"] = _rng_state(loop.augment_rng)
                     folder.commit_epoch(model, state, best=improved)
-                if loop.callback:
-                    loop.callback("epoch_end", record)
-                elif loop.verbose:
-                    from nbcnn.progress import epoch_line
-
-                    print(epoch_line(record, loop.epochs))
-                if early and _patience_spent(early, loop.wait, epoch + 1):
+                callbacks.call("on_epoch_end", epoch, record)
+                if model.stop_training:
                     history.stopped_early = epoch + 1 < loop.epochs
                     break
                 if sigint.set:  # Ctrl-C after this epoch's last batch: it is kept, then stop
@@ -500,21 +693,14 @@ def warm_up(model: Sequential, x: np.ndarray) -> None:
     layers = own_rng_layers(model)
     states = [_rng_state(model.rng), *(_rng_state(layer.rng) for layer in layers)]
     xb = x[:2]
-    yb = np.zeros(len(xb), np.int64)
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         out = model.forward(xb, training=True)
-        _, grad, _ = loss_and_grad(model, out, yb)
-        model.backward(grad, input_grad=False)
+        # Any gradient of out's shape runs the same backward kernels: no targets needed.
+        model.backward(np.full_like(out, 1.0 / out.size), input_grad=False)
         model.predict(xb)
     model.set_weights(weights)
     for rng, state in zip([model.rng, *(layer.rng for layer in layers)], states):
         _set_rng_state(rng, state)
-
-
-def _patience_spent(early_stopping: dict, wait: int, epochs_done: int) -> bool:
-    """Keras's rule: stop after an epoch that did not improve (``wait > 0``) once ``wait``
-    reaches ``patience``, never before the second epoch."""
-    return epochs_done > 1 and wait > 0 and wait >= early_stopping["patience"]
 
 
 def _check_finite_weights(model: Sequential, epoch: int, batches: int) -> None:
@@ -529,41 +715,31 @@ def _check_finite_weights(model: Sequential, epoch: int, batches: int) -> None:
             )
 
 
-def _min_delta(early_stopping):
-    return (early_stopping or {}).get("min_delta", 0.0)
-
-
 def _set_fused(model: Sequential, fused: bool) -> None:
-    model.layers[-1].fused_softmax = fused
+    model.layers[-1].fused_activation = fused
 
 
-def _labels(y, n: int, model: Sequential) -> np.ndarray:
-    y = np.asarray(y)
-    if y.shape != (n,) or not np.issubdtype(y.dtype, np.integer):
-        raise DataError(f"labels must be {n} integers (shape ({n},)), got {y.dtype} {y.shape}")
-    classes = int(np.prod(model.output_shape))
-    if n and (y.min() < 0 or y.max() >= classes):
-        raise DataError(
-            f"labels must be in [0, {classes}) for an output of {classes} classes, found "
-            f"{int(y.min())}..{int(y.max())}"
-        )
-    return y.astype(np.int64)
+def _labels(y, n: int, model: Sequential, loss: Any = None) -> np.ndarray:
+    """Targets ``y`` checked for the loss (``loss``, else the compiled or config's) and the
+    model's outputs: int64 (N,) class labels, or float32 (N, K) one-hot, multi-hot or
+    regression targets (see :func:`nbcnn.losses.check_targets`)."""
+    loss, _ = _loss_and_metrics(model, loss, [])
+    return losses.check_targets(loss, y, n, int(np.prod(model.output_shape)))
 
 
 def _run_epoch(loop: _Loop, epoch: int, lr: float, sigint: _SigintFlag) -> dict[str, Any]:
-    """One pass over the shuffled training data: a record of its loss, accuracy and speed."""
-    model, x, y, batch_size, callback = loop.model, loop.x, loop.y, loop.batch_size, loop.callback
-    rng, epochs = loop.shuffle_rng, loop.epochs
+    """One pass over the shuffled training data: a record of its loss, metrics and speed."""
+    model, x, y, batch_size, callbacks = loop.model, loop.x, loop.y, loop.batch_size, loop.callbacks
+    rng = loop.shuffle_rng if loop.shuffle else None
     params, owners = model.trainable_weights()
     optimizer = model.compiled.optimizer
-    total_loss = 0.0
-    correct = 0
-    seen = 0
+    tally = Tally(model.compiled.loss, model.compiled.metrics)
     start = time.perf_counter()
     n_batches = math.ceil(len(x) / batch_size)
-    if callback:
-        callback("epoch_begin", {"epoch": epoch + 1, "epochs": epochs, "batches": n_batches})
     for index, (xb, yb) in enumerate(batches(x, y, batch_size, rng)):
+        callbacks.call("on_train_batch_begin", index, None)
+        if loop.augment is not None:
+            xb = loop.augment(xb, loop.augment_rng)
         out = model.forward(xb, training=True)
         loss, grad, probs = loss_and_grad(model, out, yb)
         if not math.isfinite(loss):
@@ -574,27 +750,18 @@ def _run_epoch(loop: _Loop, epoch: int, lr: float, sigint: _SigintFlag) -> dict[
         model.backward(grad, input_grad=False)
         grads = [layer.grads[name] for layer, name in owners]
         optimizer.step(params, grads, lr)
-        total_loss += loss * len(xb)
-        correct += int((probs.argmax(axis=1) == yb).sum())
-        seen += len(xb)
-        if callback:
-            callback(
-                "batch_end",
-                {
-                    "batch": index + 1,
-                    "loss": total_loss / seen,
-                    "accuracy": correct / seen,
-                    "samples": seen,
-                    "seconds": time.perf_counter() - start,
-                },
-            )
+        tally.add(loss, probs, yb)
+        callbacks.call(
+            "on_train_batch_end",
+            index,
+            {**tally.values(), "samples": tally.samples, "seconds": time.perf_counter() - start},
+        )
         if sigint.set and index + 1 < n_batches:  # after the last batch the epoch completes
             raise StopRequested(epoch + 1, completed=epoch)
     seconds = time.perf_counter() - start
     return {
         "epoch": epoch + 1,
-        "loss": total_loss / max(seen, 1),
-        "accuracy": correct / max(seen, 1),
+        **tally.values(),
         "seconds": seconds,
-        "samples_per_second": seen / seconds if seconds > 0 else None,
+        "samples_per_second": tally.samples / seconds if seconds > 0 else None,
     }

@@ -247,7 +247,7 @@ BAD_NPZ = {
     "object": ({"x_test": np.array([X6[0], "a", None], dtype=object)}, "object arrays"),
     "missing": ({"y_test": None}, r"missing arrays \['y_test'\]"),
     "bool_images": ({"x_test": X6.astype(bool)}, "dtype bool"),
-    "float_labels": ({"y_test": np.zeros(4)}, "integer labels"),
+    "float_labels": ({"y_test": np.zeros(4)}, "integer class labels but y_test float targets"),
     "int_out_of_range": ({"x_test": X6.astype(np.int16) + 300}, "0..255"),
     "float_out_of_range": ({"x_test": X6 + 2.0}, r"\[0, 1\]"),
     "nan": ({"x_test": np.full((4, 6, 6), np.nan)}, "NaN"),

@@ -8,6 +8,8 @@ Conventions the documents follow (and this file enforces):
   lines after it, up to the next `$ `, are its output; `...` stands for lines left out);
 - a ```python block runs unless the line before its fence is `<!-- fragment -->` (a piece of
   a larger file, such as a plugin's method);
+- a block whose fence follows a `<!-- needs the network: ... -->` line downloads a dataset: it
+  is skipped here, and the test file that line names runs it against a local server;
 - `pip install`, `python3 -m venv` and `pytest` lines are what `.ci/run` itself runs, and are
   checked against it instead.
 """
@@ -31,6 +33,7 @@ FENCE = re.compile(r"^( *)```(\w*)[^\n]*\n(.*?)^\1```", re.S | re.M)
 # Lines that set up the environment: CI runs them (see test_ci_runs_the_readme_test_command).
 SETUP = ("python3 -m venv", "pip install", ".venv/bin/pip install", "python -m pytest")
 SETUP_ALSO = (".venv/bin/python -m pytest",)
+NETWORK_MARK = "<!-- needs the network"
 
 
 @dataclass
@@ -43,8 +46,9 @@ class Step:
     output: list[str] = field(default_factory=list)
 
 
-def steps(document: str) -> list[Step]:
-    """The commands and Python blocks of ``document``, in order."""
+def steps(document: str, network: bool = False) -> list[Step]:
+    """The commands and Python blocks of ``document``, in order: those that run offline, or
+    with ``network`` those of the blocks marked NETWORK_MARK instead."""
     source = (ROOT / document).read_text()
     found = []
     for match in FENCE.finditer(source):
@@ -52,6 +56,8 @@ def steps(document: str) -> list[Step]:
         line = source.count("\n", 0, match.start()) + 1
         before = source[: match.start()].rstrip().rsplit("\n", 1)[-1]
         body = "\n".join(row[len(indent) :] for row in body.splitlines())
+        if before.startswith(NETWORK_MARK) != network:
+            continue
         if lang == "python" and "<!-- fragment" not in before:
             found.append(Step("python", body, line))
         elif lang == "bash":

@@ -82,6 +82,12 @@ BAD_FIT_ARGUMENTS = [
     ("early_stopping", {"patience": -1}),
     ("early_stopping", {"patiense": 1}),
     ("callback", 5),
+    ("callbacks", 5),
+    ("callbacks", [print]),
+    ("validation_split", 1.0),
+    ("validation_split", -0.1),
+    ("validation_split", "0.2"),
+    ("shuffle", "yes"),
 ]
 
 
@@ -117,9 +123,9 @@ def test_predict_and_evaluate_refuse_bad_batch_sizes(model, value):
 @pytest.mark.parametrize(
     ("x", "fragment"),
     [
-        (np.full((2, 8, 8, 1), 1e300), "x[0] holds NaN, inf or values beyond float32's range"),
+        (np.full((2, 8, 8, 1), 1e300), "x[0] holds NaN or infinite values, or values beyond"),
         (np.full((2, 8, 8, 1), np.nan, np.float32), "x[0] holds NaN"),
-        (np.zeros((2, 8, 8, 1), np.complex64), "ints or floats"),
+        (np.zeros((2, 8, 8, 1), np.complex64), "expected integers 0..255 or floats"),
         ([[0.0] * 3, [0.0]], "x is not an array"),
         (np.zeros((2, 8, 8, 2)), "(N, 8, 8, 1)"),
     ],
@@ -137,7 +143,7 @@ def test_predict_refuses_inputs_that_are_not_finite_numbers(model, x, fragment):
         ({"optimizer": {"type": "adam", "learning_rate": -1}}, "compile(optimizer)"),
         ({"loss": 5}, "compile(loss)"),
         ({"loss": ""}, "compile(loss)"),
-        ({"loss": "mse"}, "compile(loss)"),
+        ({"loss": "msee"}, "compile(loss)"),
     ],
 )
 def test_compile_refuses_bad_optimizer_and_loss(model, kwargs, where):
@@ -170,8 +176,8 @@ def test_initialize_refuses_bad_seeds(model, seed):
 def test_sequential_refuses_bad_arguments(model):
     layers = model.layers
     cases = [
-        ("Sequential(layers)", lambda: Sequential(None, (8, 8, 1))),
-        ("Sequential(layers)", lambda: Sequential([], (8, 8, 1))),
+        ("Sequential(layers)", lambda: Sequential(5, (8, 8, 1))),
+        ("Sequential(layers)", lambda: Sequential({"type": "Dense"}, (8, 8, 1))),
         ("Sequential(layers[1])", lambda: Sequential([layers[0], 5], (8, 8, 1))),
         ("Sequential(input_shape)", lambda: Sequential(layers, (8, 8, 1.5))),
         ("Sequential(name)", lambda: Sequential(layers, (8, 8, 1), name="a\x1b[31m")),

@@ -1,4 +1,5 @@
-"""Optimizers against Keras 3's formulas, state round trips, schedules, losses."""
+"""Optimizers against Keras 3's formulas (clipping and weight decay included), state round
+trips, schedules. The losses are tested in test_losses.py."""
 
 from __future__ import annotations
 
@@ -9,8 +10,7 @@ import numpy as np
 import pytest
 
 from nbcnn.errors import ConfigError, DataError
-from nbcnn.losses import accuracy, crossentropy_from_probs, softmax, softmax_cross_entropy
-from nbcnn.optim import SGD, Adam, RMSprop, make_optimizer, make_schedule
+from nbcnn.optim import SGD, Adam, AdamW, RMSprop, make_optimizer, make_schedule
 
 # ---------------------------------------------------------------- hand-computed scalars
 
@@ -57,14 +57,32 @@ def test_rmsprop_keras_docstring_example():
 # ---------------------------------------------------------------- against float64 references
 
 
+def keras_clip(grads, options):
+    """BaseOptimizer._clip_gradients in float64: per-array norm, global norm, or value."""
+    grads = [g.astype(np.float64) for g in grads]
+    if options.get("clipnorm"):
+        c = options["clipnorm"]
+        return [g * c / max(np.sqrt((g * g).sum()), c) for g in grads]
+    if options.get("global_clipnorm"):
+        c = options["global_clipnorm"]
+        norm = math.sqrt(sum((g * g).sum() for g in grads))
+        return [g * c / max(norm, c) for g in grads]
+    if options.get("clipvalue"):
+        return [np.clip(g, -options["clipvalue"], options["clipvalue"]) for g in grads]
+    return grads
+
+
 def reference(kind: str, options: dict, params, grads_per_step, lrs):
-    """Keras 3's update rules written out in float64, one parameter array at a time."""
+    """Keras 3's update rules written out in float64, one parameter array at a time: clip the
+    gradients, decay the weights (``p -= p * weight_decay * lr``), then update."""
     params = [p.astype(np.float64) for p in params]
     state = [dict.fromkeys(("m", "v", "a", "mom"), 0.0) for _ in params]
+    decay = options.get("weight_decay", 0.004 if kind == "adamw" else None)
     for t, (grads, lr) in enumerate(zip(grads_per_step, lrs, strict=True), start=1):
-        for i, g in enumerate(grads):
-            g = g.astype(np.float64)
+        for i, g in enumerate(keras_clip(grads, options)):
             s = state[i]
+            if decay:
+                params[i] = params[i] - params[i] * decay * lr
             if kind == "sgd":
                 mu = options.get("momentum", 0.0)
                 if mu == 0:
@@ -73,7 +91,7 @@ def reference(kind: str, options: dict, params, grads_per_step, lrs):
                 s["m"] = mu * s["m"] - lr * g
                 step = mu * s["m"] - lr * g if options.get("nesterov") else s["m"]
                 params[i] = params[i] + step
-            elif kind == "adam":
+            elif kind in ("adam", "adamw"):
                 b1, b2 = options.get("beta_1", 0.9), options.get("beta_2", 0.999)
                 alpha = lr * math.sqrt(1 - b2**t) / (1 - b1**t)
                 s["m"] = s["m"] + (g - s["m"]) * (1 - b1)
@@ -104,6 +122,11 @@ CONFIGS = [
     ("rmsprop", {"momentum": 0.9}),
     ("rmsprop", {"centered": True}),
     ("rmsprop", {"centered": True, "momentum": 0.5, "rho": 0.8}),
+    ("adamw", {}),
+    ("adamw", {"weight_decay": 0.5, "global_clipnorm": 0.5}),
+    ("sgd", {"momentum": 0.9, "weight_decay": 0.3, "clipnorm": 0.4}),
+    ("rmsprop", {"clipvalue": 0.2, "weight_decay": 0.1}),
+    ("adam", {"global_clipnorm": 0.1}),
 ]
 
 
@@ -202,14 +225,18 @@ def test_make_optimizer_specs():
         "beta_1": 0.9,
         "beta_2": 0.999,
         "epsilon": 1e-7,
+        "weight_decay": None,
+        "clipnorm": None,
+        "clipvalue": None,
+        "global_clipnorm": None,
     }
 
 
 @pytest.mark.parametrize(
     ("spec", "where", "match"),
     [
-        ("adm", "train.optimizer.type", "did you mean 'adam'"),
-        ({"type": "nadam"}, "train.optimizer.type", "choose one of adam, rmsprop, sgd"),
+        ("adm", "train.optimizer", "did you mean 'adam'"),
+        ({"type": "nadam"}, "train.optimizer.type", "choose one of adam, adamw, rmsprop, sgd"),
         ({"learning_rate": 0.1}, "train.optimizer", "missing 'type'"),
         (3, "train.optimizer", "got 3"),
         ({"type": "adam", "beta1": 0.9}, "train.optimizer.beta1", "did you mean 'beta_1'"),
@@ -253,7 +280,7 @@ def test_schedules_hand_computed():
 @pytest.mark.parametrize(
     ("spec", "where", "match"),
     [
-        ("cosin", "train.lr_schedule.type", "did you mean 'cosine'"),
+        ("cosin", "train.lr_schedule", "did you mean 'cosine'"),
         ({"type": "step", "step_size": 0}, "train.lr_schedule.step_size", "integer >= 1"),
         ({"type": "step", "step_size": 2.5}, "train.lr_schedule.step_size", "integer >= 1"),
         ({"type": "step", "gamma": 0}, "train.lr_schedule.gamma", "> 0"),
@@ -273,70 +300,90 @@ def test_schedule_needs_epochs():
         make_schedule("cosine", 0.1, 0)
 
 
-# ---------------------------------------------------------------- losses
+# ---------------------------------------------------------------- weight decay and clipping
 
 
-def naive_softmax_cross_entropy(logits, labels):
-    """Row by row in float64: p = e^z / sum e^z, loss = mean -log p[label]."""
-    losses, grads = [], []
-    for z, y in zip(logits.astype(np.float64), labels, strict=True):
-        p = np.exp(z - z.max()) / np.exp(z - z.max()).sum()
-        losses.append(-math.log(p[y]))
-        grads.append(p - np.eye(len(z))[y])
-    return float(np.mean(losses)), np.array(grads) / len(labels)
+def test_weight_decay_comes_before_the_update_with_the_steps_rate():
+    # p = 1, g = 0.5, lr 0.1, weight_decay 0.2: decay first, p = 1 - 1 * 0.2 * 0.1 = 0.98,
+    # then p -= 0.1 * 0.5: 0.93 (decaying after the update would give 0.95 * 0.98 = 0.931).
+    p = np.ones(1, np.float32)
+    SGD(0.1, weight_decay=0.2).step([p], [np.full(1, 0.5, np.float32)])
+    assert p[0] == pytest.approx(0.93, abs=1e-7)
+    # The rate is the step's (a schedule's), not the constructor's: 1 - 1 * 0.5 * 0.2 = 0.9.
+    p = np.ones(1, np.float32)
+    SGD(0.1, weight_decay=0.5).step([p], [np.zeros(1, np.float32)], learning_rate=0.2)
+    assert p[0] == pytest.approx(0.9, abs=1e-7)
 
 
-def test_softmax_cross_entropy_against_naive_and_finite_differences():
-    rng = np.random.default_rng(0)
-    logits = rng.normal(size=(5, 4)).astype(np.float32)
-    labels = np.array([0, 3, 1, 1, 2])
-    loss, dlogits, probs = softmax_cross_entropy(logits, labels)
-    expected_loss, expected_grad = naive_softmax_cross_entropy(logits, labels)
-    assert loss == pytest.approx(expected_loss, rel=1e-6)
-    assert dlogits.dtype == np.float32 and probs.dtype == np.float32
-    np.testing.assert_allclose(dlogits, expected_grad, atol=1e-7)
-    np.testing.assert_allclose(probs.sum(1), 1.0, rtol=1e-6)
-
-    eps = 1e-2
-    numeric = np.zeros_like(logits, dtype=np.float64)
-    for index in np.ndindex(logits.shape):
-        plus, minus = logits.copy(), logits.copy()
-        plus[index] += eps
-        minus[index] -= eps
-        numeric[index] = (
-            softmax_cross_entropy(plus, labels)[0] - softmax_cross_entropy(minus, labels)[0]
-        ) / (2 * eps)
-    np.testing.assert_allclose(dlogits, numeric, atol=2e-5)
+def test_adamw_one_step_by_hand():
+    # Keras 3's AdamW defaults: weight_decay 0.004. p = 1, g = 2, lr 0.01: decay to
+    # 1 - 0.004 * 0.01 = 0.99996, then Adam's first step: m = 0.2, v = 0.004,
+    # alpha = 0.01 sqrt(0.001) / 0.1, step = alpha * 0.2 / (sqrt(0.004) + 1e-7).
+    opt = AdamW(0.01)
+    assert opt.config()["weight_decay"] == 0.004
+    p = np.ones(1, np.float32)
+    opt.step([p], [np.full(1, 2.0, np.float32)])
+    alpha = 0.01 * math.sqrt(0.001) / 0.1
+    expected = 0.99996 - alpha * 0.2 / (math.sqrt(0.004) + 1e-7)
+    assert p[0] == pytest.approx(expected, abs=1e-7)
 
 
-def test_softmax_cross_entropy_large_logits_stable():
-    logits = np.array([[1000.0, 0.0, -1000.0], [-1e30, 1e30, 0.0]], np.float32)
-    loss, dlogits, probs = softmax_cross_entropy(logits, np.array([0, 0]))
-    assert np.isfinite(loss) and np.isfinite(dlogits).all() and np.isfinite(probs).all()
-    # Row 0 is right with certainty (loss 0), row 1 is wrong by 2e30: the mean is 1e30.
-    assert loss == pytest.approx(1e30, rel=1e-6)
-    np.testing.assert_allclose(dlogits, [[0, 0, 0], [-0.5, 0.5, 0]], atol=1e-7)
-    np.testing.assert_allclose(softmax(logits), [[1, 0, 0], [0, 1, 0]])
+def test_clipping_by_hand():
+    def step(**clip):
+        params = [np.zeros(2, np.float32), np.zeros(2, np.float32)]
+        grads = [np.array([3.0, 4.0], np.float32), np.array([0.3, 0.4], np.float32)]
+        SGD(1.0, **clip).step(params, grads)
+        return [(-p).tolist() for p in params]
+
+    # clipnorm 1: [3, 4] (norm 5) becomes [0.6, 0.8]; [0.3, 0.4] (norm 0.5) stays.
+    assert step(clipnorm=1.0) == [pytest.approx([0.6, 0.8]), pytest.approx([0.3, 0.4])]
+    # global_clipnorm 1: both scaled by 1 / sqrt(25 + 0.25).
+    scale = 1 / math.sqrt(25.25)
+    assert step(global_clipnorm=1.0) == [
+        pytest.approx([3 * scale, 4 * scale]),
+        pytest.approx([0.3 * scale, 0.4 * scale]),
+    ]
+    # clipvalue 0.35: every element to [-0.35, 0.35].
+    assert step(clipvalue=0.35) == [pytest.approx([0.35, 0.35]), pytest.approx([0.3, 0.35])]
+    # A global norm below the threshold changes nothing.
+    assert step(global_clipnorm=10.0) == [pytest.approx([3, 4]), pytest.approx([0.3, 0.4])]
 
 
-def test_crossentropy_from_probs_clips_like_keras():
-    probs = np.array([[0.7, 0.2, 0.1], [0.0, 1.0, 0.0]], np.float32)
-    loss, dprobs = crossentropy_from_probs(probs, np.array([0, 0]))
-    # -log(0.7) and -log(1e-7) (the clipped 0), averaged over 2 samples.
-    assert loss == pytest.approx((-math.log(0.7) - math.log(1e-7)) / 2, rel=1e-6)
-    np.testing.assert_allclose(dprobs, [[-1 / (2 * 0.7), 0, 0], [0, 0, 0]], rtol=1e-6)
-    # Without clipping it equals the fused loss on the same rows.
-    logits = np.random.default_rng(1).normal(size=(4, 3)).astype(np.float32)
-    labels = np.array([2, 0, 1, 1])
-    fused_loss, _, p = softmax_cross_entropy(logits, labels)
-    assert crossentropy_from_probs(p, labels)[0] == pytest.approx(fused_loss, rel=1e-6)
+def test_a_non_finite_global_norm_fails_loudly_as_in_keras():
+    p = np.zeros(2, np.float32)
+    with np.errstate(invalid="ignore"):
+        SGD(1.0, global_clipnorm=1.0).step([p], [np.array([np.inf, 1.0], np.float32)])
+    assert np.isnan(p).all()
 
 
-def test_accuracy_and_label_checks():
-    scores = np.array([[0.1, 0.9], [0.8, 0.2], [0.3, 0.7]], np.float32)
-    assert accuracy(scores, np.array([1, 0, 0])) == pytest.approx(2 / 3)
-    assert math.isnan(accuracy(np.zeros((0, 2)), np.zeros(0, np.int64)))
-    with pytest.raises(ValueError, match="labels must lie"):
-        softmax_cross_entropy(scores, np.array([0, 1, 2]))
-    with pytest.raises(ValueError, match="integer labels"):
-        accuracy(scores, np.array([0.0, 1.0, 0.0]))
+@pytest.mark.parametrize(
+    ("spec", "where", "match"),
+    [
+        ({"type": "sgd", "clipnorm": 1, "clipvalue": 1}, "train.optimizer.clipvalue", "only one"),
+        ({"type": "adamw", "weight_decay": None}, "train.optimizer.weight_decay", "0.004"),
+        ({"type": "adam", "weight_decay": -1}, "train.optimizer.weight_decay", ">= 0"),
+        ({"type": "rmsprop", "global_clipnorm": 0}, "train.optimizer.global_clipnorm", "> 0"),
+        ({"type": "sgd", "clip_norm": 1}, "train.optimizer.clip_norm", "did you mean 'clipnorm'"),
+    ],
+)
+def test_bad_clipping_and_decay_options(spec, where, match):
+    with pytest.raises(ConfigError, match=match) as err:
+        make_optimizer(spec)
+    assert err.value.where == where
+
+
+def test_resolved_config_lists_every_option():
+    assert make_optimizer("AdamW").config() == {
+        "type": "adamw",
+        "learning_rate": 0.001,
+        "weight_decay": 0.004,
+        "beta_1": 0.9,
+        "beta_2": 0.999,
+        "epsilon": 1e-7,
+        "clipnorm": None,
+        "clipvalue": None,
+        "global_clipnorm": None,
+    }
+    config = make_optimizer({"type": "sgd", "clipnorm": 2}).config()
+    assert config["clipnorm"] == 2.0 and config["weight_decay"] is None
+    assert make_optimizer(config).config() == config  # the record parses to itself

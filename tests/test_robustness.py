@@ -144,7 +144,7 @@ BAD_DATA = {
     "npz_missing_arrays": (lambda d: _npz(d, y_test=None), ["data.npz", "missing arrays"]),
     "npz_float_labels": (
         lambda d: _npz(d, y_train=np.zeros(6)),
-        ["data.npz", "y_train", "integer labels"],
+        ["data.npz", "y_train", "float targets"],
     ),
     "npz_bool_images": (
         lambda d: _npz(d, x_train=_images(dtype=bool)),

@@ -55,6 +55,8 @@ EXAMPLES: dict[str, list[tuple[dict, tuple[int, ...]]]] = {
     "Activation": [({"activation": "relu"}, (4, 3)), ({"activation": "swish"}, (4, 3))],
     "Dropout": [({"rate": 0.5}, (4, 3))],
     "BatchNormalization": [({}, (3, 3, 2)), ({"center": False, "momentum": 0.9}, (5, 3))],
+    "Rescaling": [({"scale": 0.5, "offset": -1.0}, (3, 3, 2))],
+    "Normalization": [({}, (3, 3, 2)), ({"mean": [0.5, -1.0], "variance": [2.0, 0.5]}, (4, 2))],
     "ZeroPadding2D": [({"padding": [[1, 0], [2, 1]]}, (3, 3, 2))],
     "Cropping2D": [({"cropping": [[1, 0], [0, 2]]}, (4, 5, 2))],
     "UpSampling2D": [({"size": [2, 3]}, (2, 2, 2))],

@@ -30,6 +30,17 @@ TINY = [
     {"type": "Dense", "units": 3, "activation": "softmax"},
 ]
 
+# What evaluate returns for a classifier (nbcnn.train.evaluate_arrays).
+EVALUATION_KEYS = {
+    "loss",
+    "accuracy",
+    "per_class_accuracy",
+    "confusion_matrix",
+    "precision",
+    "recall",
+    "samples",
+}
+
 
 def tiny_model(layers=TINY, shape=(7, 7, 2), seed=0):
     return Sequential.from_spec(parse_spec(model_doc(*layers, input_shape=shape))).initialize(seed)
@@ -40,7 +51,7 @@ def test_full_model_gradients_match_finite_differences():
     rng = np.random.default_rng(1)
     x = rng.normal(size=(4, 7, 7, 2)).astype(np.float32)
     y = np.array([0, 1, 2, 1])
-    model.layers[-1].fused_softmax = True
+    model.layers[-1].fused_activation = True
 
     def loss_of():
         # BatchNormalization in training mode also moves its averages: restore them so that
@@ -136,7 +147,7 @@ def test_keras_like_api_learns():
     assert history.history["loss"][-1] < history.history["loss"][0]
     result = model.evaluate(data.x_test, data.y_test)
     assert result["accuracy"] > 0.6
-    assert set(result) == {"loss", "accuracy", "per_class_accuracy", "confusion_matrix", "samples"}
+    assert set(result) == EVALUATION_KEYS
     probs = model.predict(data.x_test[:5], batch_size=2)
     assert probs.shape == (5, 10)
     np.testing.assert_allclose(probs.sum(axis=1), 1, rtol=1e-5)
@@ -187,7 +198,7 @@ def test_cli_train_writes_run_folder(write_config, tmp_path):
     ev = cli("evaluate", config, "--weights", run / "model.npz", "--json")
     assert ev.exit_code == 0, ev.stderr
     doc = json.loads(ev.stdout)
-    assert set(doc) == {"loss", "accuracy", "per_class_accuracy", "confusion_matrix", "samples"}
+    assert set(doc) == EVALUATION_KEYS
     assert doc["samples"] == sum(map(sum, doc["confusion_matrix"]))
     # predict on an npz of arrays and on a PNG
     from PIL import Image
@@ -216,7 +227,7 @@ def test_cli_train_writes_run_folder(write_config, tmp_path):
     [
         ({"epochs": -1}, "train.epochs"),
         ({"batch_size": 0}, "train.batch_size"),
-        ({"optimizer": {"type": "adamw"}}, "train.optimizer"),
+        ({"optimizer": {"type": "nadam"}}, "train.optimizer"),
         ({"optimizer": {"type": "adam", "learning_rate": -0.1}}, "train.optimizer"),
         ({"data": {"dataset": "cifar"}}, "train.data.dataset"),
         ({"data": {"dataset": "npz"}}, "train.data.path"),

@@ -6,8 +6,10 @@ One ``app`` here; each command group lives in a module of its own and is registe
 - :mod:`~nbcnn.cli.describe`: ``summary``, ``layers``
 - :mod:`~nbcnn.cli.train`: ``train``
 - :mod:`~nbcnn.cli.evaluate`: ``evaluate``, ``predict``
-- :mod:`~nbcnn.cli.pictures`: ``convolve``, ``featuremaps``, ``filters``, ``plot``
+- :mod:`~nbcnn.cli.pictures`: ``convolve``, ``featuremaps``, ``filters``, ``plot``,
+  ``augment-preview``
 - :mod:`~nbcnn.cli.interop`: ``export``, ``import-keras-weights``
+- :mod:`~nbcnn.cli.data`: ``data list``, ``data fetch`` (a sub-app)
 
 Errors follow :mod:`nbcnn.cli.common`: one line on stderr, exit code 2 for bad input, 1 for a
 failure during work; a traceback means a bug. The library never imports typer.
@@ -20,7 +22,7 @@ from typing import Annotated
 
 import typer
 
-from nbcnn.cli import describe, evaluate, interop, pictures, train
+from nbcnn.cli import data, describe, evaluate, interop, pictures, train
 
 app = typer.Typer(
     name="nbcnn",
@@ -62,11 +64,13 @@ for _command in (
     pictures.convolve,
     pictures.featuremaps,
     pictures.filters,
+    pictures.augment_preview,
     pictures.plot,
     interop.export,
 ):
     app.command()(_command)
 app.command("import-keras-weights")(interop.import_keras_weights)
+app.add_typer(data.app)
 
 
 def _click_exceptions():

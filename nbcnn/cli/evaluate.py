@@ -26,20 +26,31 @@ def evaluate(
     config: ConfigArg,
     weights: WeightsOpt,
     data: Annotated[
-        str | None, typer.Option(help="An .npz or IDX folder instead of train.data.")
+        str | None,
+        typer.Option(
+            help="An .npz or IDX folder instead of train.data; for a folder or csv dataset, "
+            "an image folder or CSV file whose images are all tested."
+        ),
     ] = None,
     json_output: JsonOpt = False,
 ):
-    """Loss, accuracy, per-class accuracy and confusion matrix on the test split."""
+    """Loss and metrics on the test split; for classification also the confusion matrix and
+    per-class precision and recall (per label for multi-label binary_crossentropy)."""
     import numpy as np
 
     from nbcnn.prepare import dataset_for_path, load_data, model_with_weights
+    from nbcnn.progress import DecodeProgress
+    from nbcnn.spec import IMAGE_DATASETS
 
     with plugin_output_to_stderr(json_output):
         _, model, tr = model_with_weights(config, weights)
-        if data is not None:
+        if data is not None and tr.dataset in IMAGE_DATASETS:
+            # Every image of DATA is tested, its classes mapped to the training folder's.
+            tr = replace(tr, test_path=data, test_split=0.0)
+        elif data is not None:
             tr = replace(tr, path=data, dataset=dataset_for_path(data, tr.dataset))
-        dataset = load_data(model, tr, config)
+        with DecodeProgress() as decoding:
+            dataset = load_data(model, tr, config, progress=decoding)
         # Weights that overflow show as a non-finite loss (null in --json, with a note), not
         # as NumPy warnings from inside the layers.
         with np.errstate(over="ignore", invalid="ignore"):
@@ -47,25 +58,42 @@ def evaluate(
     if json_output:
         print_json(result)
         return
-    from rich.table import Table
+    from nbcnn.progress import values_text
 
     out = console()
     out.print(
-        f"test: loss {result['loss']:.4f}  accuracy {result['accuracy']:.4f}  "
-        f"({result['samples']} samples, {printable(dataset.source)})",
+        f"test: {values_text(result)}  ({result['samples']} samples, {printable(dataset.source)})",
         highlight=False,
         markup=False,
     )
-    table = Table(title="Confusion matrix (rows: true class, columns: predicted)")
-    k = len(result["confusion_matrix"])
-    table.add_column("class")
-    for c in range(k):
-        table.add_column(str(c), justify="right")
-    table.add_column("accuracy", justify="right")
-    for c, row in enumerate(result["confusion_matrix"]):
-        acc = result["per_class_accuracy"][c]
-        table.add_row(str(c), *map(str, row), "-" if acc is None else f"{acc:.3f}")
-    out.print(table)
+    if "confusion_matrix" in result:
+        out.print(_report_table(result))
+
+
+def _report_table(result: dict):
+    """The confusion matrix with per-class precision and recall (one row per true class), or
+    for multi-label results one row per label: tn, fp, fn, tp, precision, recall."""
+    from rich.table import Table
+
+    def ratio(value):
+        return "-" if value is None else f"{value:.3f}"
+
+    matrix, precision, recall = (result[k] for k in ("confusion_matrix", "precision", "recall"))
+    multi_label = "per_class_accuracy" not in result
+    title = (
+        "Per label at threshold 0.5"
+        if multi_label
+        else "Confusion matrix (rows: true class, columns: predicted)"
+    )
+    table = Table(title=title)
+    table.add_column("label" if multi_label else "class")
+    heads = ["tn", "fp", "fn", "tp"] if multi_label else [str(c) for c in range(len(matrix))]
+    for head in [*heads, "precision", "recall"]:
+        table.add_column(head, justify="right")
+    for c, row in enumerate(matrix):
+        counts = [n for pair in row for n in pair] if multi_label else row
+        table.add_row(str(c), *map(str, counts), ratio(precision[c]), ratio(recall[c]))
+    return table
 
 
 @handles_errors

@@ -1,5 +1,5 @@
-"""Pictures: ``convolve``, ``featuremaps``, ``filters`` and ``plot`` (the library side is
-:mod:`nbcnn.pictures`)."""
+"""Pictures: ``convolve``, ``featuremaps``, ``filters``, ``augment-preview`` and ``plot`` (the
+library side is :mod:`nbcnn.pictures` and :mod:`nbcnn.augment`)."""
 
 from __future__ import annotations
 
@@ -92,6 +92,38 @@ def filters(
     grid = pictures.filter_grid(model, layer)
     pictures.write_image(out, grid.pixels)
     say(f"{out}: {len(grid.boxes)} tiles of {grid.tile_shape[0]}x{grid.tile_shape[1]}")
+
+
+@handles_errors
+def augment_preview(
+    config: ConfigArg,
+    out: OutOpt,
+    samples: Annotated[
+        int, typer.Option(min=1, max=1024, help="How many training images to show.")
+    ] = 16,
+):
+    """Draw training images of CONFIG's train.data beside their augmented versions (its
+    train.augment, drawn from the run's seed): what training will see."""
+    from nbcnn import augment, pictures
+    from nbcnn.errors import ConfigError
+    from nbcnn.prepare import load_data, prepare
+
+    _, model, train = prepare(config)
+    try:
+        if train.augment is None:
+            raise ConfigError(
+                "the config has no augment section under train: nothing to preview",
+                where="train.augment",
+            )
+        augmenter = augment.Augmenter(train.augment)
+        augmenter.check_input_shape(model.input_shape, "train.augment")
+        x = load_data(model, train, config).x_train[:samples]
+        title = f"{model.name}: {', '.join(augmenter.config)} (seed {train.seed})"
+        grid = augment.preview_grid(x, augmenter, augment.augment_rng(train.seed), title)
+    except ConfigError as err:
+        raise err.located(file=str(config)) from None
+    pictures.write_image(out, grid.pixels)
+    say(f"{out}: {len(x)} training images, each beside its augmented version")
 
 
 @handles_errors

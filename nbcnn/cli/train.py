@@ -23,7 +23,10 @@ def train(
     ] = None,
     data: Annotated[
         str | None,
-        typer.Option(help="An .npz (Keras mnist.npz layout) or a folder of MNIST IDX files."),
+        typer.Option(
+            help="An .npz (Keras mnist.npz layout) or a folder of MNIST IDX files; for a "
+            "folder or csv dataset, another image folder or CSV file."
+        ),
     ] = None,
     output: Annotated[str | None, typer.Option(help="Override train.output.")] = None,
     seed: Annotated[int | None, typer.Option(min=0, help="Override train.seed.")] = None,
@@ -42,7 +45,7 @@ def train(
     completed epoch (committed together), config.yaml and curves.png."""
     from nbcnn.pictures import write_curves
     from nbcnn.prepare import load_data, prepare_run, run_training
-    from nbcnn.progress import TrainingProgress
+    from nbcnn.progress import DecodeProgress, TrainingProgress
     from nbcnn.train import StopRequested
 
     # Every check that can refuse the run comes before the folder is created or changed.
@@ -61,7 +64,8 @@ def train(
     used = set_threads(run.train.threads)
     if used is not None:
         run.train = replace(run.train, threads=used)
-    dataset = load_data(run.model, run.train, config)
+    with DecodeProgress() as decoding:
+        dataset = load_data(run.model, run.train, config, progress=decoding)
     folder, out = run.folder, run.train.output
     resume_command = _resume_command(config, out)
 
@@ -118,6 +122,7 @@ def _after_training(folder, model, dataset, interrupted: bool) -> None:
     """The test evaluation and curves.png of a completed run (skipped after a Ctrl-C in the
     last epoch: the run is complete, the user wants to stop)."""
     from nbcnn.pictures import write_curves
+    from nbcnn.progress import values_text
 
     weights = printable(str(folder.file("model.npz")))
     if interrupted:
@@ -126,11 +131,17 @@ def _after_training(folder, model, dataset, interrupted: bool) -> None:
             "the test evaluation was skipped",
             file=sys.stderr,
         )
+    elif not len(dataset.x_test):
+        console().print(
+            f"no test images (test_split 0 and no test_path): the test evaluation was skipped; "
+            f"weights: {weights}",
+            highlight=False,
+            markup=False,
+        )
     else:
         result = model.evaluate(dataset.x_test, dataset.y_test, inference_batch_size(model))
         console().print(
-            f"test: loss {result['loss']:.4f}  accuracy {result['accuracy']:.4f}  "
-            f"({result['samples']} samples)  weights: {weights}",
+            f"test: {values_text(result)}  ({result['samples']} samples)  weights: {weights}",
             highlight=False,
             markup=False,
         )

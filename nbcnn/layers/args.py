@@ -321,6 +321,48 @@ def did_you_mean(value: Any, candidates: list[str]) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
+def split_type(
+    spec: Any, where: str, choices: Sequence[str], noun: str = "type"
+) -> tuple[str, dict[str, Any]]:
+    """``"name"`` or ``{"type": "name", **options}`` -> ``(lower-case name, options)``: the form
+    of the optimizer, lr_schedule, loss and metric keys. A spec of another kind, a missing
+    ``type`` or an unknown name is a ConfigError at ``where`` (``where.type`` for the name
+    inside a mapping), with a did-you-mean."""
+    listed = ", ".join(choices)
+    mapping = isinstance(spec, Mapping)
+    if isinstance(spec, str):
+        spec = {"type": spec}
+    if not isinstance(spec, Mapping):
+        raise ConfigError(
+            f"expected a {noun} name or a mapping with 'type', got {show(spec)}; choose one of "
+            f"{listed}",
+            where=where,
+        )
+    if "type" not in spec:
+        raise ConfigError(f"missing 'type'; choose one of {listed}", where=where)
+    kind = spec["type"]
+    name = kind.lower() if isinstance(kind, str) else None
+    if name not in choices:
+        raise ConfigError(
+            f"unknown {noun} {show(kind)}{did_you_mean(kind, list(choices))}; choose one of "
+            f"{listed}",
+            where=f"{where}.type" if mapping else where,
+        )
+    return name, {k: v for k, v in spec.items() if k != "type"}
+
+
+def check_options(options: Mapping[str, Any], allowed: Sequence[str], owner: str, where: str):
+    """Refuse a key of ``options`` that ``owner`` (an optimizer, loss or metric) does not take,
+    at ``where.<key>``, with a did-you-mean and the keys it does take."""
+    for key in options:
+        if key not in allowed:
+            raise ConfigError(
+                f"unknown option {show(key)} for {owner}{did_you_mean(str(key), list(allowed))}; "
+                f"allowed: {', '.join(allowed) or 'none'}",
+                where=f"{where}.{key_text(key)}",
+            )
+
+
 def parse_arguments(
     schema: Mapping[str, Arg], values: Mapping[str, Any], *, what: str
 ) -> dict[str, Any]:

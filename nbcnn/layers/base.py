@@ -16,10 +16,12 @@ The full contract, with a minimal plugin, is written down in docs/plugins.md.
 from __future__ import annotations
 
 import math
+import numbers
 import re
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from nbcnn.errors import ConfigError
 from nbcnn.layers.args import Arg, parse_arguments
 
 #: Version of this contract. A plugin class may declare ``api_version``; nbcnn refuses one
@@ -70,10 +72,22 @@ class Layer:
     input_rank: ClassVar[int | None] = None
     #: Contract version this class was written against.
     api_version: ClassVar[int] = API_VERSION
+    #: The arguments that may be given by position in Python, in order; None means all of
+    #: ``arguments`` in their order, which follows the Keras signature (``Conv2D(32, 3)``).
+    positional: ClassVar[tuple[str, ...] | None] = None
 
-    def __init__(self, name: str | None = None, **kwargs: Any):
-        self.name = name or to_snake_case(type(self).__name__)
-        self.config = parse_arguments(self.arguments, kwargs, what=type(self).__name__)
+    def __init__(self, *args: Any, name: str | None = None, input_shape: Any = None, **kwargs: Any):
+        what = type(self).__name__
+        #: True when the name was given; a model renames the others conv2d, conv2d_1, ...
+        self.named = name is not None
+        self.name = name or to_snake_case(what)
+        #: The Keras 2 habit ``Conv2D(32, 3, input_shape=(28, 28, 1))`` on a first layer: the
+        #: model's input shape (checked by the model), never part of the layer's config.
+        self.declared_input_shape = input_shape
+        kwargs = _positional_to_keywords(
+            self.arguments if self.positional is None else self.positional, args, kwargs, what
+        )
+        self.config = parse_arguments(self.arguments, kwargs, what=what)
         for key, value in self.config.items():
             setattr(self, key, value)
         self.validate()
@@ -157,16 +171,17 @@ class Layer:
     #: uses; a layer may then skip computing it (and return None).
     input_grad_needed: bool = True
 
-    #: Set by the model while training when this layer's softmax is fused with the
-    #: cross-entropy loss: ``backward`` then receives the gradient w.r.t. the logits.
-    fused_softmax: bool = False
+    #: Set by training on the last layer when the loss applies this layer's activation itself
+    #: (softmax or sigmoid fused with a cross-entropy, nbcnn.losses): a training ``forward``
+    #: then returns the logits and ``backward`` receives the gradient w.r.t. them.
+    fused_activation: bool = False
 
     def activate(self, z: Any, training: bool) -> Any:
         """Apply ``self.activation`` and remember what its backward needs."""
         from nbcnn.layers import activations
 
-        if training and self.fused_softmax and self.activation == "softmax":
-            # The loss applies the softmax itself (fused and stable): hand it the logits.
+        if training and self.fused_activation:
+            # The loss applies the activation itself (fused and stable): hand it the logits.
             return z
         a = activations.forward(self.activation, z)
         if training:
@@ -177,7 +192,7 @@ class Layer:
         """Gradient w.r.t. the pre-activation of the last training ``forward``."""
         from nbcnn.layers import activations
 
-        if self.fused_softmax and self.activation == "softmax":
+        if self.fused_activation:
             return dy
         return activations.backward(self.activation, dy, self._z, self._a)
 
@@ -187,6 +202,26 @@ class Layer:
         for key, value in self.config.items():
             config[key] = _plain(value)
         return config
+
+
+def _positional_to_keywords(
+    names: Any, args: tuple[Any, ...], kwargs: dict[str, Any], what: str
+) -> dict[str, Any]:
+    """``args`` given by position, named in the order ``names``, merged into ``kwargs``;
+    ConfigError for too many of them or for one also given by name, as Python would say."""
+    names = list(names)
+    if len(args) > len(names):
+        raise ConfigError(
+            f"{what} takes at most {len(names)} positional argument(s) "
+            f"({', '.join(names) or 'none'}), got {len(args)}: pass the others by name",
+            where=f"{what}()",
+        )
+    merged = dict(kwargs)
+    for key, value in zip(names, args):
+        if key in merged:
+            raise ConfigError(f"{what} got {key!r} both by position and by name", where=key)
+        merged[key] = value
+    return merged
 
 
 def _defined_in_subclasses(cls: type) -> set[str]:
@@ -199,8 +234,14 @@ def _defined_in_subclasses(cls: type) -> set[str]:
 
 
 def _plain(value: Any) -> Any:
-    if isinstance(value, tuple):
+    """A parsed argument in YAML's types (a NumPy int given in Python becomes an int), so
+    that ``get_config`` can be written with ``yaml.safe_dump``."""
+    if isinstance(value, (tuple, list)):
         return [_plain(v) for v in value]
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return int(value)
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        return float(value)
     return value
 
 

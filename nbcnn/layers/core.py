@@ -135,6 +135,9 @@ class Dropout(Layer):
         "rate": Arg(number(0.0, 1.0, max_open=True), doc="fraction of values to drop"),
         "seed": Arg(optional(integer(0)), None, "seed of this layer's own stream"),
     }
+    # Keras's Dropout(rate, noise_shape, seed): nbcnn has no noise_shape, so a second
+    # positional argument would mean something else here; seed is taken by name only.
+    positional = ("rate",)
 
     def output_shape(self, input_shape: Shape) -> Shape:
         return tuple(input_shape)
