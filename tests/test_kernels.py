@@ -504,7 +504,9 @@ def test_chunked_im2col_equals_one_block(monkeypatch):
 def test_backward_reuses_the_forward_columns(monkeypatch, channels):
     """A training forward hands its im2col columns to the backward: the same gradients as
     columns rebuilt; none are handed over when the batch ran in chunks. With one channel the
-    columns are built transposed, (KH*KW, N*OH*OW)."""
+    columns are built transposed, (KH*KW, N*OH*OW). (The im2col + BLAS backend only: the
+    engine builds no columns.)"""
+    monkeypatch.setenv("NBCNN_CONV", "blas")
     rng = np.random.default_rng(4)
     x = rng.normal(size=(3, 5, 6, channels)).astype(np.float32)
     w = rng.normal(size=(3, 2, channels, 4)).astype(np.float32)

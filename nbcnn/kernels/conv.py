@@ -27,7 +27,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from nbcnn.kernels import _checks
+from nbcnn.kernels import _checks, engine
 from nbcnn.kernels._jit import kernel
 
 # ------------------------------------------------------------------------------------ kernels
@@ -216,8 +216,12 @@ def conv2d_forward(x, w, b, strides, dilation, padding, *, relu=False, return_co
     _checks.same_shape("b", b, (filters,))
     n_samples = x.shape[0]
 
-    y2d, cols = im2col_gemm(x, w, strides, dilation, padding, (out_h, out_w))
-    _bias_activation(y2d, b, relu)
+    if engine.backend() == "engine":  # bias and ReLU ride in the micro-kernel's epilogue
+        y2d = engine.conv_forward(x, w, b, strides, dilation, padding, (out_h, out_w), relu)
+        cols = None
+    else:
+        y2d, cols = im2col_gemm(x, w, strides, dilation, padding, (out_h, out_w))
+        _bias_activation(y2d, b, relu)
     y = y2d.reshape(n_samples, out_h, out_w, filters)
     return (y, cols) if return_cols else y
 
@@ -225,13 +229,17 @@ def conv2d_forward(x, w, b, strides, dilation, padding, *, relu=False, return_co
 def im2col_gemm(x, w, strides, dilation, padding, out_hw):
     """The convolution without bias: y2d (N*OH*OW, F) float32 = im2col(x) @ w.reshape(-1, F).
 
-    For checked, contiguous float32 x (N, H, W, C) and w (KH, KW, C, F); the GEMM runs once
-    per chunk of samples (CHUNK_BYTES), outside any parallel loop. Returns ``(y2d, cols)``:
-    cols are the columns, (N*OH*OW, KH*KW*C), or (KH*KW, N*OH*OW) for C == 1, when the batch
-    was one chunk (a training forward keeps them so that
-    the backward need not build them again: seed convnet step 27.5 -> 26.6 ms, median of 5
+    With the engine backend (the default, see ``engine.backend``) the product is computed by
+    the implicit-GEMM engine, without columns, and cols is None. Otherwise, for checked,
+    contiguous float32 x (N, H, W, C) and w (KH, KW, C, F), the GEMM runs once per chunk of
+    samples (CHUNK_BYTES), outside any parallel loop, and cols are the columns,
+    (N*OH*OW, KH*KW*C), or (KH*KW, N*OH*OW) for C == 1, when the batch was one chunk (a
+    training forward keeps them so that the backward need not build them again: seed convnet
+    step 27.5 -> 26.6 ms, median of 5
     runs, for +29 MB held between the passes at batch 128), else None.
     """
+    if engine.backend() == "engine":
+        return engine.conv_forward(x, w, None, strides, dilation, padding, out_hw), None
     kh, kw, channels, filters = w.shape
     n_samples = x.shape[0]
     rows = out_hw[0] * out_hw[1]  # im2col rows per sample

@@ -1,0 +1,253 @@
+"""Register-blocked micro-kernels emitted as LLVM IR: the core of nbcnn's convolution engine.
+
+One call computes an MR x NR tile of a product ``C = A @ B`` whose A rows are gathered:
+
+    acc[r, j] = sum_k A[arow[row0 + r] + koff[k]] * B[k, j]        (r < MR, j < NR)
+    C[c_off + r*ldc + j] = epilogue(acc[r, j] + bias[bias_off + j])
+
+The MR x NR accumulators are vector SSA values (``<VL x float>``) carried through the loop over
+k by phi nodes, so LLVM keeps the whole tile in vector registers; each step loads one A
+element per row, broadcasts it, and does MR * NR/VL fused multiply-adds with NR/VL vectors of
+B. Plain numba loops cannot do this: LLVM keeps an accumulator array in memory, 3-5x slower
+(design/conv-engine.md measured ~1 GFLOP/s for an alloca'd 6x32 tile, ~100 for this form).
+
+The tile is chosen from the CPU numba compiles for (``NUMBA_CPU_NAME``/``NUMBA_CPU_FEATURES``
+are honoured, so tests can force every variant on one machine): AVX-512 16-wide vectors,
+AVX2 + FMA 8-wide, anything else a portable 4-wide form with a separate multiply and add.
+
+Arrays are passed as numba arrays, never as raw addresses, so numba keeps them alive for the
+call. The generator's version is part of every tile's configuration, a literal argument, so
+numba's on-disk cache (keyed by argument types, literals included) never serves a tile from
+an older generator.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+from llvmlite import ir
+from numba import typeof, types
+from numba.core import cgutils
+from numba.extending import intrinsic, register_jitable
+
+#: Bumped whenever the IR below changes: it is encoded in every tile configuration, which
+#: numba's cache keys on, so a stale compiled tile is never reused.
+GENERATOR_VERSION = 1
+
+# CPUs by the vector width their default features give numba (LLVM's CPU names).
+_WIDTH_16 = (
+    "skylake-avx512", "cascadelake", "cooperlake", "cannonlake", "icelake-client",
+    "icelake-server", "tigerlake", "rocketlake", "sapphirerapids", "emeraldrapids",
+    "graniterapids", "znver4", "znver5", "x86-64-v4",
+)  # fmt: skip
+_WIDTH_8 = (
+    "haswell", "broadwell", "skylake", "alderlake", "raptorlake", "meteorlake", "znver1",
+    "znver2", "znver3", "x86-64-v3",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Tile:
+    """A micro-kernel shape: MR rows x NR columns of ``VL``-wide vectors (NR % VL == 0)."""
+
+    mr: int
+    nr: int
+    vl: int
+
+    def config(self, relu: bool) -> int:
+        """The tile as the kernels take it: one int holding MR, NR, VL, relu and the
+        generator's version, passed as a compile-time literal (see :func:`launch`), so each
+        tile is compiled once and keyed, in numba's on-disk cache too, by its shape and the
+        generator's version."""
+        return (((GENERATOR_VERSION * 64 + self.mr) * 256 + self.nr) * 32 + self.vl) * 2 + relu
+
+
+@register_jitable
+def tile_rows(config):
+    """MR of a tile configuration (inside numba kernels)."""
+    return (config // (2 * 32 * 256)) % 64
+
+
+@register_jitable
+def tile_cols(config):
+    """NR of a tile configuration (inside numba kernels)."""
+    return (config // (2 * 32)) % 256
+
+
+def decode(config: int) -> tuple[int, int, int, bool]:
+    """``(MR, NR, VL, relu)`` of a tile configuration (see :meth:`Tile.config`)."""
+    relu, config = bool(config % 2), config // 2
+    vl, config = config % 32, config // 32
+    nr, config = config % 256, config // 256
+    mr, version = config % 64, config // 64
+    if version != GENERATOR_VERSION:
+        raise ValueError(f"tile of generator version {version}, not {GENERATOR_VERSION}")
+    return mr, nr, vl, relu
+
+
+def launch(dispatcher, config: int, *args):
+    """Call the numba kernel ``dispatcher(config, *args)`` with ``config`` as a literal.
+
+    Calling a dispatcher with an int whose kernel asks for ``numba.literally`` re-dispatches
+    through an exception and type inference on every call (~20 ms measured here); the compiled
+    specialisation is looked up, or compiled (or loaded from the cache) once, and called
+    directly instead."""
+    sig = (types.IntegerLiteral(config), *(typeof(a) for a in args))
+    compiled = dispatcher.overloads.get(sig)
+    if compiled is None:
+        dispatcher.compile(sig)
+        compiled = dispatcher.overloads[sig]
+    return compiled.entry_point(config, *args)
+
+
+def _feature_flags(text: str) -> dict[str, bool]:
+    flags = {}
+    for item in text.split(","):
+        item = item.strip()
+        if item[:1] in "+-" and len(item) > 1:
+            flags[item[1:]] = item[0] == "+"
+    return flags
+
+
+@functools.cache
+def vector_width() -> int:
+    """Float32 lanes of the vectors numba's target CPU has: 16 (AVX-512), 8 (AVX2 + FMA) or 4
+    (anything else). Reads the CPU name and features numba compiles for, so
+    ``NUMBA_CPU_NAME=haswell NUMBA_CPU_FEATURES=-avx512f`` gives the AVX2 tiles."""
+    import llvmlite.binding as llvm
+    from numba.core import config
+    from numba.core.codegen import get_host_cpu_features
+
+    name = (config.CPU_NAME or llvm.get_host_cpu_name()).lower()
+    features = config.CPU_FEATURES if config.CPU_FEATURES is not None else None
+    if features is None:
+        flags = _feature_flags(get_host_cpu_features())
+        if flags.get("avx512f"):
+            return 16
+        return 8 if flags.get("avx2") and flags.get("fma") else 4
+    flags = _feature_flags(features)
+    width = 16 if name in _WIDTH_16 else 8 if name in _WIDTH_8 else 4
+    if flags.get("avx512f") is True:
+        width = 16
+    elif flags.get("avx512f") is False:
+        width = min(width, 8)
+    if flags.get("avx2") is False or flags.get("fma") is False:
+        width = 4
+    elif flags.get("avx2") and flags.get("fma"):
+        width = max(width, 8)
+    return width
+
+
+def choose_tile(filters: int, width: int | None = None) -> Tile:
+    """The tile for a layer with ``filters`` output channels: as many vector columns as the
+    filters fill (up to 4 with AVX-512's 32 vector registers, 2 with 16), then as many rows as
+    the registers allow beside them (one more for the broadcast, NR/VL for B). For 64 filters
+    that is the study's 6x64 AVX-512 tile and 6x16 AVX2 tile (design/conv-engine.md)."""
+    vl = width or vector_width()
+    columns = max(1, min(4 if vl == 16 else 2, -(-filters // vl)))
+    registers = 32 if vl == 16 else 16
+    rows = (registers - columns - 2) // columns
+    rows = max(1, min(rows, 14 if vl == 16 else 12 if vl == 8 else 6))
+    return Tile(rows, columns * vl, vl)
+
+
+@intrinsic
+def tile_kernel(typingctx, config, a, arow, row0, koff, k_len, b, bias, bias_off, c, c_off, ldc):
+    """The micro-kernel (see the module docstring); ``config`` (:meth:`Tile.config`) must be a
+    literal.
+
+    a : (*,) float32, arow : (*,) int64 row offsets into a, koff : (K,) int64 column offsets,
+    b : (K, NR) float32 C-contiguous, bias : (*,) float32, c : (*,) float32 output.
+    """
+    if not isinstance(config, types.IntegerLiteral):
+        return None
+    mr, nr, vl, relu = decode(config.literal_value)
+    sig = types.void(config, a, arow, row0, koff, k_len, b, bias, bias_off, c, c_off, ldc)
+
+    def codegen(context, builder, signature, args):
+        f32, i64, i32 = ir.FloatType(), ir.IntType(64), ir.IntType(32)
+        vec = ir.VectorType(f32, vl)
+        nv = nr // vl
+        _, a_v, arow_v, row0_v, koff_v, k_v, b_v, bias_v, boff_v, c_v, coff_v, ldc_v = args
+
+        def data(i, value):
+            return context.make_array(signature.args[i])(context, builder, value).data
+
+        a_ptr, arow_ptr, koff_ptr = data(1, a_v), data(2, arow_v), data(4, koff_v)
+        b_ptr, bias_ptr, c_ptr = data(6, b_v), data(7, bias_v), data(9, c_v)
+        fused = vl > 4  # FMA hardware; the portable form multiplies and adds
+        if fused:
+            fma = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(vec, [vec, vec, vec]), f"llvm.fma.v{vl}f32"
+            )
+        zero = ir.Constant(vec, [0.0] * vl)
+        splat_mask = ir.Constant(ir.VectorType(i32, vl), [0] * vl)
+        undef = ir.Constant(vec, ir.Undefined)
+        rows = [
+            builder.load(builder.gep(arow_ptr, [builder.add(row0_v, ir.Constant(i64, r))]))
+            for r in range(mr)
+        ]
+        entry = builder.block
+        loop = builder.append_basic_block("tile_loop")
+        done = builder.append_basic_block("tile_done")
+        builder.cbranch(builder.icmp_signed(">", k_v, ir.Constant(i64, 0)), loop, done)
+
+        builder.position_at_end(loop)
+        k = builder.phi(i64, "k")
+        k.add_incoming(ir.Constant(i64, 0), entry)
+        acc = [[builder.phi(vec, f"acc_{r}_{j}") for j in range(nv)] for r in range(mr)]
+        for row in acc:
+            for phi in row:
+                phi.add_incoming(zero, entry)
+        offset = builder.load(builder.gep(koff_ptr, [k]))
+        b_row = builder.gep(b_ptr, [builder.mul(k, ir.Constant(i64, nr))])
+        bs = [
+            builder.load(
+                builder.bitcast(builder.gep(b_row, [ir.Constant(i64, j * vl)]), vec.as_pointer()),
+                align=4,
+            )
+            for j in range(nv)
+        ]
+        updated = []
+        for r in range(mr):
+            scalar = builder.load(builder.gep(a_ptr, [builder.add(rows[r], offset)]))
+            broadcast = builder.shuffle_vector(
+                builder.insert_element(undef, scalar, ir.Constant(i32, 0)), undef, splat_mask
+            )
+            line = []
+            for j in range(nv):
+                if fused:
+                    line.append(builder.call(fma, [broadcast, bs[j], acc[r][j]]))
+                else:
+                    line.append(builder.fadd(builder.fmul(broadcast, bs[j]), acc[r][j]))
+            updated.append(line)
+        k_next = builder.add(k, ir.Constant(i64, 1))
+        k.add_incoming(k_next, loop)
+        for r in range(mr):
+            for j in range(nv):
+                acc[r][j].add_incoming(updated[r][j], loop)
+        builder.cbranch(builder.icmp_signed("<", k_next, k_v), loop, done)
+
+        builder.position_at_end(done)
+        totals = [[builder.phi(vec, f"sum_{r}_{j}") for j in range(nv)] for r in range(mr)]
+        for r in range(mr):
+            for j in range(nv):
+                totals[r][j].add_incoming(zero, entry)
+                totals[r][j].add_incoming(updated[r][j], loop)
+        for j in range(nv):
+            bias_at = builder.gep(bias_ptr, [builder.add(boff_v, ir.Constant(i64, j * vl))])
+            bias_vec = builder.load(builder.bitcast(bias_at, vec.as_pointer()), align=4)
+            for r in range(mr):
+                value = builder.fadd(totals[r][j], bias_vec)
+                if relu:  # max(v, 0); NaN becomes 0, as the unfused kernels' `v > 0` test
+                    value = builder.select(builder.fcmp_ordered(">", value, zero), value, zero)
+                at = builder.add(
+                    coff_v,
+                    builder.add(builder.mul(ldc_v, ir.Constant(i64, r)), ir.Constant(i64, j * vl)),
+                )
+                target = builder.bitcast(builder.gep(c_ptr, [at]), vec.as_pointer())
+                builder.store(value, target, align=4)
+        return context.get_dummy_value()
+
+    return sig, codegen

@@ -1,0 +1,176 @@
+"""The convolution engine (nbcnn/kernels/engine.py, microkernel.py) against the naive loops.
+
+Geometries are built by construction (test_kernels.geometries) with filter and channel counts
+around the tile sizes, so full tiles, remainders of MR (pixels) and NR (filters), C = 1 and
+N = 1 all occur; bias and ReLU are fused in the tile's epilogue. Every tile variant runs on
+this machine: the AVX-512, AVX2 and portable tiles are compiled in subprocesses with numba's
+target CPU forced (NUMBA_CPU_NAME / NUMBA_CPU_FEATURES).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import naive
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from test_kernels import RTOL, assert_close, geometries
+
+from nbcnn.kernels import conv, engine, microkernel
+
+TESTS = Path(__file__).resolve().parent
+
+
+def engine_forward(x, w, b, g, relu):
+    y2d = engine.conv_forward(x, w, b, g.strides, g.dilation, g.padding, g.out_hw, relu)
+    return y2d.reshape(x.shape[0], *g.out_hw, w.shape[3])
+
+
+@st.composite
+def engine_cases(draw):
+    """(geometry, x, w, b, relu): filters 1..70 (past one and several NR blocks of every tile),
+    channels 1..40, batch 1..3."""
+    g = draw(geometries(dilated=True))
+    n, c = draw(st.integers(1, 3)), draw(st.sampled_from([1, 2, 3, 8, 17, 40]))
+    f = draw(st.sampled_from([1, 3, 8, 15, 16, 17, 31, 32, 33, 64, 70]))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    x = rng.uniform(-2, 2, (n, *g.in_hw, c)).astype(np.float32)
+    w = rng.uniform(-2, 2, (*g.kernel, c, f)).astype(np.float32)
+    b = rng.uniform(-2, 2, f).astype(np.float32)
+    return g, x, w, b, draw(st.booleans())
+
+
+@settings(max_examples=40, deadline=None)
+@given(case=engine_cases())
+def test_engine_forward_matches_naive(case):
+    g, x, w, b, relu = case
+    want = naive.conv2d_forward(x, w, b, g.strides, g.dilation, g.padding)
+    if relu:
+        want = np.maximum(want, 0)
+    assert_close(engine_forward(x, w, b, g, relu), want, "engine forward")
+
+
+def test_a_layer_of_the_seed_model_agrees_with_blas(monkeypatch):
+    """Many full tiles (conv2 of the seed convnet at batch 4), against the BLAS backend."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((4, 14, 14, 32)).astype(np.float32)
+    w = rng.standard_normal((3, 3, 32, 64)).astype(np.float32)
+    b = rng.standard_normal(64).astype(np.float32)
+    args = ((1, 1), (1, 1), ((1, 1), (1, 1)))
+    got = conv.conv2d_forward(x, w, b, *args, relu=True)
+    monkeypatch.setenv("NBCNN_CONV", "blas")
+    want = conv.conv2d_forward(x, w, b, *args, relu=True)
+    np.testing.assert_allclose(got, want, rtol=RTOL, atol=RTOL * np.abs(want).max())
+
+
+def test_the_backend_is_chosen_by_nbcnn_conv(monkeypatch):
+    monkeypatch.delenv("NBCNN_CONV", raising=False)
+    assert engine.backend() == "engine"
+    monkeypatch.setenv("NBCNN_CONV", "BLAS")
+    assert engine.backend() == "blas"
+    monkeypatch.setenv("NBCNN_CONV", "cudnn")
+    with pytest.raises(ValueError, match="NBCNN_CONV must be one of engine, blas"):
+        engine.backend()
+
+
+@pytest.mark.parametrize(
+    ("width", "filters", "tile"),
+    [
+        (16, 64, (6, 64)),  # the study's AVX-512 tile: 24 accumulators in zmm registers
+        (16, 32, (14, 32)),
+        (16, 10, (14, 16)),
+        (8, 64, (6, 16)),
+        (8, 16, (6, 16)),  # the study's AVX2 tile: 12 accumulators in ymm registers
+        (4, 3, (6, 4)),
+    ],
+)
+def test_tiles_fit_the_vector_registers(width, filters, tile):
+    chosen = microkernel.choose_tile(filters, width)
+    assert (chosen.mr, chosen.nr, chosen.vl) == (*tile, width)
+    registers = 32 if width == 16 else 16
+    assert chosen.mr * chosen.nr // width + chosen.nr // width + 1 <= registers
+
+
+def test_a_tile_configuration_carries_the_generator_version(monkeypatch):
+    config = microkernel.Tile(6, 64, 16).config(True)
+    assert microkernel.decode(config) == (6, 64, 16, True)
+    monkeypatch.setattr(microkernel, "GENERATOR_VERSION", microkernel.GENERATOR_VERSION + 1)
+    assert microkernel.Tile(6, 64, 16).config(True) != config  # another cache key
+    with pytest.raises(ValueError, match="generator version"):
+        microkernel.decode(config)
+
+
+# A script for a subprocess: the engine on a few geometries against the naive loops, with
+# numba's cache statistics, under whatever target CPU the environment forces.
+SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    sys.path.insert(0, {tests!r})
+    import numpy as np
+    import naive
+    from nbcnn.kernels import engine, microkernel
+    if {bump}:
+        microkernel.GENERATOR_VERSION += 1
+    rng = np.random.default_rng(1)
+    worst = 0.0
+    for n, h, c, f, k, s, pad in [(2, 7, 3, 33, 3, 1, 1), (1, 6, 1, 5, 2, 2, 0),
+                                  (3, 5, 17, 70, 3, 1, 1)]:
+        x = rng.uniform(-2, 2, (n, h, h, c)).astype(np.float32)
+        w = rng.uniform(-2, 2, (k, k, c, f)).astype(np.float32)
+        b = rng.uniform(-2, 2, f).astype(np.float32)
+        padding = ((pad, pad), (pad, pad))
+        want = np.maximum(naive.conv2d_forward(x, w, b, (s, s), (1, 1), padding), 0)
+        got = engine.conv_forward(x, w, b, (s, s), (1, 1), padding, want.shape[1:3], True)
+        error = np.abs(got.reshape(want.shape) - want).max() / max(np.abs(want).max(), 1)
+        worst = max(worst, float(error))
+    stats = engine._forward_tiles.stats
+    print(json.dumps({{"width": microkernel.vector_width(), "error": worst,
+                      "hits": sum(stats.cache_hits.values()),
+                      "misses": sum(stats.cache_misses.values())}}))
+    """
+)
+
+
+def run_engine(env_extra: dict, cache_dir: Path, bump: bool = False) -> dict:
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(cache_dir), **env_extra}
+    for name in ("NUMBA_CPU_NAME", "NUMBA_CPU_FEATURES"):
+        if name not in env_extra:
+            env.pop(name, None)
+    code = SCRIPT.format(tests=str(TESTS), bump=bump)
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize(
+    ("target", "width"),
+    [
+        ({"NUMBA_CPU_NAME": "haswell", "NUMBA_CPU_FEATURES": "-avx512f"}, 8),  # AVX2 + FMA
+        ({"NUMBA_CPU_NAME": "generic"}, 4),  # the portable tile (SSE2, no FMA)
+    ],
+)
+def test_every_tile_variant_runs_with_the_target_forced(tmp_path, target, width):
+    result = run_engine(target, tmp_path)
+    assert result["width"] == width
+    assert result["error"] < RTOL
+
+
+def test_the_cache_is_reused_and_a_new_generator_version_recompiles(tmp_path):
+    """The host's own tile (AVX-512 here) in a fresh cache, then again, then with the
+    generator's version bumped."""
+    first = run_engine({}, tmp_path)
+    assert first["width"] == microkernel.vector_width()
+    assert first["misses"] >= 1 and first["error"] < RTOL
+    second = run_engine({}, tmp_path)
+    assert second["misses"] == 0 and second["hits"] >= 1  # nothing compiled again
+    bumped = run_engine({}, tmp_path, bump=True)
+    assert bumped["misses"] >= 1  # the old tiles are not served to a new generator
