@@ -1,4 +1,5 @@
-"""The convolution engine (nbcnn/kernels/engine.py, microkernel.py) against the naive loops.
+"""The convolution engine (nbcnn/kernels/engine.py, microkernel.py) against the naive loops:
+forward, weight gradient and input gradient.
 
 Geometries are built by construction (test_kernels.geometries) with filter and channel counts
 around the tile sizes, so full tiles, remainders of MR (pixels) and NR (filters), C = 1 and
@@ -57,17 +58,40 @@ def test_engine_forward_matches_naive(case):
     assert_close(engine_forward(x, w, b, g, relu), want, "engine forward")
 
 
+@settings(max_examples=30, deadline=None)
+@given(case=engine_cases())
+def test_engine_backward_matches_naive(case):
+    """The weight gradient (per-thread partials over pixel chunks, accumulated in the tile's
+    epilogue) and, for stride 1, the input gradient (the transposed convolution)."""
+    g, x, w, _, _ = case
+    rng = np.random.default_rng(0)
+    dz = rng.uniform(-2, 2, (x.shape[0], *g.out_hw, w.shape[3])).astype(np.float32)
+    want_dx, want_dw, _ = naive.conv2d_backward(dz, x, w, g.strides, g.dilation, g.padding)
+    dw = engine.conv_weight_grad(dz, x, w.shape, g.strides, g.dilation, g.padding)
+    assert_close(dw, want_dw, "engine dw")
+    if g.strides == (1, 1):
+        dx = engine.conv_input_grad(dz, w, x.shape, g.dilation, g.padding)
+        assert_close(dx, want_dx, "engine dx")
+
+
 def test_a_layer_of_the_seed_model_agrees_with_blas(monkeypatch):
-    """Many full tiles (conv2 of the seed convnet at batch 4), against the BLAS backend."""
+    """Many full tiles and several pixel blocks per thread (conv2 of the seed convnet at
+    batch 4: 784 pixels), forward and backward, against the im2col + BLAS backend."""
     rng = np.random.default_rng(0)
     x = rng.standard_normal((4, 14, 14, 32)).astype(np.float32)
     w = rng.standard_normal((3, 3, 32, 64)).astype(np.float32)
     b = rng.standard_normal(64).astype(np.float32)
+    dy = rng.standard_normal((4, 14, 14, 64)).astype(np.float32)
     args = ((1, 1), (1, 1), ((1, 1), (1, 1)))
-    got = conv.conv2d_forward(x, w, b, *args, relu=True)
+
+    def run():
+        y = conv.conv2d_forward(x, w, b, *args, relu=True)
+        return (y, *conv.conv2d_backward(dy, x, w, *args, relu_output=y))
+
+    got = run()
     monkeypatch.setenv("NBCNN_CONV", "blas")
-    want = conv.conv2d_forward(x, w, b, *args, relu=True)
-    np.testing.assert_allclose(got, want, rtol=RTOL, atol=RTOL * np.abs(want).max())
+    for g, want in zip(got, run(), strict=True):
+        np.testing.assert_allclose(g, want, rtol=RTOL, atol=RTOL * np.abs(want).max())
 
 
 def test_the_backend_is_chosen_by_nbcnn_conv(monkeypatch):
@@ -84,8 +108,8 @@ def test_the_backend_is_chosen_by_nbcnn_conv(monkeypatch):
     ("width", "filters", "tile"),
     [
         (16, 64, (6, 64)),  # the study's AVX-512 tile: 24 accumulators in zmm registers
-        (16, 32, (14, 32)),
-        (16, 10, (14, 16)),
+        (16, 32, (8, 32)),
+        (16, 10, (8, 16)),
         (8, 64, (6, 16)),
         (8, 16, (6, 16)),  # the study's AVX2 tile: 12 accumulators in ymm registers
         (4, 3, (6, 4)),
@@ -99,10 +123,10 @@ def test_tiles_fit_the_vector_registers(width, filters, tile):
 
 
 def test_a_tile_configuration_carries_the_generator_version(monkeypatch):
-    config = microkernel.Tile(6, 64, 16).config(True)
-    assert microkernel.decode(config) == (6, 64, 16, True)
+    config = microkernel.Tile(6, 64, 16).config(microkernel.BIAS_RELU)
+    assert microkernel.decode(config) == (6, 64, 16, microkernel.BIAS_RELU)
     monkeypatch.setattr(microkernel, "GENERATOR_VERSION", microkernel.GENERATOR_VERSION + 1)
-    assert microkernel.Tile(6, 64, 16).config(True) != config  # another cache key
+    assert microkernel.Tile(6, 64, 16).config(microkernel.BIAS_RELU) != config  # a new key
     with pytest.raises(ValueError, match="generator version"):
         microkernel.decode(config)
 

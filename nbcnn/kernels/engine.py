@@ -25,7 +25,16 @@ import numba
 import numpy as np
 
 from nbcnn.kernels._jit import kernel
-from nbcnn.kernels.microkernel import choose_tile, launch, tile_cols, tile_kernel, tile_rows
+from nbcnn.kernels.microkernel import (
+    ACCUMULATE,
+    BIAS,
+    BIAS_RELU,
+    choose_tile,
+    launch,
+    tile_cols,
+    tile_kernel,
+    tile_rows,
+)
 
 #: Values of NBCNN_CONV: ``engine`` (default) or ``blas``.
 BACKENDS = ("engine", "blas")
@@ -125,7 +134,7 @@ def conv_forward(x, w, b, strides, dilation, padding, out_hw, relu=False):
         x = np.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))
     padded_h, padded_w = x.shape[1], x.shape[2]
     tile = choose_tile(filters)
-    config = tile.config(relu)
+    config = tile.config(BIAS_RELU if relu else BIAS)
     n_pixels = n_samples * out_h * out_w
     pixels = np.empty(-(-n_pixels // tile.mr) * tile.mr, dtype=np.int64)
     _pixel_offsets(n_samples, out_h, out_w, sh, sw, padded_h, padded_w, channels, pixels)
@@ -137,3 +146,89 @@ def conv_forward(x, w, b, strides, dilation, padding, out_hw, relu=False):
     y = np.empty(n_pixels * filters, dtype=np.float32)
     launch(_forward_tiles, config, x.reshape(-1), pixels, taps, wpack, bpack, y, n_pixels, filters)
     return y.reshape(n_pixels, filters)
+
+
+# ------------------------------------------------------------------------------- backward
+
+# Pixels per cache block of the weight gradient: the block's rows of dz (at most 256 x 64
+# floats, 64 KiB) stay in L2 while every MR-row tile of the weights' rows passes over them.
+_PIXELS_PER_BLOCK = 256
+
+
+@kernel
+def _weight_grad_tiles(config, xp, pixels, taps, dzpack, partial, n_pixels):
+    """partial[chunk, m, f] += sum over the chunk's pixels p of xp[pixels[p] + taps[m]] *
+    dz[p, f]: one chunk of pixels per prange iteration, each into its own partial (summed by
+    the caller), so no two threads ever add into the same cells.
+
+    xp : (*,) float32 flat padded input; pixels : (P,) int64; taps : (M_pad,) int64, padded
+    to a multiple of MR with a valid offset; dzpack : (F/NR, P, NR) float32; partial :
+    (chunks, M_pad * F/NR * NR) float32, zeroed.
+    """
+    mr = tile_rows(config)
+    nr = tile_cols(config)
+    chunks = partial.shape[0]
+    m_tiles = taps.shape[0] // mr
+    ldc = dzpack.shape[0] * nr
+    per_chunk = (n_pixels + chunks - 1) // chunks
+    for chunk in numba.prange(chunks):
+        out = partial[chunk]
+        stop = min((chunk + 1) * per_chunk, n_pixels)
+        for start in range(chunk * per_chunk, stop, _PIXELS_PER_BLOCK):
+            end = min(start + _PIXELS_PER_BLOCK, stop)
+            rows = pixels[start:end]
+            for fb in range(dzpack.shape[0]):
+                b = dzpack[fb, start:end]
+                for mt in range(m_tiles):
+                    tile_kernel(
+                        numba.literally(config), xp, taps, mt * mr, rows, end - start, b,
+                        out, 0, out, mt * mr * ldc + fb * nr, ldc,
+                    )  # fmt: skip
+
+
+def conv_weight_grad(dz, x, w_shape, strides, dilation, padding):
+    """dw (KH, KW, C, F) float32 of the convolution, given dz (N, OH, OW, F) (the gradient
+    after any activation) and the checked, contiguous float32 forward input x (N, H, W, C)."""
+    kh, kw, channels, filters = w_shape
+    n_samples, out_h, out_w, _ = dz.shape
+    (top, bottom), (left, right) = padding
+    if top or bottom or left or right:
+        x = np.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))
+    padded_h, padded_w = x.shape[1], x.shape[2]
+    tile = choose_tile(filters)
+    k = kh * kw * channels
+    m_pad = -(-k // tile.mr) * tile.mr
+    taps = _tap_offsets((kh, kw), dilation, padded_w, channels)
+    taps = np.concatenate([taps, np.full(m_pad - k, taps[-1], np.int64)])
+    n_pixels = n_samples * out_h * out_w
+    pixels = np.empty(n_pixels, dtype=np.int64)
+    _pixel_offsets(n_samples, out_h, out_w, *strides, padded_h, padded_w, channels, pixels)
+    dzpack = pack_weights(dz.reshape(n_pixels, filters), tile.nr)
+    chunks = max(1, min(numba.get_num_threads(), -(-n_pixels // _PIXELS_PER_BLOCK)))
+    partial = np.zeros((chunks, m_pad * dzpack.shape[0] * tile.nr), dtype=np.float32)
+    launch(_weight_grad_tiles, tile.config(ACCUMULATE), x.reshape(-1), pixels, taps, dzpack,
+           partial, n_pixels)  # fmt: skip
+    summed = partial.sum(axis=0).reshape(m_pad, -1)[:k, :filters]
+    return np.ascontiguousarray(summed).reshape(kh, kw, channels, filters)
+
+
+def conv_input_grad(dz, w, x_shape, dilation, padding):
+    """dx (N, H, W, C) float32 of a stride-1 convolution given dz (N, OH, OW, F): the forward
+    engine on dz zero-padded by the kernel's extent less the forward's padding, with the
+    weights flipped and transposed to (KH, KW, F, C) (the transposed convolution)."""
+    kh, kw, channels, filters = w.shape
+    dil_h, dil_w = dilation
+    (top, bottom), (left, right) = padding
+    n_samples, height, width, _ = x_shape
+    reach_h, reach_w = (kh - 1) * dil_h, (kw - 1) * dil_w
+    w_t = np.ascontiguousarray(w[::-1, ::-1].transpose(0, 1, 3, 2))
+    pads = ((reach_h - top, reach_h - bottom), (reach_w - left, reach_w - right))
+    if min(pads[0] + pads[1]) >= 0:  # padding within the kernel's reach: dx directly
+        dx = conv_forward(dz, w_t, None, (1, 1), dilation, pads, (height, width))
+        return dx.reshape(n_samples, height, width, channels)
+    # More padding than the kernel reaches: the gradient of the padded input, cropped.
+    out_hw = (dz.shape[1] + reach_h, dz.shape[2] + reach_w)
+    pads = ((reach_h, reach_h), (reach_w, reach_w))
+    dx_padded = conv_forward(dz, w_t, None, (1, 1), dilation, pads, out_hw)
+    dx_padded = dx_padded.reshape(n_samples, *out_hw, channels)
+    return np.ascontiguousarray(dx_padded[:, top : top + height, left : left + width])

@@ -3,7 +3,7 @@
 One call computes an MR x NR tile of a product ``C = A @ B`` whose A rows are gathered:
 
     acc[r, j] = sum_k A[arow[row0 + r] + koff[k]] * B[k, j]        (r < MR, j < NR)
-    C[c_off + r*ldc + j] = epilogue(acc[r, j] + bias[bias_off + j])
+    C[c_off + r*ldc + j] = act(acc[r, j] + bias[bias_off + j])     (or C[...] += acc[r, j])
 
 The MR x NR accumulators are vector SSA values (``<VL x float>``) carried through the loop over
 k by phi nodes, so LLVM keeps the whole tile in vector registers; each step loads one A
@@ -33,7 +33,10 @@ from numba.extending import intrinsic, register_jitable
 
 #: Bumped whenever the IR below changes: it is encoded in every tile configuration, which
 #: numba's cache keys on, so a stale compiled tile is never reused.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
+
+#: Epilogues: C = tile + bias; C = max(tile + bias, 0); C += tile.
+BIAS, BIAS_RELU, ACCUMULATE = 0, 1, 2
 
 # CPUs by the vector width their default features give numba (LLVM's CPU names).
 _WIDTH_16 = (
@@ -55,35 +58,37 @@ class Tile:
     nr: int
     vl: int
 
-    def config(self, relu: bool) -> int:
-        """The tile as the kernels take it: one int holding MR, NR, VL, relu and the
+    def config(self, epilogue: int) -> int:
+        """The tile as the kernels take it: one int holding MR, NR, VL, the epilogue and the
         generator's version, passed as a compile-time literal (see :func:`launch`), so each
         tile is compiled once and keyed, in numba's on-disk cache too, by its shape and the
         generator's version."""
-        return (((GENERATOR_VERSION * 64 + self.mr) * 256 + self.nr) * 32 + self.vl) * 2 + relu
+        if epilogue not in (BIAS, BIAS_RELU, ACCUMULATE):
+            raise ValueError(f"unknown epilogue {epilogue!r}")
+        return (((GENERATOR_VERSION * 64 + self.mr) * 256 + self.nr) * 32 + self.vl) * 4 + epilogue
 
 
 @register_jitable
 def tile_rows(config):
     """MR of a tile configuration (inside numba kernels)."""
-    return (config // (2 * 32 * 256)) % 64
+    return (config // (4 * 32 * 256)) % 64
 
 
 @register_jitable
 def tile_cols(config):
     """NR of a tile configuration (inside numba kernels)."""
-    return (config // (2 * 32)) % 256
+    return (config // (4 * 32)) % 256
 
 
 def decode(config: int) -> tuple[int, int, int, bool]:
-    """``(MR, NR, VL, relu)`` of a tile configuration (see :meth:`Tile.config`)."""
-    relu, config = bool(config % 2), config // 2
+    """``(MR, NR, VL, epilogue)`` of a tile configuration (see :meth:`Tile.config`)."""
+    epilogue, config = config % 4, config // 4
     vl, config = config % 32, config // 32
     nr, config = config % 256, config // 256
     mr, version = config % 64, config // 64
     if version != GENERATOR_VERSION:
         raise ValueError(f"tile of generator version {version}, not {GENERATOR_VERSION}")
-    return mr, nr, vl, relu
+    return mr, nr, vl, epilogue
 
 
 def launch(dispatcher, config: int, *args):
@@ -142,13 +147,15 @@ def vector_width() -> int:
 def choose_tile(filters: int, width: int | None = None) -> Tile:
     """The tile for a layer with ``filters`` output channels: as many vector columns as the
     filters fill (up to 4 with AVX-512's 32 vector registers, 2 with 16), then as many rows as
-    the registers allow beside them (one more for the broadcast, NR/VL for B). For 64 filters
+    the vector registers allow beside them (one for the broadcast, NR/VL for B). For 64 filters
     that is the study's 6x64 AVX-512 tile and 6x16 AVX2 tile (design/conv-engine.md)."""
     vl = width or vector_width()
     columns = max(1, min(4 if vl == 16 else 2, -(-filters // vl)))
     registers = 32 if vl == 16 else 16
     rows = (registers - columns - 2) // columns
-    rows = max(1, min(rows, 14 if vl == 16 else 12 if vl == 8 else 6))
+    # At most 8 rows: each row's base address takes a general register (16 on x86-64); a
+    # 14x32 tile measured 18.2 ms on the seed convnet's conv2 input gradient, 8x32 12.3 ms.
+    rows = max(1, min(rows, 8 if vl == 16 else 6))
     return Tile(rows, columns * vl, vl)
 
 
@@ -162,7 +169,7 @@ def tile_kernel(typingctx, config, a, arow, row0, koff, k_len, b, bias, bias_off
     """
     if not isinstance(config, types.IntegerLiteral):
         return None
-    mr, nr, vl, relu = decode(config.literal_value)
+    mr, nr, vl, epilogue = decode(config.literal_value)
     sig = types.void(config, a, arow, row0, koff, k_len, b, bias, bias_off, c, c_off, ldc)
 
     def codegen(context, builder, signature, args):
@@ -236,17 +243,21 @@ def tile_kernel(typingctx, config, a, arow, row0, koff, k_len, b, bias, bias_off
                 totals[r][j].add_incoming(zero, entry)
                 totals[r][j].add_incoming(updated[r][j], loop)
         for j in range(nv):
-            bias_at = builder.gep(bias_ptr, [builder.add(boff_v, ir.Constant(i64, j * vl))])
-            bias_vec = builder.load(builder.bitcast(bias_at, vec.as_pointer()), align=4)
+            if epilogue != ACCUMULATE:
+                bias_at = builder.gep(bias_ptr, [builder.add(boff_v, ir.Constant(i64, j * vl))])
+                bias_vec = builder.load(builder.bitcast(bias_at, vec.as_pointer()), align=4)
             for r in range(mr):
-                value = builder.fadd(totals[r][j], bias_vec)
-                if relu:  # max(v, 0); NaN becomes 0, as the unfused kernels' `v > 0` test
-                    value = builder.select(builder.fcmp_ordered(">", value, zero), value, zero)
                 at = builder.add(
                     coff_v,
                     builder.add(builder.mul(ldc_v, ir.Constant(i64, r)), ir.Constant(i64, j * vl)),
                 )
                 target = builder.bitcast(builder.gep(c_ptr, [at]), vec.as_pointer())
+                if epilogue == ACCUMULATE:  # C += tile (a reduction split over calls)
+                    value = builder.fadd(builder.load(target, align=4), totals[r][j])
+                else:
+                    value = builder.fadd(totals[r][j], bias_vec)
+                if epilogue == BIAS_RELU:  # max(v, 0); NaN becomes 0, as `v > 0` elsewhere
+                    value = builder.select(builder.fcmp_ordered(">", value, zero), value, zero)
                 builder.store(value, target, align=4)
         return context.get_dummy_value()
 
