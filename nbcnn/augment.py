@@ -21,8 +21,9 @@ the image replaced as ``fill_mode`` says (``reflect`` ``d c b a | a b c d | d c 
 
 Two defaults differ from Keras's, on purpose: ``value_range`` of brightness and contrast is
 ``[0, 1]`` (Keras: ``[0, 255]``) because nbcnn hands the model images already scaled to
-[0, 1]; and contrast's single ``factor`` f draws from ``[1 - f, 1 + f]`` as Keras's docstring
-says (its code at the time of writing draws from ``[1, 1 + f]``).
+[0, 1] (a top above 1 is refused: see :func:`value_range`); and contrast's single ``factor``
+f draws from ``[1 - f, 1 + f]`` as Keras's docstring says (its code at the time of writing
+draws from ``[1, 1 + f]``).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from nbcnn.layers.args import (
     choice,
     integer,
     is_number,
+    key_text,
     number,
     parse_arguments,
     show,
@@ -79,15 +81,25 @@ def optional_factor(value: Any) -> list[float] | None:
 
 
 def value_range(value: Any) -> list[float]:
-    """``[low, high]`` with low < high, the range images are clipped to."""
-    if (
+    """``[low, high]`` with low < high <= 1, the range images are clipped to.
+
+    A top above 1 is refused: nbcnn hands the model images in [0, 1], so Keras's default
+    ``[0, 255]``, copied into a config, would add up to ``factor * 255`` to values of at most 1
+    and clip the result to [0, 255]: every image saturated, and training would not say so."""
+    if not (
         isinstance(value, (list, tuple))
         and len(value) == 2
         and all(is_number(v) and math.isfinite(v) for v in value)
         and value[0] < value[1]
     ):
-        return [float(value[0]), float(value[1])]
-    raise ValueError("expected [low, high] with low < high")
+        raise ValueError("expected [low, high] with low < high")
+    if value[1] > 1:
+        raise ValueError(
+            "nbcnn's images are in [0, 1] (integer pixels are divided by 255), so the top of "
+            "value_range cannot be above 1 (Keras's default [0, 255] would saturate every "
+            "image); use [0, 1] or leave value_range out"
+        )
+    return [float(value[0]), float(value[1])]
 
 
 def _fill_args(fill_mode: str) -> dict[str, Arg]:
@@ -145,6 +157,33 @@ SHORTHAND = {
     "brightness": ("factor",),
     "contrast": ("factor",),
 }
+#: Each op written with its shorthand, for the hint given to a Keras layer name used as a key.
+EXAMPLES = {
+    "flip": "flip: horizontal",
+    "crop": "crop: {padding: 4}",
+    "translation": "translation: 0.1",
+    "rotation": "rotation: 0.05",
+    "zoom": "zoom: 0.1",
+    "brightness": "brightness: 0.2",
+    "contrast": "contrast: 0.2",
+}
+
+
+def _keras_name_hint(key: Any, where: str) -> None:
+    """ConfigError for a Keras layer name used as an op key (``RandomFlip``, ``random_flip``):
+    the key that op has here, with an example."""
+    if not isinstance(key, str):
+        return
+    name = key.replace("_", "").lower()
+    op = name.removeprefix("random")
+    if op not in SCHEMAS or op == name:
+        return
+    keras = "Random" + op.capitalize()
+    raise ConfigError(
+        f"Keras's {keras} layer is the key {op!r} here ({EXAMPLES[op]}); the keys are "
+        f"{', '.join(OPS)}",
+        where=f"{where}.{key_text(key)}",
+    )
 
 
 def parse_augment(section: Any, where: str = "train.augment") -> dict[str, dict] | None:
@@ -159,6 +198,8 @@ def parse_augment(section: Any, where: str = "train.augment") -> dict[str, dict]
             f"{show(section)}",
             where=where,
         )
+    for key in section:
+        _keras_name_hint(key, where)
     try:
         ops = parse_arguments({op: Arg(lambda v: v, None) for op in OPS}, section, what="augment")
     except ConfigError as err:

@@ -160,6 +160,7 @@ class EarlyStopping(Callback):
         super().__init__()
         self._monitor = Monitor(monitor, mode, min_delta, "EarlyStopping")
         self.monitor = self._monitor.monitor
+        self.mode = mode
         self.min_delta = self._monitor.min_delta
         self.patience = _checked(integer(0), patience, "EarlyStopping(patience)")
         self.verbose = _checked(integer(0, 2), verbose, "EarlyStopping(verbose)")
@@ -184,6 +185,20 @@ class EarlyStopping(Callback):
 
     def monitored(self) -> str | None:
         return self.monitor
+
+    def config(self) -> dict[str, Any]:
+        """nbcnn: the arguments that decide when training stops (``verbose`` aside): what a
+        ``fit(output=...)`` run records, so that its resume is refused with others."""
+        return {
+            "type": "EarlyStopping",
+            "monitor": self.monitor,
+            "min_delta": self.min_delta,
+            "patience": self.patience,
+            "mode": self.mode,
+            "baseline": self.baseline,
+            "restore_best_weights": self.restore_best_weights,
+            "start_from_epoch": self.start_from_epoch,
+        }
 
     def resume(self, best: float | None, wait: int, epochs_done: int, best_weights: Any) -> None:
         """nbcnn: continue the state of a run resumed from its checkpoint (``best`` and

@@ -76,7 +76,8 @@ class Dataset:
     ``np.asarray`` for all); y_* : (N,) int64 in [0, num_classes), or float32 targets (N,) or
     (N, K) from an npz (one-hot, multi-hot, regression: see nbcnn.losses). x_val/y_val are
     empty (N = 0) when validation_split is 0. source says where the data came from and how it was
-    split; class_names names each class (folder and csv datasets), else None.
+    split; class_names names each class (folder and csv datasets), else None; test_missing says
+    why x_test is empty (``test_split`` too small for a tiny folder...) when a loader knows.
     """
 
     x_train: np.ndarray
@@ -88,6 +89,7 @@ class Dataset:
     num_classes: int
     source: str
     class_names: list[str] | None = None
+    test_missing: str | None = None
 
 
 def load_dataset(
@@ -327,6 +329,29 @@ def to_model_input(x: np.ndarray, name: str, file: str | None = None) -> np.ndar
             file=file,
         )
     return out
+
+
+#: Float input with no value below 0 and some above this looks like 0..255 pixels.
+UNSCALED_ABOVE = 2.0
+
+
+def warn_unscaled_pixels(x: np.ndarray, name: str) -> None:
+    """Warn (UserWarning) when float input ``x`` given to ``fit``, ``evaluate`` or ``predict``
+    looks like 0..255 pixels that were not divided by 255: no value below 0, some above
+    :data:`UNSCALED_ABOVE`. Floats are taken as they are (:func:`to_model_input`), so such
+    pixels train to garbage (a loss in the tens of thousands) where the CLI refuses a file of
+    them; standardised inputs (negative values) pass. The text is the same for every call, so
+    Python's default filter shows it once."""
+    import warnings
+
+    if x.size and x.max() > UNSCALED_ABOVE and x.min() >= 0:
+        warnings.warn(
+            f"{name} holds floats above {UNSCALED_ABOVE:g} and none below 0, like 0..255 pixels; "
+            "floats are used as they are (only integer pixels are divided by 255): divide by "
+            "255 (x / 255) or pass the uint8 pixels",
+            UserWarning,
+            stacklevel=2,
+        )
 
 
 def _scale_images(x: np.ndarray, origin: str, name: str) -> np.ndarray:

@@ -210,6 +210,26 @@ def list_images(dataset: str, path: str) -> ImageList:
     return list_folder(path) if dataset == "folder" else read_csv(path)
 
 
+def kind_of_path(path: str, default: str) -> str:
+    """``folder`` for a folder, ``csv`` for a ``.csv`` file, else ``default`` (whose loader
+    then names what is wrong with the path): a test set, or ``--data``, may be either."""
+    if os.path.isdir(path):
+        return "folder"
+    return "csv" if path.lower().endswith(".csv") else default
+
+
+def holds_class_folders(folder: str) -> bool:
+    """True when ``folder`` has a subfolder (not hidden) and no MNIST IDX file (``*-ubyte``,
+    ``*-ubyte.gz``): the layout of ``dataset: folder``, not of ``dataset: idx``."""
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return False  # the loader names the folder and the reason
+    if any("-ubyte" in entry.name for entry in entries):
+        return False
+    return any(entry.is_dir() and not entry.name.startswith(".") for entry in entries)
+
+
 # ---------------------------------------------------------------------------- decoding
 
 
@@ -377,7 +397,7 @@ def load_image_dataset(
     images = list_images(dataset, path)
     classes = _check_classes(images, num_classes)
     if test_path:
-        tests = list_images(dataset, test_path)
+        tests = list_images(kind_of_path(test_path, dataset), test_path)
         test_labels = _test_labels(tests, images)
         if tests.class_names is None:
             _check_classes(tests, classes)
@@ -396,6 +416,9 @@ def load_image_dataset(
             where=f"{where}.validation_split",
         )
     n_test = len(tests.paths) if tests else int(test_mask.sum())
+    test_missing = _empty_splits(
+        images.labels, len(rest), n_test, len(val_rows), validation_split, test_split, where
+    )
     values = (len(images.paths) + (n_test if tests else 0)) * math.prod(shape)
     streamed = streaming.should_stream(stream, values * 4)
     decode = dict(
@@ -425,7 +448,51 @@ def load_image_dataset(
         num_classes=classes,
         source=source,
         class_names=images.class_names,
+        test_missing=test_missing,
     )
+
+
+def _empty_splits(
+    labels: np.ndarray,
+    n_rest: int,
+    n_test: int,
+    n_val: int,
+    validation_split: float,
+    test_split: float,
+    where: str,
+) -> str | None:
+    """Warn on stderr, naming the key, when ``test_split`` or ``validation_split`` asks for
+    images but its rounding gives none (a tiny folder: 2 images a class at test_split 0.2);
+    returns why the test set is empty, or None when it is not."""
+    import sys
+
+    def warn(message: str) -> None:
+        print(f"nbcnn: warning: {' '.join(message.split())}", file=sys.stderr)
+
+    test_missing = None
+    if n_test == 0:
+        test_missing = "test_split 0 and no test_path"
+        if test_split > 0:
+            # A class gets round(test_split * n) images (in_test_split): 1 from n >= 0.5 / split.
+            largest = int(np.bincount(labels).max()) if len(labels) else 0
+            need = math.ceil(0.5 / test_split - 1e-9)
+            test_missing = (
+                f"test_split {test_split:g} rounds to 0 images in every class: too few images "
+                "per class"
+            )
+            warn(
+                f"{where}.test_split {test_split:g} gives no test images: too few images per "
+                f"class (the largest class has {largest}; one test image takes a class of "
+                f"{need} or more at this split); add images, raise test_split, or give test_path"
+            )
+    if n_val == 0 and validation_split > 0:
+        need = math.ceil(1 / validation_split - 1e-9)  # int(split * n) >= 1 (Keras's rule)
+        warn(
+            f"{where}.validation_split {validation_split:g} gives no validation images: too "
+            f"few images ({n_rest} left after the test split; one validation image takes "
+            f"{need} or more at this split); training goes on without validation"
+        )
+    return test_missing
 
 
 def _check_classes(images: ImageList, num_classes: int | None) -> int:

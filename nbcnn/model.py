@@ -392,10 +392,14 @@ class Sequential:
 
     def predict(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
         """Outputs for ``x : (N, *input_shape)`` in inference mode, ``batch_size`` at a time."""
+        batch_size = check_int(batch_size, "predict(batch_size)", 1)
+        return self._predict(self.check_input(x), batch_size)
+
+    def _predict(self, x: np.ndarray, batch_size: int) -> np.ndarray:
+        """:meth:`predict` of ``x`` that went through :meth:`check_input` (fit's validation
+        passes, evaluate), so that only the call that received ``x`` warns about it."""
         import numpy as np
 
-        batch_size = check_int(batch_size, "predict(batch_size)", 1)
-        x = self.check_input(x)
         outputs = [
             self.forward(x[i : i + batch_size], training=False)
             for i in range(0, len(x), batch_size)
@@ -404,14 +408,15 @@ class Sequential:
             return np.zeros((0, *self.output_shape), np.float32)
         return np.concatenate(outputs)
 
-    def check_input(self, x: Any, what: str = "x") -> np.ndarray:
+    def check_input(self, x: Any, what: str = "x", *, warn: bool = True) -> np.ndarray:
         """``x`` as C-contiguous float32 of shape (N, *input_shape) by the input rule that the
         data loaders share (:func:`nbcnn.data.to_model_input`: integers are 0..255 pixels and
-        are divided by 255, floats are taken as they are), or DataError. A model that does not
-        know its input shape yet takes ``x``'s sample shape."""
+        are divided by 255, floats are taken as they are; floats that look like 0..255 pixels
+        get a UserWarning), or DataError. A model that does not know its input shape yet takes
+        ``x``'s sample shape."""
         import numpy as np
 
-        from nbcnn.data import to_model_input
+        from nbcnn.data import to_model_input, warn_unscaled_pixels
         from nbcnn.streaming import ImageArray
 
         if isinstance(x, ImageArray) and x.shape[1:] == self.input_shape:
@@ -432,7 +437,17 @@ class Sequential:
                 f"{what} has shape {tuple(x.shape)} but the model takes (N, "
                 f"{', '.join(map(str, self.input_shape))})"
             )
-        return to_model_input(x, what)
+        out = to_model_input(x, what)
+        if warn and np.issubdtype(x.dtype, np.floating) and not self._scales_input():
+            warn_unscaled_pixels(out, what)
+        return out
+
+    def _scales_input(self) -> bool:
+        """Whether a Rescaling or Normalization layer scales the input: then 0..255 floats
+        are what the model expects."""
+        from nbcnn.layers.preprocessing import Normalization, Rescaling
+
+        return any(isinstance(layer, (Normalization, Rescaling)) for layer in self.layers)
 
     # ------------------------------------------------------------------ Keras-like API
 

@@ -15,13 +15,15 @@ The CLI adds only what is printed: the progress bar, the test line, the resume h
 
 from __future__ import annotations
 
+import math
 import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from nbcnn.errors import ConfigError
+from nbcnn.errors import ConfigError, printable
 from nbcnn.model import Sequential
 from nbcnn.runs import RunFolder
 from nbcnn.spec import IMAGE_DATASETS, IMAGE_KEYS, ModelSpec, TrainSpec
@@ -59,14 +61,18 @@ class PreparedRun:
 
 
 def dataset_for_path(path: str, current: str) -> str:
-    """``--data PATH`` picks the loader from the path: a folder is IDX, a file is npz; for a
-    config of your own images, a folder of class subfolders or a CSV file; a .csv is csv."""
+    """``--data PATH`` picks the loader from the path: a .csv file is ``csv``; a folder of
+    class subfolders (and no IDX files) is ``folder``, any other folder ``idx``; another file
+    is ``npz`` (or ``idx`` for an idx config, whose loader then names it). For a config of
+    your own images (``folder``, ``csv``), a folder is ``folder`` and a file ``csv``."""
+    from nbcnn.imagefolder import holds_class_folders, kind_of_path
+
     if current in IMAGE_DATASETS:
-        return "folder" if os.path.isdir(path) else "csv"
+        return kind_of_path(path, "csv")
     if path.lower().endswith(".csv"):
         return "csv"
     if os.path.isdir(path):  # False for paths the OS refuses too: the loader names them
-        return "idx"
+        return "folder" if holds_class_folders(path) else "idx"
     if current in ("npz", "idx"):
         return current
     return "npz"
@@ -159,12 +165,14 @@ def load_data(
     progress: Callable[[int, int], None] | None = None,
 ):
     """The :class:`~nbcnn.data.Dataset` that ``train`` names, shaped for ``model``; a data
-    shape that does not fit names the config's ``input_shape`` as well as the data.
-    ``progress(done, total)`` follows the decoding of image folders (when not cached)."""
+    shape that does not fit names the config's ``input_shape`` as well as the data, and labels
+    that do not fit the loss name ``train.loss`` and the data (before any run folder is
+    touched). ``progress(done, total)`` follows the decoding of image folders (when not
+    cached)."""
     from nbcnn.data import ShapeMismatch, load_dataset
 
     try:
-        return load_dataset(
+        dataset = load_dataset(
             train.dataset,
             path=train.path,
             label_mode=train.label_mode,
@@ -184,6 +192,33 @@ def load_data(
             file=str(config),
             where="input_shape",
         ) from None
+    _check_labels(dataset, model, train, config)
+    return dataset
+
+
+def _check_labels(dataset, model: Sequential, train: TrainSpec, config) -> None:
+    """ConfigError at ``train.loss`` naming the data when the training, validation or test
+    labels are not what the loss takes (one-hot labels for sparse_categorical_crossentropy):
+    ``fit`` would refuse them too, but only once the run folder is created."""
+    from nbcnn.errors import DataError
+    from nbcnn.losses import check_targets, make_loss
+
+    loss = make_loss(train.loss)
+    outputs = math.prod(model.output_shape)
+    parts = (
+        ("training", dataset.y_train, train.path),
+        ("validation", dataset.y_val, train.path),
+        ("test", dataset.y_test, train.test_path or train.path),
+    )
+    for part, y, path in parts:
+        try:
+            check_targets(loss, y, len(y), outputs)
+        except DataError as err:
+            raise ConfigError(
+                f"the {part} labels of {path or train.dataset} do not fit this loss: {err.message}",
+                file=str(config),
+                where="train.loss",
+            ) from None
 
 
 def run_training(
@@ -212,6 +247,9 @@ def run_training(
     model.initialize(train.seed)
     if run.resuming:
         folder.load_checkpoint(model)  # refused here if it does not fit: nothing written yet
+    elif run.resume:  # a typo in --output would otherwise start over without a word
+        where = printable(str(folder.path))
+        print(f"nbcnn: note: nothing to resume in {where}: starting a new run", file=sys.stderr)
     folder.acquire(resume=run.resume, overwrite=run.overwrite)
     try:
         text = yaml.safe_dump(run.resolved_config(), sort_keys=False)

@@ -132,8 +132,10 @@ class DecodeProgress:
     def __call__(self, done: int, total: int) -> None:
         import time
 
-        if self.progress is None:
+        if not self.started:
             self.started = time.perf_counter()
+        if self.progress is None and done < total and self.console.is_terminal:
+            # Only on a terminal: elsewhere rich's bar draws nothing but leaves a blank line.
             self.progress = Progress(
                 TextColumn("decoding images into the cache (once)"),
                 BarColumn(),
@@ -144,10 +146,12 @@ class DecodeProgress:
             )
             self.progress.start()
             self.task = self.progress.add_task("decode", total=total)
-        self.progress.update(self.task, completed=done)
+        if self.progress is not None:
+            self.progress.update(self.task, completed=done)
         if done == total:
-            self.progress.stop()
-            self.progress = None
+            if self.progress is not None:
+                self.progress.stop()
+                self.progress = None
             seconds = time.perf_counter() - self.started
             self.console.print(
                 f"decoded {total:,} images in {seconds:.1f}s ({total / max(seconds, 1e-9):,.0f} "

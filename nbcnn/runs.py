@@ -32,6 +32,7 @@ import re
 import shutil
 import stat
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,18 +45,44 @@ from nbcnn.layers.args import is_int, is_number
 MARKER = "nbcnn-run.json"
 LOCK = ".nbcnn-lock"
 CURRENT = "current"
+#: What ``fit(output=...)`` records of its arguments and data (the CLI's record is config.yaml).
+FIT_RECORD = "fit.json"
 EPOCHS = "epochs"
 #: The files of one epoch, committed together; each also has a fixed link at the top.
 EPOCH_FILES = ("checkpoint.npz", "model.npz", "best.npz", "metrics.jsonl")
 #: Everything an nbcnn run writes into its folder; only these are ever removed.
-OWNED = (MARKER, LOCK, "config.yaml", CURRENT, EPOCHS, *EPOCH_FILES, "curves.png")
+OWNED = (MARKER, LOCK, "config.yaml", FIT_RECORD, CURRENT, EPOCHS, *EPOCH_FILES, "curves.png")
 _EPOCH_DIR = re.compile(r"^\d{6,}$")
 _CURRENT_TARGET = re.compile(rf"^{EPOCHS}/\d{{6,}}$")
 #: Temporary names nbcnn's writers use: write_text_atomic's mkstemp, commit's link swap.
 _STALE = re.compile(
-    r"^\.(config\.yaml|curves\.png|nbcnn-run\.json)\.[a-z0-9_]{8}\.tmp$|^\.current\.\d+\.tmp$"
+    r"^\.(config\.yaml|fit\.json|curves\.png|nbcnn-run\.json)\.[a-z0-9_]{8}\.tmp$"
+    r"|^\.current\.\d+\.tmp$"
 )
 _RUN_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class Options:
+    """How the options of a run are spelled where it was asked for, so that a refusal names
+    what the user can type: the CLI's flags or ``fit``'s arguments."""
+
+    resume: str
+    overwrite: str
+    #: ``or {output_dir} to write elsewhere``
+    output_dir: str
+    #: ``choose {other_output}``
+    other_output: str
+    #: ``a run needs a folder of its own, e.g. {example}``
+    example: str
+
+
+CLI_OPTIONS = Options(
+    "--resume", "--overwrite", "--output DIR", "another --output", "--output runs/NAME"
+)
+API_OPTIONS = Options(
+    "resume=True", "overwrite=True", "another output=", "another output=", "output='runs/NAME'"
+)
 
 
 class RunFolderError(NbcnnError):
@@ -104,8 +131,9 @@ class RunFolder:
     epoch's files at once; ``release`` lets the lock go (process exit does too).
     """
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, options: Options = CLI_OPTIONS):
         self.path = Path(path)
+        self.options = options
         self._lock_fd: int | None = None
         self._holds = 0
 
@@ -148,7 +176,7 @@ class RunFolder:
         if _is_within(Path.cwd(), self.path):
             raise RunFolderError(
                 f"{where}: output is the current folder (or holds it); a run needs a folder of "
-                "its own, e.g. --output runs/NAME"
+                f"its own, e.g. {self.options.example}"
             )
         own_config = config_file is not None and self.is_run()
         own_config = own_config and _same_path(Path(config_file), self.file("config.yaml"))
@@ -159,7 +187,7 @@ class RunFolder:
         ):
             raise RunFolderError(
                 f"{where}: output is the folder of the config {config_file}; a run needs a "
-                "folder of its own, e.g. --output runs/NAME"
+                f"folder of its own, e.g. {self.options.example}"
             )
         self._check_writable()
         self._check_not_busy()
@@ -208,7 +236,7 @@ class RunFolder:
         holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
         return RunFolderError(
             f"{self.path}: another nbcnn process (pid {holder}) is writing this run folder; "
-            "wait for it, stop it, or choose another --output"
+            f"wait for it, stop it, or choose {self.options.other_output}"
         )
 
     def _check_contents(self, resume: bool, overwrite: bool) -> dict | None:
@@ -218,14 +246,14 @@ class RunFolder:
         if os.path.lexists(marker) and not self.is_run():
             raise RunFolderError(
                 f"{marker}: not the run marker nbcnn writes (a link, a folder or a device); "
-                "move it away or choose another --output"
+                f"move it away or choose {self.options.other_output}"
             )
         foreign = self.foreign_files()
         if foreign:
             raise RunFolderError(
                 f"{where}: holds {', '.join(foreign)} but no {MARKER}, so it is not a run "
-                "folder made by nbcnn; nbcnn will not overwrite these files (even with "
-                "--overwrite): choose another --output or move them away"
+                f"folder made by nbcnn; nbcnn will not overwrite these files (even with "
+                f"{self.options.overwrite}): choose {self.options.other_output} or move them away"
             )
         marker = self._read_marker() if self.is_run() else None
         if marker is not None:
@@ -233,18 +261,19 @@ class RunFolder:
             if problem:
                 raise RunFolderError(
                     f"{self.path / problem[0]}: {problem[1]}; nbcnn will not resume or write "
-                    "into a run folder changed by hand (--overwrite replaces the run; copy run "
-                    "folders with `cp -a`, which keeps their links)"
+                    f"into a run folder changed by hand ({self.options.overwrite} replaces the "
+                    "run; copy run folders with `cp -a`, which keeps their links)"
                 )
         if self.has_checkpoint() and not (resume or overwrite):
             raise RunFolderError(
-                f"{where} already holds a run; pass --resume to continue it, --overwrite to "
-                "replace it, or --output DIR to write elsewhere"
+                f"{where} already holds a run; pass {self.options.resume} to continue it, "
+                f"{self.options.overwrite} to replace it, or {self.options.output_dir} to write "
+                "elsewhere"
             )
         if resume and not overwrite and self._has_weights_without_checkpoint():
             raise RunFolderError(
                 f"{where} holds weights but no checkpoint.npz to resume from; pass "
-                "--overwrite to start that run again"
+                f"{self.options.overwrite} to start that run again"
             )
         return marker
 
@@ -307,7 +336,7 @@ class RunFolder:
         except (OSError, ValueError, RecursionError) as err:
             raise RunFolderError(
                 f"{path}: not a valid run marker ({err}); move the folder away or choose "
-                "another --output"
+                f"{self.options.other_output}"
             ) from None
         return marker
 

@@ -17,6 +17,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,13 +30,13 @@ from nbcnn.augment import Augmenter, augment_rng, parse_augment
 from nbcnn.callbacks import Callback, CallbackList, EarlyStopping, Monitor
 from nbcnn.data import batches
 from nbcnn.errors import ConfigError, DataError, TrainingError
-from nbcnn.layers.args import show
+from nbcnn.layers.args import did_you_mean, show
 from nbcnn.layers.normalization import moving_statistics_warning
 from nbcnn.layers.preprocessing import adapt_model
 from nbcnn.metrics import Metric, Tally, classification_report, make_metrics
 from nbcnn.model import Sequential, check_int
 from nbcnn.resources import check_training_memory, inference_batch_size
-from nbcnn.runs import RunFolder, layer_signature, own_rng_layers
+from nbcnn.runs import API_OPTIONS, RunFolder, layer_signature, own_rng_layers
 
 #: Keys of an epoch record that describe the epoch rather than the model: not in History.
 RECORD_ONLY = ("epoch", "seconds", "samples_per_second")
@@ -256,19 +257,24 @@ def _callback_list(
         chosen.append(EventCallback(callback))
     elif verbose:
         chosen.append(EpochLines())
+    validated = any(key.startswith("val_") for key in logs_keys)
     for i, cb in enumerate(chosen):
         monitor = cb.monitored()
         if monitor is not None and monitor not in logs_keys:
             where = "train.early_stopping.monitor" if cb is early else f"fit(callbacks[{i}])"
-            need = (
-                "validation data (validation_split or validation_data)"
-                if monitor.startswith("val_")
-                else "a metric of that name in compile(metrics=...)"
-            )
-            raise ConfigError(
-                f"monitor {monitor!r} needs {need}; the epochs will have {', '.join(logs_keys)}",
-                where=where,
-            )
+            keys = ", ".join(logs_keys)
+            if monitor.startswith("val_") and not validated:
+                message = (
+                    f"monitor {monitor!r} needs validation data (validation_split or "
+                    f"validation_data); the epochs will have {keys}"
+                )
+            else:  # a typo ('val_acc'), or a metric that was not compiled
+                message = (
+                    f"the epochs will not have {monitor!r}{did_you_mean(monitor, logs_keys)}; "
+                    f"they will have {keys} (compile(metrics=...) adds a metric, and its val_ "
+                    "twin with validation data)"
+                )
+            raise ConfigError(message, where=where)
     return CallbackList(chosen, model, params), early
 
 
@@ -319,7 +325,8 @@ def evaluate_arrays(
     batch_size = check_int(batch_size, "evaluate(batch_size)", 1)
     if len(x) == 0:
         raise DataError("no samples to evaluate (the test split is empty)")
-    out = model.predict(x, batch_size=batch_size).reshape(len(x), -1)
+    # Checked again without a warning: the caller (fit, evaluate) warned about x once.
+    out = model._predict(model.check_input(x, warn=False), batch_size).reshape(len(x), -1)
     # predict applies the last activation; logits remain only where the loss is told so and
     # the layer does not end in the activation the loss expects.
     logits = loss.from_logits and _last_activation(model) != loss.activation
@@ -439,6 +446,7 @@ def fit(
         raise ConfigError(f"expected True or False, got {show(shuffle)}", where="fit(shuffle)")
     from nbcnn import optim
 
+    given = x, y
     x = model.check_input(x)  # first: a model without an input shape takes it from x
     if len(model.output_shape) != 1:
         raise ConfigError(
@@ -450,11 +458,16 @@ def fit(
     if model.compiled is None:
         compile(model)
     y = _labels(y, len(x), model)
+    # A run that fit records (not the CLI's, recorded in its config.yaml): what it trained on.
+    records = output is not None and not (isinstance(output, RunFolder) and output.held)
+    data = _data_record(x, y, *given) if records else None
     if split:
         x, y, x_val, y_val = _split_off(x, y, split)
     elif validation_data is not None:
         x_val = model.check_input(validation_data[0], "validation x")
         y_val = _labels(validation_data[1], len(x_val), model)
+        if records:
+            data["validation_data"] = _data_record(x_val, y_val, *validation_data)
     else:
         x_val, y_val = None, None
     compiled = model.compiled
@@ -501,13 +514,44 @@ def fit(
         augment_rng=augment_rng(seed),
     )
     resuming = folder is not None and resume and folder.has_checkpoint()
+    if records:
+        record = {
+            "fit": {
+                "epochs": epochs,
+                "batch_size": batch_size,
+                "seed": seed,
+                "shuffle": shuffle,
+                "validation_split": split,
+                "augment": loop.augment.config if loop.augment else None,
+                "early_stopping": early_stopping,
+                "callbacks": [  # those that decide when training stops
+                    cb.config()
+                    for cb in callback_list.callbacks
+                    if isinstance(cb, EarlyStopping) and cb is not early
+                ],
+            },
+            "compile": {
+                "optimizer": compiled.optimizer.config(),
+                "lr_schedule": compiled.lr_schedule,
+                "loss": compiled.loss.config(),
+                "metrics": [m.config() for m in compiled.metrics],
+            },
+            "data": {"validation_data": None, **data},  # x, y and validation_data
+        }
     if resuming and not folder.held:
+        from nbcnn.resume import check_fit_record
+
         folder.load_checkpoint(model)  # refuse a checkpoint that does not fit before the lock
+        check_fit_record(folder, record, model.get_config())  # and a run that differs
     if folder is not None:
         folder.acquire(resume=resume, overwrite=overwrite)
     model.stop_training = False
     callback_list.call("on_train_begin", None)
     try:
+        if records:
+            from nbcnn.resume import write_fit_record
+
+            write_fit_record(folder, record, model.get_config())
         if resuming:
             state = folder.load_checkpoint(model)  # under the lock: what this run continues
             _set_rng_state(shuffle_rng, state["shuffle_rng"])
@@ -537,6 +581,20 @@ def fit(
     if warning:
         print(f"nbcnn: warning: {warning}", file=sys.stderr)
     return history
+
+
+def _data_record(x: np.ndarray, y: np.ndarray, x_given: Any, y_given: Any) -> dict[str, Any]:
+    """``{"x", "y"}``: :func:`nbcnn.resume.fingerprint` of the samples and labels as fit
+    trains on them, with the dtypes the caller gave them in; labels are hashed whole."""
+    from nbcnn.resume import fingerprint
+
+    def dtype(given: Any) -> Any:
+        return given.dtype if hasattr(given, "dtype") else np.asarray(given).dtype
+
+    return {
+        "x": fingerprint(x, dtype(x_given)),
+        "y": fingerprint(y, dtype(y_given), rows=None),
+    }
 
 
 def _best_weights(model: Sequential, early: EarlyStopping, folder: RunFolder) -> list | None:
@@ -614,9 +672,13 @@ def _run_folder(output, resume: bool, overwrite: bool) -> RunFolder | None:
             "output folder, overwrite replaces it",
             where="fit(resume, overwrite)",
         )
-    folder = output if isinstance(output, RunFolder) else RunFolder(output)
-    if not folder.held:
+    folder = output if isinstance(output, RunFolder) else RunFolder(output, API_OPTIONS)
+    if not folder.held:  # a CLI run: checked, and the note printed, by nbcnn.prepare
         folder.check_can_start(resume=resume, overwrite=overwrite)
+        if resume and not folder.has_checkpoint():
+            warnings.warn(
+                f"nothing to resume in {folder.path}: starting a new run", UserWarning, stacklevel=4
+            )
     return folder
 
 
@@ -697,7 +759,7 @@ def warm_up(model: Sequential, x: np.ndarray) -> None:
         out = model.forward(xb, training=True)
         # Any gradient of out's shape runs the same backward kernels: no targets needed.
         model.backward(np.full_like(out, 1.0 / out.size), input_grad=False)
-        model.predict(xb)
+        model._predict(xb, len(xb))
     model.set_weights(weights)
     for rng, state in zip([model.rng, *(layer.rng for layer in layers)], states):
         _set_rng_state(rng, state)

@@ -142,7 +142,7 @@ SECTIONS = {
         {"height_factor": 0.5},
         {"height_factor": [-0.4, -0.1], "width_factor": [0.2, 0.6], "fill_mode": "constant"},
     ],
-    "brightness": [{"factor": 0.5}, {"factor": [-0.8, 0.1], "value_range": [-1, 2]}],
+    "brightness": [{"factor": 0.5}, {"factor": [-0.8, 0.1], "value_range": [-1, 1]}],
     "contrast": [{"factor": 0.9}, {"factor": [0.2, 0.7], "value_range": [0.1, 0.9]}],
 }
 
@@ -309,6 +309,16 @@ def test_parse_fills_defaults_and_shorthands():
         ),
         ({"brightness": {"factor": 0.1, "value_range": [1, 0]}}, "value_range", "low < high"),
         ({"zoom": {"height_factor": 0.1, "fill": "wrap"}}, "zoom.fill", "did you mean 'fill_mode'"),
+        # Keras's layer names get the key they have here (as `type: ReLU` gets Activation).
+        ({"RandomFlip": "horizontal"}, "train.augment.RandomFlip", "key 'flip' here"),
+        ({"random_flip": "horizontal"}, "train.augment.random_flip", "(flip: horizontal)"),
+        ({"RandomRotation": 0.1}, "train.augment.RandomRotation", "key 'rotation' here"),
+        # Keras's default value_range is for 0..255 pixels; nbcnn's are in [0, 1].
+        (
+            {"contrast": {"factor": 0.2, "value_range": [0, 255]}},
+            "train.augment.contrast.value_range",
+            "images are in [0, 1]",
+        ),
     ],
 )
 def test_bad_sections_name_the_key(write_config, section, where, fragment):
@@ -317,6 +327,21 @@ def test_bad_sections_name_the_key(write_config, section, where, fragment):
     result = cli("summary", write_config(doc))
     line = error_line(result.stderr, where, fragment)
     assert result.exit_code == 2 and "model.yaml" in line
+
+
+def test_keras_value_range_is_refused_before_training(write_config, tmp_path):
+    """QA of issue 13: `brightness: {factor: 0.2, value_range: [0, 255]}` (Keras's default
+    range) trained silently on saturated images; now the run is refused, nothing created."""
+    doc = model_doc({"type": "Flatten"}, {"type": "Dense", "units": 10}, input_shape=(8, 8, 1))
+    doc["train"] = {
+        "data": {"dataset": "digits"},
+        "augment": {"brightness": {"factor": 0.2, "value_range": [0, 255]}},
+    }
+    result = cli("train", write_config(doc), "--output", tmp_path / "run", "--epochs", "1")
+    assert result.exit_code == 2
+    error_line(result.stderr, "model.yaml", "train.augment.brightness.value_range", "use [0, 1]")
+    assert not (tmp_path / "run").exists()
+    assert aug.parse_augment({"brightness": {"factor": 0.2, "value_range": [-1, 1]}})
 
 
 # ---------------------------------------------------------------- in training
@@ -405,11 +430,14 @@ def test_resume_with_augmentation_switched_is_refused(tmp_path):
     data = digits()
     model = small_model()
     model.compile(optimizer="adam")
-    with pytest.raises(DataError, match="trained with augmentation and would continue without"):
+    # The run's fit.json names the argument (tests/test_fit_runs.py); the checkpoint's own
+    # check (DataError, "trained with augmentation") stays behind it.
+    with pytest.raises(ConfigError, match=r"fit\(augment\): the run was trained with \{"):
         model.fit(
             data.x_train,
             data.y_train,
             epochs=2,
+            batch_size=64,
             verbose=0,
             seed=3,
             output=tmp_path / "run",

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from helpers import cli
+from helpers import ROOT, cli
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -401,3 +401,84 @@ def test_train_and_evaluate_a_folder_through_the_cli(tmp_path):
     message = f"nbcnn: error: {broken}: not a readable image (Pillow cannot identify it)"
     assert done.stderr.strip() == message
     assert (tmp_path / "run" / "model.npz").exists()  # nothing saved is lost
+
+
+def test_data_flag_takes_a_class_folder_or_a_csv_for_any_config(tmp_path):
+    """QA of issue 13: `nbcnn train configs/digits.yaml --data imgs` (class subfolders) was
+    read as an IDX folder ("missing t10k-images-idx3-ubyte"), and `evaluate --data pets.csv`
+    of a folder config took the CSV for a folder."""
+    imgs = make_folder(tmp_path / "imgs", {str(c): 3 for c in range(10)}, size=(8, 8))
+    run = tmp_path / "digits"
+    done = cli(
+        "train", ROOT / "configs" / "digits.yaml", "--data", imgs, "--epochs", "1", "--output", run
+    )
+    assert done.exit_code == 0, done.output
+    assert "found 30 files in 10 classes" in " ".join(done.output.split())
+    assert yaml.safe_load((run / "config.yaml").read_text())["train"]["data"]["dataset"] == "folder"
+
+    make_folder(tmp_path / "f", {"cat": 6, "dog": 6})
+    config = _config(tmp_path)
+    assert cli("train", config, "--epochs", "1").exit_code == 0
+    csv = tmp_path / "pets.csv"
+    csv.write_text("path,label\nf/cat/000.png,cat\nf/dog/001.png,dog\nf/dog/002.png,dog\n")
+    done = cli("evaluate", config, "--weights", tmp_path / "run" / "model.npz", "--data", csv)
+    assert done.exit_code == 0, done.output
+    assert "(3samples,folder" in "".join(done.output.split())
+
+
+def test_a_split_that_rounds_to_nothing_is_a_warning_and_the_end_says_why(tmp_path):
+    """QA of issue 13: a folder of 2 images per class with validation_split 0.1 and
+    test_split 0.2 reported "4 train / 0 validation / 0 test" without a word, and ended with
+    "no test images (test_split 0 and no test_path)" though test_split was 0.2."""
+    make_folder(tmp_path / "f", {"cat": 2, "dog": 2})
+    config = _config(tmp_path, validation_split=0.1, test_split=0.2)
+    done = cli("train", config, "--epochs", "1")
+    assert done.exit_code == 0, done.output
+    warnings = [line for line in done.stderr.splitlines() if line.startswith("nbcnn: warning:")]
+    assert len(warnings) == 2, done.stderr
+    assert (
+        "train.data.test_split 0.2 gives no test images: too few images per class" in (warnings[0])
+    )
+    assert "the largest class has 2; one test image takes a class of 3" in warnings[0]
+    assert "train.data.validation_split 0.1 gives no validation images" in warnings[1]
+    assert "10 or more" in warnings[1]
+    printed = " ".join(done.stdout.split())
+    assert "no test images (test_split 0.2 rounds to 0 images in every class" in printed
+    assert "test_split 0 and no test_path" not in printed
+    # Enough images: no warning; test_split 0 says so at the end.
+    make_folder(tmp_path / "f", {"cat": 10, "dog": 10})
+    done = cli("train", _config(tmp_path, test_split=0.0), "--epochs", "1", "--overwrite")
+    assert done.exit_code == 0 and "warning" not in done.stderr, done.stderr
+    assert "no test images (test_split 0 and no test_path)" in " ".join(done.stdout.split())
+
+
+def test_ctrl_c_while_decoding_is_one_line_and_creates_nothing(tmp_path, monkeypatch):
+    """QA of issue 13: Ctrl-C during image decoding printed only a blank line (rc 130)."""
+    make_folder(tmp_path / "f", {"cat": 10, "dog": 10})
+    calls = []
+
+    def interrupted(*args, **kwargs):
+        calls.append(args)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(imagefolder, "decode_image", interrupted)
+    done = cli("train", _config(tmp_path))
+    assert calls and done.exit_code == 130
+    assert done.stderr.strip() == "nbcnn: interrupted while decoding images; nothing was created"
+    assert not (tmp_path / "run").exists()
+    assert not list((tmp_path / "home").rglob("*.tmp"))  # no partial cache either
+
+
+def test_decode_progress_off_a_terminal_leaves_no_blank_line(capsys):
+    """Off a terminal rich's bar drew nothing but a blank line (the "one blank line" of the
+    QA report); now only the closing line is printed, and nothing when interrupted."""
+    from nbcnn.progress import DecodeProgress
+
+    with DecodeProgress() as decoding:
+        decoding(0, 4)
+        decoding(4, 4)
+    assert capsys.readouterr().err.startswith("decoded 4 images in ")
+    with pytest.raises(KeyboardInterrupt), DecodeProgress() as decoding:
+        decoding(0, 4)
+        raise KeyboardInterrupt
+    assert capsys.readouterr().err == ""

@@ -230,3 +230,34 @@ def test_target_columns_must_match_the_outputs(write_config, tmp_path):
     assert result.exit_code == 2
     assert "labels.npz: targets have 3 columns but the model has 4 outputs" in result.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_one_hot_labels_for_a_sparse_loss_are_refused_before_the_run_folder(write_config, tmp_path):
+    """QA of issue 13: one-hot labels with sparse_categorical_crossentropy through `--data`
+    failed inside fit, naming neither the data nor train.loss, and left runs/oh2/ with
+    config.yaml, nbcnn-run.json and .nbcnn-lock."""
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 256, (60, 8, 8), dtype=np.uint8), rng.integers(0, 10, 60)
+    one_hot = np.eye(10, dtype=np.float32)[y]
+    data = tmp_path / "onehot.npz"
+    np.savez(data, x_train=x[:50], y_train=one_hot[:50], x_test=x[50:], y_test=one_hot[50:])
+    doc = model_doc(
+        {"type": "Flatten"},
+        {"type": "Dense", "units": 10, "activation": "softmax"},
+        input_shape=(8, 8, 1),
+    )
+    config = write_config({**doc, "train": {"loss": "sparse_categorical_crossentropy"}})
+    run = tmp_path / "runs" / "oh2"
+    result = cli("train", config, "--data", data, "--output", run, "--epochs", "1")
+    assert result.exit_code == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    for fragment in ("model.yaml: train.loss:", str(data), "use categorical_crossentropy"):
+        assert fragment in lines[0], (fragment, lines[0])
+    assert not (tmp_path / "runs").exists()
+    # evaluate checks the labels against the config's loss the same way.
+    other = write_config(doc, name="cc.yaml")
+    trained = cli("train", other, "--data", data, "--epochs", "1", "--output", tmp_path / "cc")
+    assert trained.exit_code == 0, trained.stderr
+    shown = cli("evaluate", config, "--weights", tmp_path / "cc" / "model.npz", "--data", data)
+    assert shown.exit_code == 2 and "train.loss" in shown.stderr and str(data) in shown.stderr

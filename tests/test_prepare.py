@@ -71,3 +71,19 @@ def test_resume_with_overwrite_is_one_line_from_the_cli(config, tmp_path):
     assert result.exit_code == 2
     assert result.stderr.count("\n") == 1 and "--resume --overwrite" in result.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_data_path_picks_folder_for_class_subfolders(tmp_path):
+    """A folder of class subfolders is an image folder for any config; with IDX files (or no
+    subfolder) it stays IDX, so that the IDX loader names what is missing."""
+    (tmp_path / "imgs" / "cat").mkdir(parents=True)
+    (tmp_path / "imgs" / ".cache").mkdir()
+    (tmp_path / "mnist" / "old").mkdir(parents=True)
+    (tmp_path / "mnist" / "t10k-images-idx3-ubyte.gz").write_bytes(b"")
+    (tmp_path / "hidden" / ".git").mkdir(parents=True)
+    assert dataset_for_path(str(tmp_path / "imgs"), "digits") == "folder"
+    assert dataset_for_path(str(tmp_path / "mnist"), "digits") == "idx"
+    assert dataset_for_path(str(tmp_path / "hidden"), "mnist") == "idx"
+    assert dataset_for_path(str(tmp_path / "pets.csv"), "digits") == "csv"
+    assert dataset_for_path(str(tmp_path / "imgs"), "csv") == "folder"
+    assert dataset_for_path(str(tmp_path / "pets.csv"), "folder") == "csv"

@@ -112,3 +112,52 @@ def test_an_edited_train_key_is_reported_and_the_record_kept(setup):
     assert "train.optimizer.type 'adam'" in result.stderr
     recorded = yaml.safe_load((run / "config.yaml").read_text())["train"]
     assert recorded["optimizer"]["type"] == "adam"
+
+
+def _with_augment(config, augment):
+    doc = yaml.safe_load(config.read_text())
+    if augment is None:
+        doc["train"].pop("augment", None)
+    else:
+        doc["train"]["augment"] = augment
+    config.write_text(yaml.safe_dump(doc))
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "fragment"),
+    [
+        ({"brightness": 0.2, "flip": "horizontal"}, None, "no longer has train.augment"),
+        (None, {"flip": "horizontal"}, "now adds train.augment"),
+    ],
+)
+def test_switching_augmentation_on_or_off_is_refused_by_name(setup, before, after, fragment):
+    """QA of issue 13: removing `augment:` before `--resume` printed "train.augment <object
+    object at 0x...>, train.augment.brightness.factor[0] -0.2, ... and 27 more" and went on;
+    docs/augmentation.md says switching augmentation on or off is refused."""
+    config, data, tmp = setup
+    run = tmp / "run"
+    _with_augment(config, before)
+    assert cli("train", config, "--output", run, "--epochs", "1").exit_code == 0
+    _with_augment(config, after)
+    before_files = snapshot(run)
+    result = cli("train", config, "--output", run, "--resume", "--epochs", "2")
+    assert result.exit_code == 2
+    error_line(result.stderr, str(run / "config.yaml"), "train.augment", fragment)
+    assert snapshot(run) == before_files
+
+
+def test_an_edited_augment_op_is_one_readable_note(setup):
+    config, data, tmp = setup
+    run = tmp / "run"
+    _with_augment(config, {"brightness": 0.2, "flip": "horizontal"})
+    assert cli("train", config, "--output", run, "--epochs", "1").exit_code == 0
+    _with_augment(config, {"brightness": 0.1, "rotation": 0.05})
+    result = cli("train", config, "--output", run, "--resume", "--epochs", "2")
+    assert result.exit_code == 0, result.stderr
+    note = [line for line in result.stderr.splitlines() if "note:" in line]
+    assert len(note) == 1 and "object at 0x" not in note[0], result.stderr
+    assert "train.augment.brightness.factor [-0.2, 0.2]" in note[0]
+    assert "train.augment.flip {'mode': 'horizontal'}" in note[0]  # the op once, not each leaf
+    assert "train.augment.rotation (absent)" in note[0]
+    recorded = yaml.safe_load((run / "config.yaml").read_text())["train"]["augment"]
+    assert set(recorded) == {"brightness", "flip"}

@@ -6,9 +6,11 @@ Known errors (:class:`~nbcnn.errors.NbcnnError`) become one line on stderr and e
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -116,6 +118,40 @@ def set_threads(threads: int | None) -> int | None:
             file=sys.stderr,
         )
     return used
+
+
+@contextlib.contextmanager
+def loading_data(dataset: str) -> Iterator[Callable[[int, int], None]]:
+    """The ``progress`` to give :func:`nbcnn.prepare.load_data` for ``dataset`` (the loader's
+    name): a bar while image folders are decoded (:class:`nbcnn.progress.DecodeProgress`);
+    a Ctrl-C meanwhile ends the command with one line saying what was left, exit code 130.
+    The run folder comes after the data, and the image decoder removes an unfinished cache
+    file (nbcnn.streaming), so an interrupted decode leaves nothing behind."""
+    from nbcnn.progress import DecodeProgress
+    from nbcnn.spec import IMAGE_DATASETS
+
+    decoded = []
+    try:
+        with DecodeProgress() as decoding:
+
+            def progress(done: int, total: int) -> None:
+                decoding(done, total)
+                if done == total:
+                    decoded.append(total)
+
+            yield progress
+    except KeyboardInterrupt:
+        if decoded:
+            what = (
+                "loading the data; the decoded images stay in the cache for the next run, no "
+                "run folder was created"
+            )
+        elif dataset in IMAGE_DATASETS:
+            what = "decoding images; nothing was created"
+        else:
+            what = "loading the data; no run folder was created"
+        print(f"nbcnn: interrupted while {what}", file=sys.stderr)
+        raise typer.Exit(130) from None
 
 
 def load_compiler() -> None:

@@ -14,6 +14,7 @@ from nbcnn.cli.common import (
     WeightsOpt,
     console,
     handles_errors,
+    loading_data,
     plugin_output_to_stderr,
 )
 from nbcnn.errors import DataError, printable
@@ -28,8 +29,8 @@ def evaluate(
     data: Annotated[
         str | None,
         typer.Option(
-            help="An .npz or IDX folder instead of train.data; for a folder or csv dataset, "
-            "an image folder or CSV file whose images are all tested."
+            help="What train --data takes, instead of train.data; for a folder or csv "
+            "dataset, an image folder or CSV file whose images are all tested."
         ),
     ] = None,
     json_output: JsonOpt = False,
@@ -39,7 +40,6 @@ def evaluate(
     import numpy as np
 
     from nbcnn.prepare import dataset_for_path, load_data, model_with_weights
-    from nbcnn.progress import DecodeProgress
     from nbcnn.spec import IMAGE_DATASETS
 
     with plugin_output_to_stderr(json_output):
@@ -49,7 +49,7 @@ def evaluate(
             tr = replace(tr, test_path=data, test_split=0.0)
         elif data is not None:
             tr = replace(tr, path=data, dataset=dataset_for_path(data, tr.dataset))
-        with DecodeProgress() as decoding:
+        with loading_data(tr.dataset) as decoding:
             dataset = load_data(model, tr, config, progress=decoding)
         # Weights that overflow show as a non-finite loss (null in --json, with a note), not
         # as NumPy warnings from inside the layers.

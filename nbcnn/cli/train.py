@@ -9,7 +9,14 @@ from typing import Annotated
 
 import typer
 
-from nbcnn.cli.common import ConfigArg, console, handles_errors, load_compiler, set_threads
+from nbcnn.cli.common import (
+    ConfigArg,
+    console,
+    handles_errors,
+    load_compiler,
+    loading_data,
+    set_threads,
+)
 from nbcnn.errors import printable
 from nbcnn.resources import inference_batch_size
 
@@ -24,8 +31,8 @@ def train(
     data: Annotated[
         str | None,
         typer.Option(
-            help="An .npz (Keras mnist.npz layout) or a folder of MNIST IDX files; for a "
-            "folder or csv dataset, another image folder or CSV file."
+            help="An .npz (Keras mnist.npz layout), a folder of MNIST IDX files, a folder of "
+            "class subfolders of images, or a CSV file of image paths and labels."
         ),
     ] = None,
     output: Annotated[str | None, typer.Option(help="Override train.output.")] = None,
@@ -45,7 +52,7 @@ def train(
     completed epoch (committed together), config.yaml and curves.png."""
     from nbcnn.pictures import write_curves
     from nbcnn.prepare import load_data, prepare_run, run_training
-    from nbcnn.progress import DecodeProgress, TrainingProgress
+    from nbcnn.progress import TrainingProgress
     from nbcnn.train import StopRequested
 
     # Every check that can refuse the run comes before the folder is created or changed.
@@ -64,7 +71,7 @@ def train(
     used = set_threads(run.train.threads)
     if used is not None:
         run.train = replace(run.train, threads=used)
-    with DecodeProgress() as decoding:
+    with loading_data(run.train.dataset) as decoding:
         dataset = load_data(run.model, run.train, config, progress=decoding)
     folder, out = run.folder, run.train.output
     resume_command = _resume_command(config, out)
@@ -133,8 +140,8 @@ def _after_training(folder, model, dataset, interrupted: bool) -> None:
         )
     elif not len(dataset.x_test):
         console().print(
-            f"no test images (test_split 0 and no test_path): the test evaluation was skipped; "
-            f"weights: {weights}",
+            f"no test images ({dataset.test_missing or 'the data holds none'}): the test "
+            f"evaluation was skipped; weights: {weights}",
             highlight=False,
             markup=False,
         )
