@@ -7,7 +7,7 @@ from one of these sources:
 - ``npz``: Keras's ``mnist.npz`` layout (``x_train``, ``y_train``, ``x_test``, ``y_test``).
 - ``idx``: a folder with the MNIST IDX files, raw or ``.gz``; with only the ``t10k`` pair the
   10,000 test images are split into the first 80% for training and the last 20% for testing,
-  the same split as ``mnist_10k.npz`` in the shared data folder.
+  the split that MNIST-10k samples (8,000 train, 2,000 test) commonly use.
 - ``synthetic``: a small learnable dataset generated from the seed, for tests.
 - ``mnist``, ``fashion_mnist``, ``kmnist``, ``cifar10``, ``cifar100``: fetched into the cache on
   first use and verified (nbcnn.datasets), read with the npz and IDX readers here or, for CIFAR,
@@ -57,7 +57,7 @@ MAX_ARRAY_BYTES = 2**31
 #: (4) and the training set is shuffled into a copy (4); labels become int64 (8), shuffled too.
 LOADED_BYTES_PER_VALUE = {"images": 8, "labels": 16}
 
-# Fraction of a lone t10k set used for training (first 8,000 of 10,000, as mnist_10k.npz).
+# Fraction of a lone t10k set used for training (the first 8,000 of its 10,000 images).
 T10K_TRAIN_FRACTION = 0.8
 
 # IDX magic numbers: 0x00 0x00, type 0x08 (unsigned byte), number of dimensions.
