@@ -19,7 +19,6 @@ the first run pays the compile), ``nogil=True`` (kernels release the GIL), ``fas
 
 from __future__ import annotations
 
-import functools
 import os
 
 import numba
@@ -57,8 +56,20 @@ def _keep_freed_memory_for_reuse() -> bool:
 
 MALLOC_TUNED = _keep_freed_memory_for_reuse()
 
-#: Decorator for kernels with a ``numba.prange`` loop.
-kernel = functools.partial(numba.njit, cache=True, parallel=True, nogil=True, fastmath=False)
+#: nbcnn's numba options, set in this one place: the module docstring says why each.
+KERNEL_OPTIONS = {"cache": True, "parallel": True, "nogil": True, "fastmath": False}
+
+
+def kernel(function=None, **options):
+    """``numba.njit`` with nbcnn's options (``KERNEL_OPTIONS``): the decorator of every kernel
+    with a ``numba.prange`` loop, nbcnn's and its plugins'.
+
+    Use it bare (``@kernel``) or with numba options that replace nbcnn's for one kernel
+    (``@kernel(parallel=False)``). Compiled kernels are cached next to their source file, so
+    only the first run pays the compile. Importing this module has already set numba's
+    ``workqueue`` threading layer, unless ``NUMBA_THREADING_LAYER`` says otherwise.
+    """
+    return numba.njit(function, **{**KERNEL_OPTIONS, **options})
 
 
 def threading_info() -> dict[str, object]:

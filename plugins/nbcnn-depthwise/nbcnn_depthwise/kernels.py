@@ -15,8 +15,9 @@ padded copy of x is made.
 The backward is one ``prange`` over samples: iteration n writes dx[n] (overlapping windows
 add into the sample's own slice, race-free) and row n of per-sample dw and db buffers in
 float64, summed over the batch after the loop (never ``+=`` into one shared array: numba
-issues #3681, #7133). Decorator options come from ``nbcnn.kernels._jit``, argument checks
-from ``nbcnn.kernels._checks``, as for nbcnn's own kernels.
+issues #3681, #7133). The decorator (nbcnn's numba options and threading layer) and the
+argument checks are nbcnn's public kernel API, ``nbcnn.kernels``, the same that nbcnn's own
+kernels use.
 
 The layers import this module inside forward/backward only: importing numba takes longer
 than ``nbcnn summary`` may.
@@ -26,8 +27,7 @@ from __future__ import annotations
 
 import numba
 import numpy as np
-from nbcnn.kernels import _checks
-from nbcnn.kernels._jit import kernel
+from nbcnn.kernels import conv_geometry, float32_array, kernel, same_shape
 
 # ------------------------------------------------------------------------------------ kernels
 
@@ -96,7 +96,7 @@ def _backward(dy, x, w, sh, sw, dil_h, dil_w, top, left, need_dx, dx, dw_per_sam
 
 def _geometry(x_shape, w_shape, strides, dilation, padding):
     """Checked ``(sh, sw, dil_h, dil_w, top, left, out_h, out_w)`` (nbcnn's conv check)."""
-    (sh, sw), (dil_h, dil_w), ((top, _), (left, _)), (out_h, out_w) = _checks.conv_geometry(
+    (sh, sw), (dil_h, dil_w), ((top, _), (left, _)), (out_h, out_w) = conv_geometry(
         x_shape, w_shape, strides, dilation, padding
     )
     return sh, sw, dil_h, dil_w, top, left, out_h, out_w
@@ -119,16 +119,16 @@ def depthwise_conv2d_forward(x, w, b, strides, dilation, padding):
     y : (N, OH, OW, C*M) float32, channel c*M + m from input channel c and w[:, :, c, m];
         OH = (H + top + bottom - dil_h*(KH-1) - 1) // sh + 1 (same for OW).
     """
-    x = _checks.float32_array("x", x, 4)
-    w = _checks.float32_array("w", w, 4)
+    x = float32_array("x", x, 4)
+    w = float32_array("w", w, 4)
     sh, sw, dil_h, dil_w, top, left, out_h, out_w = _geometry(
         x.shape, w.shape, strides, dilation, padding
     )
     outputs = w.shape[2] * w.shape[3]
     if b is None:
         b = np.zeros(outputs, dtype=np.float32)
-    b = _checks.float32_array("b", b, 1)
-    _checks.same_shape("b", b, (outputs,))
+    b = float32_array("b", b, 1)
+    same_shape("b", b, (outputs,))
     y = np.empty((x.shape[0], out_h, out_w, outputs), dtype=np.float32)
     _forward(x, w, b, sh, sw, dil_h, dil_w, top, left, y)
     return y
@@ -151,15 +151,15 @@ def depthwise_conv2d_backward(dy, x, w, strides, dilation, padding, *, need_dx=T
     dw : (KH, KW, C, M) float32, summed over the batch
     db : (C*M,) float32, the sum of dy over N, OH, OW (returned even without a bias)
     """
-    x = _checks.float32_array("x", x, 4)
-    w = _checks.float32_array("w", w, 4)
-    dy = _checks.float32_array("dy", dy, 4)
+    x = float32_array("x", x, 4)
+    w = float32_array("w", w, 4)
+    dy = float32_array("dy", dy, 4)
     sh, sw, dil_h, dil_w, top, left, out_h, out_w = _geometry(
         x.shape, w.shape, strides, dilation, padding
     )
     n_samples = x.shape[0]
     kh, kw, channels, mult = w.shape
-    _checks.same_shape("dy", dy, (n_samples, out_h, out_w, channels * mult))
+    same_shape("dy", dy, (n_samples, out_h, out_w, channels * mult))
     dx = np.zeros(x.shape if need_dx else (1, 1, 1, 1), dtype=np.float32)
     dw_per_sample = np.zeros((n_samples, kh, kw, channels, mult), dtype=np.float64)
     db_per_sample = np.zeros((n_samples, channels * mult), dtype=np.float64)
