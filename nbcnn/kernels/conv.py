@@ -29,6 +29,7 @@ import numpy as np
 
 from nbcnn.kernels import _checks, engine
 from nbcnn.kernels._jit import kernel
+from nbcnn.kernels.engine import padded
 
 # ------------------------------------------------------------------------------------ kernels
 
@@ -158,14 +159,6 @@ def _chunks(n_samples: int, row_bytes: int):
     return [(start, min(start + step, n_samples)) for start in range(0, n_samples, step)]
 
 
-def _padded(x, padding):
-    """x (N, H, W, C) with explicit zeros around H and W (no copy when there are none)."""
-    (top, bottom), (left, right) = padding
-    if not (top or bottom or left or right):
-        return x
-    return np.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))
-
-
 def _columns(x, kernel_hw, strides, dilation, padding, out_hw):
     """im2col of contiguous float32 x (N, H, W, C): cols (N*OH*OW, KH*KW*C) float32, or for
     C == 1 their transpose (KH*KW, N*OH*OW) (see the module docstring)."""
@@ -174,7 +167,7 @@ def _columns(x, kernel_hw, strides, dilation, padding, out_hw):
     out_h, out_w = out_hw
     n_samples, _, _, channels = x.shape
     if channels == 1:
-        xp = _padded(x, padding)
+        xp = padded(x, padding)
         cols_t = np.empty((kh * kw, n_samples * out_h * out_w), dtype=np.float32)
         xp3 = xp.reshape(xp.shape[:3])
         _im2col_one_channel(xp3, kh, kw, sh, sw, dil_h, dil_w, out_h, out_w, cols_t)

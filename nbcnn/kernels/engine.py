@@ -122,29 +122,42 @@ def pack_weights(w2d, nr):
     return packed
 
 
+def padded(x, padding):
+    """x (N, H, W, C) with explicit zeros around H and W (no copy when there are none)."""
+    (top, bottom), (left, right) = padding
+    if not (top or bottom or left or right):
+        return x
+    return np.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))
+
+
+def _addressing(x, w_shape, strides, dilation, padding, out_hw, rows_to):
+    """The implicit GEMM's A: ``(xp, pixels, taps)``, the flat padded input, each output
+    pixel's window offset into it (padded to a multiple of ``rows_to`` by repeating the
+    last) and each (tap, channel) column's offset inside a window."""
+    kh, kw, channels, _ = w_shape
+    xp = padded(x, padding)
+    _, padded_h, padded_w, _ = xp.shape
+    n_pixels = x.shape[0] * out_hw[0] * out_hw[1]
+    pixels = np.empty(-(-n_pixels // rows_to) * rows_to, dtype=np.int64)
+    _pixel_offsets(x.shape[0], *out_hw, *strides, padded_h, padded_w, channels, pixels)
+    taps = _tap_offsets((kh, kw), dilation, padded_w, channels)
+    return xp.reshape(-1), pixels, taps
+
+
 def conv_forward(x, w, b, strides, dilation, padding, out_hw, relu=False):
     """y2d (N*OH*OW, F) float32 = act(conv(x, w) + b) for checked, contiguous float32
     x (N, H, W, C), w (KH, KW, C, F), b (F,) or None; geometry as ``conv.conv2d_forward``."""
     kh, kw, channels, filters = w.shape
-    n_samples = x.shape[0]
-    (sh, sw) = strides
-    (top, bottom), (left, right) = padding
-    out_h, out_w = out_hw
-    if top or bottom or left or right:
-        x = np.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))
-    padded_h, padded_w = x.shape[1], x.shape[2]
     tile = choose_tile(filters)
     config = tile.config(BIAS_RELU if relu else BIAS)
-    n_pixels = n_samples * out_h * out_w
-    pixels = np.empty(-(-n_pixels // tile.mr) * tile.mr, dtype=np.int64)
-    _pixel_offsets(n_samples, out_h, out_w, sh, sw, padded_h, padded_w, channels, pixels)
-    taps = _tap_offsets((kh, kw), dilation, padded_w, channels)
+    n_pixels = x.shape[0] * out_hw[0] * out_hw[1]
+    xp, pixels, taps = _addressing(x, w.shape, strides, dilation, padding, out_hw, tile.mr)
     wpack = pack_weights(w.reshape(kh * kw * channels, filters), tile.nr)
     bpack = np.zeros(wpack.shape[0] * tile.nr, dtype=np.float32)
     if b is not None:
         bpack[:filters] = b
     y = np.empty(n_pixels * filters, dtype=np.float32)
-    launch(_forward_tiles, config, x.reshape(-1), pixels, taps, wpack, bpack, y, n_pixels, filters)
+    launch(_forward_tiles, config, xp, pixels, taps, wpack, bpack, y, n_pixels, filters)
     return y.reshape(n_pixels, filters)
 
 
@@ -190,27 +203,19 @@ def conv_weight_grad(dz, x, w_shape, strides, dilation, padding):
     """dw (KH, KW, C, F) float32 of the convolution, given dz (N, OH, OW, F) (the gradient
     after any activation) and the checked, contiguous float32 forward input x (N, H, W, C)."""
     kh, kw, channels, filters = w_shape
-    n_samples, out_h, out_w, _ = dz.shape
-    (top, bottom), (left, right) = padding
-    if top or bottom or left or right:
-        x = np.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))
-    padded_h, padded_w = x.shape[1], x.shape[2]
     tile = choose_tile(filters)
     k = kh * kw * channels
     m_pad = -(-k // tile.mr) * tile.mr
-    taps = _tap_offsets((kh, kw), dilation, padded_w, channels)
+    n_pixels = dz.shape[0] * dz.shape[1] * dz.shape[2]
+    xp, pixels, taps = _addressing(x, w_shape, strides, dilation, padding, dz.shape[1:3], 1)
     taps = np.concatenate([taps, np.full(m_pad - k, taps[-1], np.int64)])
-    n_pixels = n_samples * out_h * out_w
-    pixels = np.empty(n_pixels, dtype=np.int64)
-    _pixel_offsets(n_samples, out_h, out_w, *strides, padded_h, padded_w, channels, pixels)
     dz2d = dz.reshape(n_pixels, filters)
     # With one NR block exactly as wide as the filters, dz is already that block: no copy
     # (the seed convnet's 64 filters: 1.0 ms of its 11 ms weight gradient was this repack).
     dzpack = dz2d[np.newaxis] if filters == tile.nr else pack_weights(dz2d, tile.nr)
     chunks = max(1, min(numba.get_num_threads(), -(-n_pixels // _PIXELS_PER_BLOCK)))
     partial = np.zeros((chunks, m_pad * dzpack.shape[0] * tile.nr), dtype=np.float32)
-    launch(_weight_grad_tiles, tile.config(ACCUMULATE), x.reshape(-1), pixels, taps, dzpack,
-           partial, n_pixels)  # fmt: skip
+    launch(_weight_grad_tiles, tile.config(ACCUMULATE), xp, pixels, taps, dzpack, partial, n_pixels)
     summed = partial.sum(axis=0).reshape(m_pad, -1)[:k, :filters]
     return np.ascontiguousarray(summed).reshape(kh, kw, channels, filters)
 

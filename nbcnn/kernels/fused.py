@@ -28,7 +28,8 @@ import numpy as np
 
 from nbcnn.kernels import _checks
 from nbcnn.kernels._jit import kernel
-from nbcnn.kernels.conv import _padded, im2col_gemm, im2col_gemm_backward
+from nbcnn.kernels.conv import im2col_gemm, im2col_gemm_backward
+from nbcnn.kernels.engine import padded
 
 #: ``code`` is int8: windows of up to 127 cells.
 MAX_WINDOW = 127
@@ -203,7 +204,7 @@ def conv_relu_maxpool_backward(
         (sh, sw), (dil_h, dil_w) = strides, dilation
         dw_per_sample = np.zeros((x.shape[0], kh, kw, channels, filters), dtype=np.float32)
         _direct_weight_grad_pooled(
-            _padded(x, padding), dpooled, pooled, code, kh, kw, sh, sw, dil_h, dil_w, ph, pw,
+            padded(x, padding), dpooled, pooled, code, kh, kw, sh, sw, dil_h, dil_w, ph, pw,
             dw_per_sample, db_per_sample,
         )  # fmt: skip
         dw = dw_per_sample.sum(axis=0, dtype=np.float64).astype(np.float32)
