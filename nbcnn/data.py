@@ -44,10 +44,7 @@ from nbcnn.io import (
     read_npz_member,
 )
 from nbcnn.layers.args import show, show_some
-
-DATASETS = ("digits", "idx", "npz", "synthetic", "folder", "csv", *datasets.NAMES)
-#: Datasets of image files of your own (nbcnn.imagefolder).
-IMAGE_DATASETS = ("folder", "csv")
+from nbcnn.spec import DATASETS, IMAGE_DATASETS
 
 # Largest array a data file may declare. MNIST's 60k training images are 47 MB; the cap stops a
 # corrupt or hostile header from making us allocate gigabytes before the data is even read.

@@ -27,24 +27,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from nbcnn.errors import ConfigError, DataError
-from nbcnn.io import image_bomb_error, refuse_special_file
+from nbcnn.io import check_room, image_bomb_error, refuse_special_file
 from nbcnn.layers.args import show, show_some
+from nbcnn.spec import COLOR_MODES, DEFAULT_TEST_SPLIT, INTERPOLATIONS
 
 #: File name endings read as images: Keras's ALLOWLIST_FORMATS (image_dataset_utils.py).
 ALLOWLIST_FORMATS = (".bmp", ".gif", ".jpeg", ".jpg", ".png")
-#: ``color_mode`` -> (Pillow mode, channels).
-COLOR_MODES = {"grayscale": ("L", 1), "rgb": ("RGB", 3), "rgba": ("RGBA", 4)}
-#: ``interpolation`` (Keras's names) -> Pillow's resampling filter. Pillow's filters widen
-#: their support when shrinking (antialiased), Keras's tf.image.resize does not by default.
-INTERPOLATIONS = {
-    "bilinear": "BILINEAR",
-    "nearest": "NEAREST",
-    "bicubic": "BICUBIC",
-    "area": "BOX",
-    "lanczos3": "LANCZOS",
-}
-#: Fraction of the files held out for testing when there is no ``test_path``.
-DEFAULT_TEST_SPLIT = 0.2
 #: Largest CSV file read (a million rows of 200-byte lines); checked before reading.
 MAX_CSV_BYTES = 256 << 20
 #: A CSV label made of digits only is a class index; anything else is a class name.
@@ -421,6 +409,8 @@ def load_image_dataset(
     )
     values = (len(images.paths) + (n_test if tests else 0)) * math.prod(shape)
     streamed = streaming.should_stream(stream, values * 4)
+    if not streamed:  # before the decode, not after it
+        check_room(values * 4, streaming.FLOAT32_ROOM, images.origin)
     decode = dict(
         shape=shape, color_mode=color_mode, interpolation=interpolation, progress=progress
     )
@@ -429,7 +419,7 @@ def load_image_dataset(
     test_rows = np.arange(n_test) if tests else np.flatnonzero(test_mask)
     parts = [store.take(train_rows), store.take(val_rows), test_store.take(test_rows)]
     if not streamed:
-        parts = streaming.in_memory(parts, origin=images.origin)
+        parts = streaming.in_memory(parts)
     test_from = tests.origin if tests else f"test_split {test_split} of each class"
     source = (
         f"{dataset} {images.origin}: found {len(images.paths):,} files in {classes} classes: "

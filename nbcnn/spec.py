@@ -18,7 +18,6 @@ import yaml
 
 from nbcnn import datasets
 from nbcnn.errors import ConfigError
-from nbcnn.imagefolder import COLOR_MODES, DEFAULT_TEST_SPLIT, INTERPOLATIONS
 from nbcnn.layers.args import (
     MAX_INT,
     TOO_LARGE,
@@ -405,16 +404,22 @@ class TrainSpec:
 
 
 DATASETS = ("digits", "npz", "idx", "synthetic", "folder", "csv", *datasets.NAMES)
-#: The datasets of image files of your own, and their keys (with their defaults).
+#: The datasets of image files of your own (nbcnn.imagefolder reads them).
 IMAGE_DATASETS = ("folder", "csv")
-IMAGE_KEYS = {
-    "test_path": None,
-    "test_split": None,
-    "image_size": None,
-    "color_mode": None,
-    "interpolation": "bilinear",
-    "stream": "auto",
+#: ``color_mode`` -> (Pillow mode, channels). Here, not in nbcnn.imagefolder, so that reading
+#: a config imports no numpy.
+COLOR_MODES = {"grayscale": ("L", 1), "rgb": ("RGB", 3), "rgba": ("RGBA", 4)}
+#: ``interpolation`` (Keras's names) -> Pillow's resampling filter. Pillow's filters widen
+#: their support when shrinking (antialiased), Keras's tf.image.resize does not by default.
+INTERPOLATIONS = {
+    "bilinear": "BILINEAR",
+    "nearest": "NEAREST",
+    "bicubic": "BICUBIC",
+    "area": "BOX",
+    "lanczos3": "LANCZOS",
 }
+#: Fraction of the files held out for testing when there is no ``test_path``.
+DEFAULT_TEST_SPLIT = 0.2
 
 
 def _stream(value: Any) -> bool | str:
@@ -447,6 +452,11 @@ _DATA_SCHEMA = {
     "color_mode": Arg(optional(choice(*COLOR_MODES)), None, "grayscale, rgb or rgba"),
     "interpolation": Arg(choice(*INTERPOLATIONS), "bilinear", "resizing filter"),
     "stream": Arg(_stream, "auto", "read batches from disk: auto, true or false"),
+}
+#: The keys of the image datasets, with their defaults (taken from the schema).
+IMAGE_KEYS = {
+    key: _DATA_SCHEMA[key].default
+    for key in ("test_path", "test_split", "image_size", "color_mode", "interpolation", "stream")
 }
 _EARLY_STOPPING_SCHEMA = {
     "patience": Arg(integer(0), 3, "epochs without improvement before stopping"),

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from nbcnn.errors import DataError
-from nbcnn.io import check_room, image_bomb_warnings_as_errors, read_npy_header
+from nbcnn.io import image_bomb_warnings_as_errors, read_npy_header
 
 if TYPE_CHECKING:
     from nbcnn.imagefolder import ImageList
@@ -45,6 +45,8 @@ IN_MEMORY_FRACTION = 0.5
 DECODE_CHUNK = 64
 #: Bumped when the cache's layout or decoding changes, so old caches are not read.
 CACHE_VERSION = 1
+#: What the room check before an in-memory load names.
+FLOAT32_ROOM = "the images as float32 (set stream: true to read them from disk)"
 #: Images read per call by :func:`in_memory` (bounds its uint8 temporary).
 CONVERT_CHUNK = 4096
 
@@ -171,11 +173,9 @@ class ImageArray:
         return f"ImageArray(shape={self.shape}, file={self.file!r})"
 
 
-def in_memory(parts: list[ImageArray], origin: str) -> list[np.ndarray]:
-    """Each ImageArray read into a float32 array, :data:`CONVERT_CHUNK` images at a time;
-    refused (DataError naming ``origin``) before reading when they would not fit in memory."""
-    total = sum(len(p) for p in parts) * math.prod(parts[0].shape[1:]) * 4
-    check_room(total, "the images as float32 (set stream: true to read them from disk)", origin)
+def in_memory(parts: list[ImageArray]) -> list[np.ndarray]:
+    """Each ImageArray read into a float32 array, :data:`CONVERT_CHUNK` images at a time (the
+    caller checked the room, with :data:`FLOAT32_ROOM`, before decoding)."""
     out = []
     for part in parts:
         x = np.empty(part.shape, np.float32)
