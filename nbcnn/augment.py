@@ -318,7 +318,7 @@ def crop(x: np.ndarray, rng: np.random.Generator, args: Mapping[str, Any]) -> np
     return sample(x, rows, cols, args["fill_mode"], args["fill_value"], "nearest")
 
 
-def translation_matrices(h: int, w: int, dy: np.ndarray, dx: np.ndarray) -> np.ndarray:
+def translation_matrices(dy: np.ndarray, dx: np.ndarray) -> np.ndarray:
     """``(B, 6)`` shifting each image down by dy and right by dx pixels (random_translation.py
     ``_get_translation_matrix``)."""
     one, zero = np.ones_like(dx), np.zeros_like(dx)
@@ -331,7 +331,7 @@ def translation(x: np.ndarray, rng: np.random.Generator, args: Mapping[str, Any]
     b, h, w, _ = x.shape
     dy = rng.uniform(*args["height_factor"], size=b) * h
     dx = rng.uniform(*args["width_factor"], size=b) * w
-    return affine(x, translation_matrices(h, w, dy, dx), args)
+    return affine(x, translation_matrices(dy, dx), args)
 
 
 def rotation_matrices(h: int, w: int, angles: np.ndarray) -> np.ndarray:

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from nbcnn.errors import ConfigError, DataError
+from nbcnn.layers.activations import sigmoid
 from nbcnn.layers.args import check_options, show, split_type
 
 # Keras's backend epsilon, used to clip probabilities before the log.
@@ -213,21 +214,6 @@ def softmax(x: np.ndarray) -> np.ndarray:
     return e
 
 
-def sigmoid(x: np.ndarray) -> np.ndarray:
-    """``1 / (1 + exp(-x))`` as float32 without overflow: ``exp`` only of ``-|x|``."""
-    x = np.asarray(x, dtype=np.float32)
-    e = np.exp(-np.abs(x))
-    return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e)).astype(np.float32)
-
-
-def probabilities(loss: Loss, out: np.ndarray, logits: bool) -> np.ndarray:
-    """What the metrics compare: ``out`` (N, K) as probabilities (softmax or sigmoid of
-    logits), or ``out`` itself for probabilities and regression values."""
-    if not logits or loss.activation is None:
-        return out
-    return softmax(out) if loss.activation == "softmax" else sigmoid(out)
-
-
 def compute(
     loss: Loss, out: np.ndarray, y: np.ndarray, *, logits: bool
 ) -> tuple[float, np.ndarray, np.ndarray]:
@@ -237,7 +223,8 @@ def compute(
     sigmoid), else the last layer's outputs. y : targets as :func:`check_targets` returns
     them. Returns ``(loss, dout, probs)``: loss a float (mean taken in float64, so it does
     not depend on the batch order), dout (N, K) float32 the gradient of that mean w.r.t.
-    ``out``, probs (N, K) float32 (see :func:`probabilities`).
+    ``out``, probs (N, K) float32: what the metrics compare (softmax or sigmoid of logits,
+    else ``out`` itself).
     """
     out = np.asarray(out, dtype=np.float32)
     if out.ndim != 2:

@@ -537,7 +537,8 @@ class Sequential:
         from nbcnn import train
 
         x = self.check_input(x)
-        return train.evaluate_arrays(self, x, train._labels(y, len(x), self), batch_size)
+        y = train._labels(y, len(x), self)
+        return train.evaluate_arrays(self, x, y, batch_size, checked=True)
 
     # ------------------------------------------------------------------ weights
 

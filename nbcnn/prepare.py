@@ -143,8 +143,14 @@ def prepare_run(
             "pass one of them",
             where="--resume --overwrite",
         )
+    from nbcnn.train import check_trainable
+
     config = Path(config)
     spec, model, train = prepare(config, data, overrides)
+    try:  # what fit would refuse, before the run folder is touched
+        check_trainable(model, train.augment, "train.augment")
+    except ConfigError as err:
+        raise err.located(file=str(config)) from None
     folder = RunFolder(train.output)
     folder.check_can_start(resume=resume, overwrite=overwrite, config_file=config)
     if resume and folder.has_checkpoint():

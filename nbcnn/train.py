@@ -311,6 +311,7 @@ def evaluate_arrays(
     batch_size: int = 256,
     loss: Any = None,
     metrics: Any = None,
+    checked: bool = False,
 ) -> dict[str, Any]:
     """The loss, metrics and per-class report of ``model`` on ``(x, y)`` in inference mode.
 
@@ -319,14 +320,17 @@ def evaluate_arrays(
     "k": 3}]``) or resolved objects; None takes the compiled ones, else the config's.
     Returns ``{"loss", <metric name>..., "samples"}`` plus, for a classification loss,
     ``confusion_matrix``, ``precision``, ``recall`` (and ``per_class_accuracy`` for
-    single-label losses) from :func:`nbcnn.metrics.classification_report`.
+    single-label losses) from :func:`nbcnn.metrics.classification_report`. ``checked``:
+    the caller passed x through ``model.check_input`` already (fit's validation set, checked
+    once rather than every epoch; ``Sequential.evaluate``).
     """
     loss, metrics = _loss_and_metrics(model, loss, metrics)
     batch_size = check_int(batch_size, "evaluate(batch_size)", 1)
     if len(x) == 0:
         raise DataError("no samples to evaluate (the test split is empty)")
-    # Checked again without a warning: the caller (fit, evaluate) warned about x once.
-    out = model._predict(model.check_input(x, warn=False), batch_size).reshape(len(x), -1)
+    if not checked:
+        x = model.check_input(x)
+    out = model._predict(x, batch_size).reshape(len(x), -1)
     # predict applies the last activation; logits remain only where the loss is told so and
     # the layer does not end in the activation the loss expects.
     logits = loss.from_logits and _last_activation(model) != loss.activation
@@ -448,13 +452,7 @@ def fit(
 
     given = x, y
     x = model.check_input(x)  # first: a model without an input shape takes it from x
-    if len(model.output_shape) != 1:
-        raise ConfigError(
-            f"training needs a last layer that outputs a vector of class scores, but the "
-            f"model outputs {tuple(model.output_shape)} per sample (add Flatten or global "
-            "pooling before the last Dense)",
-            where=f"layers[{len(model.layers) - 1}]",
-        )
+    _check_output_vector(model)
     if model.compiled is None:
         compile(model)
     y = _labels(y, len(x), model)
@@ -635,15 +633,35 @@ class _Loop:
     augment_rng: np.random.Generator | None = None
 
 
-def _augmenter(augment: Mapping[str, Any] | None, model: Sequential) -> Augmenter | None:
+def _check_output_vector(model: Sequential) -> None:
+    if len(model.output_shape) != 1:
+        raise ConfigError(
+            f"training needs a last layer that outputs a vector of class scores, but the "
+            f"model outputs {tuple(model.output_shape)} per sample (add Flatten or global "
+            "pooling before the last Dense)",
+            where=f"layers[{len(model.layers) - 1}]",
+        )
+
+
+def _augmenter(
+    augment: Mapping[str, Any] | None, model: Sequential, where: str = "fit(augment)"
+) -> Augmenter | None:
     """The Augmenter of ``fit(augment=...)``: a train.augment mapping, checked here (the
     CLI's was checked with the config, and parses to itself)."""
-    config = parse_augment(augment, where="fit(augment)")
+    config = parse_augment(augment, where=where)
     if config is None:
         return None
     augmenter = Augmenter(config)
-    augmenter.check_input_shape(model.input_shape, "fit(augment)")
+    augmenter.check_input_shape(model.input_shape, where)
     return augmenter
+
+
+def check_trainable(model: Sequential, augment: Mapping[str, Any] | None, where: str) -> None:
+    """What ``fit`` refuses about the model itself, for a caller that must refuse it before
+    creating anything (nbcnn.prepare): a last layer that outputs no vector, an augment
+    section (located at ``where``) that the input shape cannot take."""
+    _check_output_vector(model)
+    _augmenter(augment, model, where)
 
 
 def _restore_augment_rng(loop: _Loop, state: dict[str, Any], file: str) -> None:
@@ -709,7 +727,7 @@ def _train_epochs(loop: _Loop) -> None:
                 record = _run_epoch(loop, epoch, lr, sigint)
                 record["learning_rate"] = lr
                 if loop.x_val is not None and len(loop.x_val):
-                    result = evaluate_arrays(model, loop.x_val, loop.y_val, val_batch)
+                    result = evaluate_arrays(model, loop.x_val, loop.y_val, val_batch, checked=True)
                     names = ["loss", *(m.name for m in model.compiled.metrics)]
                     record.update({f"val_{name}": result[name] for name in names})
                 improved = loop.tracker.improved(record[loop.tracker.monitor], loop.best_value)

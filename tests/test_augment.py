@@ -208,14 +208,14 @@ def row(values):
 def test_translation_by_two_columns_by_hand(fill_mode, expected):
     """Shift right by 2 of [1, 2, 3, 4]... (reflect: 2 1 | 1 2 3 4 | 4 3)."""
     args = {"fill_mode": fill_mode, "fill_value": 9.0, "interpolation": "bilinear"}
-    m = aug.translation_matrices(1, 4, np.zeros(1), np.array([2.0]))
+    m = aug.translation_matrices(np.zeros(1), np.array([2.0]))
     y = aug.affine(row([1, 2, 3, 4]), m, args)
     np.testing.assert_array_equal(y.ravel(), expected)
 
 
 def test_half_pixel_translation_blends_neighbours_by_hand():
     args = {"fill_mode": "constant", "fill_value": 0.0, "interpolation": "bilinear"}
-    m = aug.translation_matrices(1, 3, np.zeros(1), np.array([0.5]))
+    m = aug.translation_matrices(np.zeros(1), np.array([0.5]))
     y = aug.affine(row([2, 4, 8]), m, args)
     np.testing.assert_allclose(y.ravel(), [1, 3, 6])  # (0+2)/2, (2+4)/2, (4+8)/2
 

@@ -87,3 +87,24 @@ def test_data_path_picks_folder_for_class_subfolders(tmp_path):
     assert dataset_for_path(str(tmp_path / "pets.csv"), "digits") == "csv"
     assert dataset_for_path(str(tmp_path / "imgs"), "csv") == "folder"
     assert dataset_for_path(str(tmp_path / "pets.csv"), "folder") == "csv"
+
+
+@pytest.mark.parametrize(
+    ("layers", "train", "fragment"),
+    [
+        ([{"type": "Dense", "units": 4}], {"augment": {"flip": "horizontal"}}, "train.augment"),
+        ([{"type": "Conv2D", "filters": 2, "kernel_size": 3}], {}, "vector of class scores"),
+    ],
+)
+def test_what_fit_refuses_about_the_model_creates_no_run_folder(
+    write_config, tmp_path, layers, train, fragment
+):
+    """Augmentation a vector input cannot take, a last layer with no vector output: refused
+    by the CLI before the run folder exists, naming the config."""
+    doc = model_doc(*layers, input_shape=(8, 8, 1) if "Conv2D" in str(layers) else (64,))
+    doc["train"] = {"data": {"dataset": "synthetic"}, **train}
+    config = write_config(doc)
+    result = cli("train", config, "--output", tmp_path / "run")
+    assert result.exit_code == 2 and fragment in result.stderr
+    assert str(config) in result.stderr
+    assert not (tmp_path / "run").exists()

@@ -12,8 +12,9 @@ import numpy as np
 from nbcnn.layers.args import ACTIVATIONS as NAMES  # noqa: F401  (re-exported)
 
 
-def _sigmoid(z):
-    # exp of a negative number only: no overflow warning for large |z|.
+def sigmoid(z):
+    """``1 / (1 + exp(-z))`` as float32: exp of a negative number only, so no overflow
+    warning for large |z| (the losses use it for logits too)."""
     e = np.exp(-np.abs(z))
     return np.where(z >= 0, 1 / (1 + e), e / (1 + e)).astype(np.float32)
 
@@ -32,7 +33,7 @@ def forward(name: str | None, z: np.ndarray) -> np.ndarray:
     if name == "relu6":
         return np.clip(z, 0, 6)
     if name == "sigmoid":
-        return _sigmoid(z)
+        return sigmoid(z)
     if name == "tanh":
         return np.tanh(z)
     if name == "softmax":
@@ -42,7 +43,7 @@ def forward(name: str | None, z: np.ndarray) -> np.ndarray:
     if name == "softplus":
         return (np.logaddexp(0, z)).astype(np.float32)
     if name == "swish":
-        return z * _sigmoid(z)
+        return z * sigmoid(z)
     raise ValueError(f"unknown activation {name!r}")
 
 
@@ -63,8 +64,8 @@ def backward(name: str | None, dy: np.ndarray, z: np.ndarray, a: np.ndarray) -> 
     if name == "elu":
         return dy * np.where(z > 0, 1, a + 1).astype(np.float32)
     if name == "softplus":
-        return dy * _sigmoid(z)
+        return dy * sigmoid(z)
     if name == "swish":
-        s = _sigmoid(z)
+        s = sigmoid(z)
         return dy * (s + z * s * (1 - s))
     raise ValueError(f"unknown activation {name!r}")
