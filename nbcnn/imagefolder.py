@@ -29,7 +29,7 @@ import numpy as np
 from nbcnn.errors import ConfigError, DataError
 from nbcnn.io import check_room, image_bomb_error, refuse_special_file
 from nbcnn.layers.args import show, show_some
-from nbcnn.spec import COLOR_MODES, DEFAULT_TEST_SPLIT, INTERPOLATIONS
+from nbcnn.spec import COLOR_MODES, INTERPOLATIONS, resolve_test_split
 
 #: File name endings read as images: Keras's ALLOWLIST_FORMATS (image_dataset_utils.py).
 ALLOWLIST_FORMATS = (".bmp", ".gif", ".jpeg", ".jpg", ".png")
@@ -375,13 +375,7 @@ def load_image_dataset(
     from nbcnn.data import Dataset
 
     shape, color_mode = image_shape(input_shape, image_size, color_mode, where)
-    if test_split is None:
-        test_split = 0.0 if test_path else DEFAULT_TEST_SPLIT
-    elif test_path and test_split:
-        raise ConfigError(
-            f"test_path {show(test_path)} is the test set: test_split must be 0 with it",
-            where=f"{where}.test_split",
-        )
+    test_split = resolve_test_split(test_path, test_split, where)
     images = list_images(dataset, path)
     classes = _check_classes(images, num_classes)
     if test_path:

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from nbcnn.errors import ConfigError
-from nbcnn.layers.args import check_options, show, split_type
+from nbcnn.layers.args import check_options, is_int, show, split_type
 from nbcnn.losses import Loss
 
 #: Keras's threshold for binary accuracy, precision and recall (``threshold=0.5``).
@@ -126,10 +126,10 @@ def _make_metric(spec: object, where: str) -> Metric:
     name, options = split_type(spec, where, list(METRIC_NAMES), "metric")
     name = ALIASES.get(name, name)
     check_options(options, METRIC_TYPES[name], name, where)
-    k = options.get("k", 5)
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+    k = options.get("k", METRIC_TYPES["top_k_accuracy"]["k"])
+    if not is_int(k) or k < 1:
         raise ConfigError(f"expected an integer >= 1, got {show(k)}", where=f"{where}.k")
-    return Metric(name, k)
+    return Metric(name, int(k))
 
 
 class Tally:

@@ -164,6 +164,18 @@ def prepare_run(
     return PreparedRun(config, spec, model, train, folder, resume, overwrite)
 
 
+def apply_threads(run: PreparedRun) -> int | None:
+    """Run numba (and BLAS) on the run's ``threads`` (None: leave them); the count really used
+    (at most the cores numba sees) is written back into the run, as its config.yaml records
+    it. Returns what was asked for, so that a caller can say when it was lowered."""
+    asked = run.train.threads
+    if asked is not None:
+        from nbcnn.kernels._jit import set_threads
+
+        run.train = replace(run.train, threads=set_threads(asked))
+    return asked
+
+
 def load_data(
     model: Sequential,
     train: TrainSpec,
@@ -308,11 +320,8 @@ def fit_config(
     ``epochs``, ``batch_size``, ``output``, ``seed`` and ``threads`` override the config;
     ``resume``/``overwrite`` as the CLI's flags. ``verbose=1`` prints a line per epoch.
     """
-    from nbcnn.kernels._jit import set_threads
-
     run = prepare_run(config, data=data, resume=resume, overwrite=overwrite, **overrides)
-    if run.train.threads is not None:
-        run.train = replace(run.train, threads=set_threads(run.train.threads))
+    apply_threads(run)
     dataset = load_data(run.model, run.train, run.config)
     history = run_training(run, dataset, verbose=verbose)
     return run.model, history

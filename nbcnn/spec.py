@@ -578,13 +578,21 @@ def _check_image_keys(data: dict[str, Any]) -> None:
             "class, or the CSV file)",
             where="train.data.path",
         )
-    if data["test_path"] is not None and data["test_split"]:
+    data["test_split"] = resolve_test_split(data["test_path"], data["test_split"], "train.data")
+
+
+def resolve_test_split(test_path: str | None, test_split: float | None, where: str) -> float:
+    """``test_split`` as the image loaders use it: 0 with a ``test_path`` (which is the test
+    set then; a non-zero one is refused at ``where.test_split``), DEFAULT_TEST_SPLIT when not
+    given."""
+    if test_path and test_split:
         raise ConfigError(
-            f"test_path {data['test_path']!r} is the test set: leave test_split out",
-            where="train.data.test_split",
+            f"test_path {show(test_path)} is the test set: leave test_split out (or 0)",
+            where=f"{where}.test_split",
         )
-    if data["test_split"] is None:
-        data["test_split"] = 0.0 if data["test_path"] is not None else DEFAULT_TEST_SPLIT
+    if test_split is None:
+        return 0.0 if test_path else DEFAULT_TEST_SPLIT
+    return test_split
 
 
 def _plain(value: Any) -> Any:

@@ -16,6 +16,7 @@ Conventions the documents follow (and this file enforces):
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import shlex
@@ -113,30 +114,19 @@ def _keras_weights_file(target: Path) -> None:
 
 def _run_document(document: str, tmp_path: Path) -> None:
     env = _sandbox(tmp_path)
+    run = functools.partial(
+        subprocess.run, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+    )
     for step in steps(document):
         where = f"{document}:{step.line}"
         if step.kind == "python":
-            done = subprocess.run(
-                [sys.executable, "-c", step.text],
-                cwd=tmp_path,
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=600,
-            )
+            done = run([sys.executable, "-c", step.text])
             assert done.returncode == 0, f"{where}: python block failed:\n{done.stderr[-2000:]}"
             continue
         for command in step.text.split(" && "):
             if _is_setup(command):
                 continue
-            done = subprocess.run(
-                _argv(command),
-                cwd=tmp_path,
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=600,
-            )
+            done = run(_argv(command))
             assert done.returncode == 0, f"{where}: `{command}` failed:\n{done.stderr[-2000:]}"
             printed = " ".join(done.stdout.split())
             for row in step.output:

@@ -104,22 +104,6 @@ def plugin_output_to_stderr(json_output: bool):
     return stdout_to_stderr() if json_output else nullcontext()
 
 
-def set_threads(threads: int | None) -> int | None:
-    """Apply ``threads``; when it is more than numba's cores, say so and return what is used."""
-    if threads is None:
-        return None
-    from nbcnn.kernels._jit import set_threads as set_numba_threads
-
-    used = set_numba_threads(threads)
-    if used != threads:
-        print(
-            f"nbcnn: warning: {threads} threads asked for, but numba sees {used} core(s); "
-            f"using {used}",
-            file=sys.stderr,
-        )
-    return used
-
-
 @contextlib.contextmanager
 def loading_data(dataset: str) -> Iterator[Callable[[int, int], None]]:
     """The ``progress`` to give :func:`nbcnn.prepare.load_data` for ``dataset`` (the loader's

@@ -4,7 +4,6 @@ evaluation and what to do after a Ctrl-C."""
 from __future__ import annotations
 
 import sys
-from dataclasses import replace
 from typing import Annotated
 
 import typer
@@ -15,7 +14,6 @@ from nbcnn.cli.common import (
     handles_errors,
     load_compiler,
     loading_data,
-    set_threads,
 )
 from nbcnn.errors import printable
 from nbcnn.resources import inference_batch_size
@@ -51,7 +49,7 @@ def train(
     run folder of its own: model.npz, best.npz, checkpoint.npz and metrics.jsonl of the last
     completed epoch (committed together), config.yaml and curves.png."""
     from nbcnn.pictures import write_curves
-    from nbcnn.prepare import load_data, prepare_run, run_training
+    from nbcnn.prepare import apply_threads, load_data, prepare_run, run_training
     from nbcnn.progress import TrainingProgress
     from nbcnn.train import StopRequested
 
@@ -68,9 +66,14 @@ def train(
         threads=threads,
     )
     load_compiler()
-    used = set_threads(run.train.threads)
-    if used is not None:
-        run.train = replace(run.train, threads=used)
+    asked = apply_threads(run)
+    if asked != run.train.threads:
+        used = run.train.threads
+        print(
+            f"nbcnn: warning: {asked} threads asked for, but numba sees {used} core(s); "
+            f"using {used}",
+            file=sys.stderr,
+        )
     with loading_data(run.train.dataset) as decoding:
         dataset = load_data(run.model, run.train, config, progress=decoding)
     folder, out = run.folder, run.train.output
