@@ -7,9 +7,11 @@ and ReLU, its backward (dx, dw, db), the fused conv2 + ReLU + 2x2 max-pool block
 the whole seed convnet's training step (forward, backward, Adam) and inference. nbcnn runs
 with NBCNN_CONV=engine and =blas; PyTorch in its default NCHW layout and in channels_last.
 Candidates run in turns (benchmarks/timing.py); medians of the rounds; ratio = PyTorch time /
-nbcnn time (> 1: nbcnn faster). The FMA peak is measured in-process with the engine's own
-micro-kernel on a tile that stays in L1 (the ceiling the engine's kernels are measured
-against).
+nbcnn time (> 1: nbcnn faster). Both nbcnn backends run on the engine's threading layer
+(OpenMP); a process of its own with NBCNN_CONV=blas would run workqueue, on which the im2col
+path measured 25-30% faster (``profile_step.py``). The FMA peak is measured in-process with
+the engine's own micro-kernel on a tile that stays in L1 (the ceiling the engine's kernels
+are measured against).
 """
 
 from __future__ import annotations
@@ -178,6 +180,9 @@ def main():
         models = model_candidates(torch)
         report("seed convnet training step", models["train step"], args.rounds)
         report("seed convnet inference", models["inference"], args.rounds)
+    # One process, one threading layer: the engine's. A process started with NBCNN_CONV=blas
+    # runs workqueue instead (nbcnn/kernels/_jit.py), on which that path measured faster.
+    print(f"\nnumba threading layer: {numba.threading_layer()} (the blas figures ran on it too)")
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from nbcnn.kernels import _jit, conv, pool
+from nbcnn.kernels import conv, pool
 
 # float32 kernels against float64 references: sums here have at most a few hundred terms of
 # size <= 4, so a relative 1e-4 (and the same relative to the largest value, for entries that
@@ -422,20 +422,39 @@ def test_wrappers_reject_bad_arguments(call, error):
         call()
 
 
-@pytest.mark.skipif(
-    "NUMBA_THREADING_LAYER" in os.environ, reason="threading layer overridden by the environment"
+def _omp_loads() -> bool:
+    try:
+        from numba.np.ufunc import omppool  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize(
+    ("backend", "expected"),
+    [("engine", "omp" if _omp_loads() else "workqueue"), ("blas", "workqueue")],
 )
-def test_threading_layer_is_workqueue():
-    conv.conv2d_forward(  # launches numba's thread pool, which fixes the layer
-        np.ones((2, 3, 3, 2), np.float32),
-        np.ones((1, 1, 2, 1), np.float32),
-        None,
-        (1, 1),
-        (1, 1),
-        VALID,
+def test_threading_layer_follows_the_backend(backend, expected):
+    """The engine runs on OpenMP (workqueue's static chunks left one core idle in many calls),
+    the im2col + BLAS path on workqueue (OpenMP's spinning workers fought OpenBLAS's): see
+    _jit.py. In a subprocess: the layer is fixed for a process once a kernel has run."""
+    import json
+    import subprocess
+    import sys
+
+    drop = ("NUMBA_THREADING_LAYER", "NUMBA_THREADING_LAYER_PRIORITY")
+    env = {k: v for k, v in os.environ.items() if k not in drop}
+    env["NBCNN_CONV"] = backend
+    code = (
+        "import json, numpy as np; from nbcnn.kernels import _jit, conv; "
+        "conv.conv2d_forward(np.ones((2, 3, 3, 2), np.float32), np.ones((1, 1, 2, 1), "
+        "np.float32), None, (1, 1), (1, 1), ((0, 0), (0, 0))); "
+        "print(json.dumps(_jit.threading_info()))"
     )
-    info = _jit.threading_info()
-    assert info["layer"] == info["requested_layer"] == "workqueue"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    info = json.loads(out.stdout.strip().splitlines()[-1])
+    assert info["layer"] == expected
     assert info["num_threads"] >= 1
 
 

@@ -12,7 +12,8 @@ Arrays are float32, C-contiguous, in Keras's channels-last layout: x (N, H, W, C
 w (KH, KW, C, F), b (F,), y and dy (N, OH, OW, F).
 
 - ``kernel``: the decorator of a kernel with a ``numba.prange`` loop (``numba.njit`` with
-  ``cache``, ``parallel``, ``nogil``, ``fastmath`` off, numba's ``workqueue`` threading layer).
+  ``cache``, ``parallel``, ``nogil``, ``fastmath`` off; numba's OpenMP threading layer,
+  ``workqueue`` with ``NBCNN_CONV=blas``).
 - ``set_threads``, ``threading_info``: the threads numba's loops and the BLAS pools run on.
 - ``float32_array``, ``same_shape``, ``conv_geometry``: the argument checks to run in a
   kernel's public wrapper before allocating its output (the numba loops do no bounds checks).

@@ -1,16 +1,28 @@
 """The one place where numba's decorator options and threading layer are chosen.
 
-Threading layer: ``workqueue``, numba's own simple pool, not OpenMP or TBB. On the 2-core
-machines this library targets, OpenMP's spinning worker threads took the cores from OpenBLAS
-(GEMMs fell to ~47 GFLOP/s) and OpenBLAS's spinning threads in turn slowed the numba loops run
-right after each GEMM; ``workqueue`` (plus a short ``OPENBLAS_THREAD_TIMEOUT``, which OpenBLAS
-reads once when it loads, so it must be set before numpy is first imported) took a training
-step from 0.78x to 1.9x PyTorch's speed (measurements in ``STYLE.md``). The layer is fixed
-when the first parallel kernel runs, so it is set here, at import, before any kernel module
-defines one. An explicit ``NUMBA_THREADING_LAYER`` environment variable still wins, so that
-the choice can be re-measured without editing code. The price of ``workqueue``: it is not
-thread-safe, so parallel kernels must not be launched from two Python threads at once (numba
-aborts the process); run them from one thread.
+Threading layer: chosen by the convolution backend (``NBCNN_CONV``, see ``engine.backend``).
+
+- The engine (the default) runs on numba's ``omp`` layer (GNU OpenMP), falling back to
+  ``workqueue`` where OpenMP cannot load. ``workqueue`` splits a ``prange`` into one static
+  chunk per thread and wakes its workers by polling with naps, so on two cores a convolution
+  often ran as if on one: conv2's engine forward took 5.3-5.7 ms in some runs of 200 calls and
+  8-10.9 ms in others (median 6.7-7.0, p90 10.3-10.7), against 5.5-5.7 (p90 6.0-6.2) on
+  ``omp``; a seed convnet training step took 38.4-42.9 ms on ``workqueue`` and 27.5-30.7 ms on
+  ``omp`` (``benchmarks/profile_step.py``, 2 threads, AMD EPYC AVX-512).
+- ``NBCNN_CONV=blas`` (im2col + OpenBLAS) keeps ``workqueue``: there OpenMP's spinning workers
+  took the cores from OpenBLAS and OpenBLAS's spinning threads slowed the numba loops run
+  right after each GEMM (the same step: 40-41 ms on ``workqueue``, 53-58 ms on ``omp``).
+  ``workqueue`` plus a short ``OPENBLAS_THREAD_TIMEOUT`` (read once, when OpenBLAS loads, so
+  set before numpy is first imported) took that design from 0.78x to 1.9x PyTorch's speed
+  (measurements in ``STYLE.md``).
+
+The layer is fixed when the first parallel kernel runs, so it is chosen here, at import,
+before any kernel module defines one; switching ``NBCNN_CONV`` later in the same process keeps
+it. An explicit ``NUMBA_THREADING_LAYER`` (or ``NUMBA_THREADING_LAYER_PRIORITY``) in the
+environment still wins, so the choice can be re-measured without editing code. The price of
+each: ``workqueue`` is not thread-safe (parallel kernels launched from two Python threads at
+once abort the process); GNU OpenMP is not fork-safe (a process forked after kernels ran must
+not run kernels itself: start workers with ``spawn`` or ``forkserver``).
 
 Decorator options: ``cache=True`` (compiled kernels are stored next to the source, so only
 the first run pays the compile), ``nogil=True`` (kernels release the GIL), ``fastmath`` off
@@ -23,8 +35,23 @@ import os
 
 import numba
 
-if "NUMBA_THREADING_LAYER" not in os.environ:
-    numba.config.THREADING_LAYER = "workqueue"
+#: The layers tried, in order, for the engine backend: OpenMP, else numba's own pool.
+ENGINE_LAYERS = ["omp", "workqueue", "tbb"]
+
+
+def _choose_threading_layer() -> None:
+    """Set numba's threading layer for the backend NBCNN_CONV names (module docstring)."""
+    if "NUMBA_THREADING_LAYER" in os.environ:
+        return
+    if os.environ.get("NBCNN_CONV", "").strip().lower() == "blas":
+        numba.config.THREADING_LAYER = "workqueue"
+        return
+    numba.config.THREADING_LAYER = "default"  # the first of the priority list that loads
+    if "NUMBA_THREADING_LAYER_PRIORITY" not in os.environ:
+        numba.config.THREADING_LAYER_PRIORITY = list(ENGINE_LAYERS)
+
+
+_choose_threading_layer()
 
 
 def _keep_freed_memory_for_reuse() -> bool:
@@ -66,8 +93,9 @@ def kernel(function=None, **options):
 
     Use it bare (``@kernel``) or with numba options that replace nbcnn's for one kernel
     (``@kernel(parallel=False)``). Compiled kernels are cached next to their source file, so
-    only the first run pays the compile. Importing this module has already set numba's
-    ``workqueue`` threading layer, unless ``NUMBA_THREADING_LAYER`` says otherwise.
+    only the first run pays the compile. Importing this module has already chosen numba's
+    threading layer (OpenMP for the engine, ``workqueue`` for ``NBCNN_CONV=blas``; see the
+    module docstring), unless ``NUMBA_THREADING_LAYER`` says otherwise.
     """
     return numba.njit(function, **{**KERNEL_OPTIONS, **options})
 
@@ -75,9 +103,10 @@ def kernel(function=None, **options):
 def threading_info() -> dict[str, object]:
     """Which threading layer numba runs and with how many threads, and the BLAS thread pools.
 
-    Returns a dict with ``layer`` (the layer actually loaded, e.g. ``'workqueue'``, or
+    Returns a dict with ``layer`` (the layer actually loaded, e.g. ``'omp'``, or
     ``None`` before any parallel kernel has run), ``requested_layer`` (the configured
-    choice), ``num_threads`` (``numba.get_num_threads()``) and ``blas`` (threadpoolctl's
+    choice; ``'default'`` takes the first of ``layer_priority`` that loads),
+    ``num_threads`` (``numba.get_num_threads()``) and ``blas`` (threadpoolctl's
     description of the loaded BLAS pools, or ``None`` if threadpoolctl is not installed),
     ``malloc_tuned`` and ``openblas_thread_timeout``: the value OpenBLAS read when numpy loaded
     it, or ``None`` when numpy was imported before nbcnn without the variable set (OpenBLAS then
@@ -101,6 +130,7 @@ def threading_info() -> dict[str, object]:
     return {
         "layer": layer,
         "requested_layer": numba.config.THREADING_LAYER,
+        "layer_priority": list(numba.config.THREADING_LAYER_PRIORITY),
         "num_threads": numba.get_num_threads(),
         "blas": blas,
         "malloc_tuned": MALLOC_TUNED,
