@@ -1,5 +1,5 @@
 """The convolution engine (nbcnn/kernels/engine.py, microkernel.py) against the naive loops:
-forward, weight gradient and input gradient.
+forward (with the max-pooling epilogue too), weight gradient and input gradient.
 
 Geometries are built by construction (test_kernels.geometries) with filter and channel counts
 around the tile sizes, so full tiles, remainders of MR (pixels) and NR (filters), C = 1 and
@@ -24,7 +24,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_kernels import RTOL, assert_close, geometries
 
-from nbcnn.kernels import conv, engine, microkernel
+from nbcnn.kernels import conv, engine, fused, microkernel
 
 TESTS = Path(__file__).resolve().parent
 
@@ -72,6 +72,32 @@ def test_engine_backward_matches_naive(case):
     if g.strides == (1, 1):
         dx = engine.conv_input_grad(dz, w, x.shape, g.dilation, g.padding)
         assert_close(dx, want_dx, "engine dx")
+
+
+@settings(max_examples=30, deadline=None)
+@given(case=engine_cases(), pool=st.tuples(st.integers(1, 3), st.integers(1, 3)))
+def test_engine_pooling_epilogue_matches_naive(case, pool):
+    """Conv + bias + ReLU + non-overlapping max pooling with the pooling in the tile's
+    epilogue: the maxima against the naive chain, and each window's code is the first cell
+    holding the maximum of the engine's own (unpooled) output, the layers' tie rule."""
+    g, x, w, b, _ = case
+    pooled_hw = (g.out_hw[0] // pool[0], g.out_hw[1] // pool[1])
+    if min(pooled_hw) < 1:
+        pool, pooled_hw = (1, 1), g.out_hw
+    done = engine.conv_relu_maxpool(x, w, b, g.strides, g.dilation, g.padding, pool, pooled_hw)
+    if done is None:  # no tile holds a whole window (3x3 pools): the fused path pools apart
+        assert microkernel.choose_pool_tile(w.shape[3], pool[0] * pool[1]) is None
+        done = fused.conv_relu_maxpool_forward(x, w, b, g.strides, g.dilation, g.padding, pool)
+    got, code = done
+    conv_out = np.maximum(naive.conv2d_forward(x, w, b, g.strides, g.dilation, g.padding), 0)
+    want, _ = naive.max_pool2d_forward(conv_out, pool, pool, ((0, 0), (0, 0)))
+    assert_close(got, want, "engine pooled")
+    y = engine_forward(x, w, b, g, True)
+    (ph, pw), (oh, ow) = pool, pooled_hw
+    windows = y[:, : oh * ph, : ow * pw].reshape(x.shape[0], oh, ph, ow, pw, -1)
+    windows = windows.transpose(0, 1, 3, 2, 4, 5).reshape(x.shape[0], oh, ow, ph * pw, -1)
+    np.testing.assert_array_equal(got, windows.max(axis=3))
+    np.testing.assert_array_equal(code, windows.argmax(axis=3))
 
 
 def test_a_layer_of_the_seed_model_agrees_with_blas(monkeypatch):
@@ -122,9 +148,34 @@ def test_tiles_fit_the_vector_registers(width, filters, tile):
     assert chosen.mr * chosen.nr // width + chosen.nr // width + 1 <= registers
 
 
+@pytest.mark.parametrize(
+    ("width", "filters", "cells", "tile"),
+    [
+        (16, 64, 4, (8, 32)),  # whole 2x2 windows, no column wasted (4x64 measured the same)
+        (16, 32, 4, (8, 32)),
+        (16, 70, 4, (8, 16)),  # 80 columns for 70 filters, not 96 or 128
+        (16, 64, 6, (6, 64)),
+        (8, 64, 4, (4, 16)),
+        (4, 3, 2, (6, 4)),
+        (16, 64, 9, None),  # a 3x3 window is more rows than a tile has: pooled apart
+    ],
+)
+def test_pooling_tiles_hold_whole_windows(width, filters, cells, tile):
+    chosen = microkernel.choose_pool_tile(filters, cells, width)
+    assert (chosen and (chosen.mr, chosen.nr)) == tile
+    if chosen:
+        assert chosen.mr % cells == 0
+        registers = 32 if width == 16 else 16
+        assert chosen.mr * chosen.nr // width + chosen.nr // width + 1 <= registers
+
+
 def test_a_tile_configuration_carries_the_generator_version(monkeypatch):
     config = microkernel.Tile(6, 64, 16).config(microkernel.BIAS_RELU)
-    assert microkernel.decode(config) == (6, 64, 16, microkernel.BIAS_RELU)
+    assert microkernel.decode(config) == (6, 64, 16, microkernel.BIAS_RELU, 1)
+    pooled = microkernel.Tile(8, 32, 16).config(microkernel.RELU_MAXPOOL, 4)
+    assert microkernel.decode(pooled) == (8, 32, 16, microkernel.RELU_MAXPOOL, 4)
+    with pytest.raises(ValueError, match="cannot pool"):
+        microkernel.Tile(6, 64, 16).config(microkernel.RELU_MAXPOOL, 4)
     monkeypatch.setattr(microkernel, "GENERATOR_VERSION", microkernel.GENERATOR_VERSION + 1)
     assert microkernel.Tile(6, 64, 16).config(microkernel.BIAS_RELU) != config  # a new key
     with pytest.raises(ValueError, match="generator version"):
@@ -153,6 +204,11 @@ SCRIPT = textwrap.dedent(
         want = np.maximum(naive.conv2d_forward(x, w, b, (s, s), (1, 1), padding), 0)
         got = engine.conv_forward(x, w, b, (s, s), (1, 1), padding, want.shape[1:3], True)
         error = np.abs(got.reshape(want.shape) - want).max() / max(np.abs(want).max(), 1)
+        worst = max(worst, float(error))
+        hw = (want.shape[1] // 2, want.shape[2] // 2)
+        pooled, _ = engine.conv_relu_maxpool(x, w, b, (s, s), (1, 1), padding, (2, 2), hw)
+        windows = want[:, : 2 * hw[0], : 2 * hw[1]].reshape(n, hw[0], 2, hw[1], 2, f)
+        error = np.abs(pooled - windows.max(axis=(2, 4))).max() / max(np.abs(want).max(), 1)
         worst = max(worst, float(error))
     stats = engine._forward_tiles.stats
     print(json.dumps({{"width": microkernel.vector_width(), "error": worst,

@@ -6,7 +6,10 @@ it is the input window of one output pixel, so a tile of MR output pixels is des
 row offsets into the zero-padded, channels-last input (``pixel_offsets``), and column k by the
 offset of its tap and channel inside a window (``tap_offsets``). The micro-kernel
 (``microkernel.tile_kernel``) gathers A through those offsets while its MR x NR output tile
-stays in vector registers, then adds the bias and applies ReLU before the one store.
+stays in vector registers, then adds the bias and applies ReLU before the one store. A
+convolution followed by ReLU and non-overlapping max pooling (``conv_relu_maxpool``) orders
+its pixels window by window, so that a tile holds whole pooling windows and its epilogue
+stores only each window's maximum and the index of its winning cell.
 
 Work is split over output-pixel tiles in a ``prange`` over blocks of tiles; each iteration
 writes only its own rows of y. Weights are packed once per call into (F/NR, K, NR) blocks,
@@ -29,8 +32,12 @@ from nbcnn.kernels.microkernel import (
     ACCUMULATE,
     BIAS,
     BIAS_RELU,
+    RELU_MAXPOOL,
+    choose_pool_tile,
     choose_tile,
     launch,
+    pool_tile_kernel,
+    tile_cells,
     tile_cols,
     tile_kernel,
     tile_rows,
@@ -53,39 +60,49 @@ def backend() -> str:
 _TILES_PER_BLOCK = 16
 
 
+def _tiles_per_block(n_tiles, n_column_blocks):
+    """Tiles per prange iteration: ``_TILES_PER_BLOCK``, or fewer when that would leave
+    fewer than 4 iterations a thread (a Dense layer's 128 rows are 22 tiles of 6: in blocks
+    of 16, one thread had 16 tiles and the other 6)."""
+    share = n_tiles * n_column_blocks // (4 * numba.get_num_threads())
+    return max(1, min(_TILES_PER_BLOCK, share))
+
+
 @kernel
-def _forward_tiles(config, xp, pixels, taps, wpack, bpack, y, n_pixels, n_filters):
+def _forward_tiles(config, xp, pixels, taps, wpack, bpack, y, n_pixels, n_filters, per_block):
     """y[p, f] = act(sum_k xp[pixels[p] + taps[k]] * w[k, f] + b[f]) for p < n_pixels.
 
     xp : (*,) float32 flat padded input; pixels : (T * MR,) int64, padded with a valid
     offset; taps : (K,) int64; wpack : (F/NR, K, NR) float32; bpack : (F/NR * NR,) float32;
-    y : (n_pixels * n_filters,) float32.
+    y : (n_pixels * n_filters,) float32. One prange iteration: ``per_block`` tiles of one
+    NR block of filters (``_tiles_per_block``).
     """
     mr = tile_rows(config)
     nr = tile_cols(config)
     k_len = taps.shape[0]
     n_tiles = (n_pixels + mr - 1) // mr
-    n_blocks = (n_tiles + _TILES_PER_BLOCK - 1) // _TILES_PER_BLOCK
-    for block in numba.prange(n_blocks):
+    n_blocks = (n_tiles + per_block - 1) // per_block
+    n_fb = wpack.shape[0]
+    for item in numba.prange(n_blocks * n_fb):
+        block, fb = item // n_fb, item % n_fb  # neighbours share their A rows
         scratch = np.empty(mr * nr, dtype=np.float32)
-        stop = min((block + 1) * _TILES_PER_BLOCK, n_tiles)
-        for fb in range(wpack.shape[0]):
-            wb = wpack[fb]
-            f0 = fb * nr
-            cols = min(nr, n_filters - f0)
-            for t in range(block * _TILES_PER_BLOCK, stop):
-                p0 = t * mr
-                rows = min(mr, n_pixels - p0)
-                # One call site: a second inlined copy of the tile measured 1.4x slower.
-                edge = rows < mr or cols < nr
-                out, at, ld = (scratch, 0, nr) if edge else (y, p0 * n_filters + f0, n_filters)
-                tile_kernel(
-                    numba.literally(config), xp, pixels, p0, taps, k_len, wb, bpack, f0, out, at, ld
-                )
-                if edge:
-                    for r in range(rows):
-                        for j in range(cols):
-                            y[(p0 + r) * n_filters + f0 + j] = scratch[r * nr + j]
+        stop = min((block + 1) * per_block, n_tiles)
+        wb = wpack[fb]
+        f0 = fb * nr
+        cols = min(nr, n_filters - f0)
+        for t in range(block * per_block, stop):
+            p0 = t * mr
+            rows = min(mr, n_pixels - p0)
+            # One call site: a second inlined copy of the tile measured 1.4x slower.
+            edge = rows < mr or cols < nr
+            out, at, ld = (scratch, 0, nr) if edge else (y, p0 * n_filters + f0, n_filters)
+            tile_kernel(
+                numba.literally(config), xp, pixels, p0, taps, k_len, wb, bpack, f0, out, at, ld
+            )
+            if edge:
+                for r in range(rows):
+                    for j in range(cols):
+                        y[(p0 + r) * n_filters + f0 + j] = scratch[r * nr + j]
 
 
 @kernel
@@ -157,8 +174,113 @@ def conv_forward(x, w, b, strides, dilation, padding, out_hw, relu=False):
     if b is not None:
         bpack[:filters] = b
     y = np.empty(n_pixels * filters, dtype=np.float32)
-    launch(_forward_tiles, config, xp, pixels, taps, wpack, bpack, y, n_pixels, filters)
+    per_block = _tiles_per_block(-(-n_pixels // tile.mr), wpack.shape[0])
+    launch(_forward_tiles, config, xp, pixels, taps, wpack, bpack, y, n_pixels, filters, per_block)
     return y.reshape(n_pixels, filters)
+
+
+# ------------------------------------------------------------------- max-pooling epilogue
+
+
+@kernel
+def _window_pixel_offsets(n_samples, pooled_hw, pool, sh, sw, padded_h, padded_w, channels, out):
+    """out[(q * S + s)] = window-origin offset, in the flat padded input, of the convolution
+    output pixel in cell s = u * pw + v of pooling window q = (n * PH + pi) * PW + pj, that
+    is pixel (pi * ph + u, pj * pw + v): each window's cells consecutive, in row-major window
+    order. Entries past N * PH * PW * S repeat the last. out : (>= N * PH * PW * S,) int64."""
+    (out_h, out_w), (ph, pw) = pooled_hw, pool
+    cells = ph * pw
+    total = n_samples * out_h * out_w * cells
+    for n in numba.prange(n_samples):
+        for pi in range(out_h):
+            for pj in range(out_w):
+                q = (n * out_h + pi) * out_w + pj
+                for u in range(ph):
+                    for v in range(pw):
+                        i, j = pi * ph + u, pj * pw + v
+                        origin = ((n * padded_h + i * sh) * padded_w + j * sw) * channels
+                        out[q * cells + u * pw + v] = origin
+    for p in range(total, out.shape[0]):
+        out[p] = out[total - 1]
+
+
+@kernel
+def _pooled_tiles(config, xp, pixels, taps, wpack, bpack, pooled, code, n_windows, per_block):
+    """pooled[q, f] = max over the cells s of window q of relu(conv + b)[q * S + s, f] and
+    code[q, f] = the first s reaching it, computed in the micro-kernel's RELU_MAXPOOL
+    epilogue (``pool_tile_kernel``): the convolution's output never leaves the registers.
+
+    A tile is MR / S whole windows. pixels : (n_tiles * MR,) int64 from
+    ``_window_pixel_offsets``; pooled : (n_windows * F,) float32; code : (n_windows * F,)
+    int8; the rest as ``_forward_tiles``.
+    """
+    mr = tile_rows(config)
+    nr = tile_cols(config)
+    k_len = taps.shape[0]
+    windows = mr // tile_cells(config)
+    n_filters = pooled.shape[0] // n_windows
+    n_tiles = (n_windows + windows - 1) // windows
+    n_blocks = (n_tiles + per_block - 1) // per_block
+    n_fb = wpack.shape[0]
+    for item in numba.prange(n_blocks * n_fb):
+        block, fb = item // n_fb, item % n_fb
+        scratch = np.empty(windows * nr, dtype=np.float32)
+        scratch_code = np.empty(windows * nr, dtype=np.int8)
+        wb = wpack[fb]
+        f0 = fb * nr
+        cols = min(nr, n_filters - f0)
+        for t in range(block * per_block, min((block + 1) * per_block, n_tiles)):
+            q0 = t * windows
+            rows = min(windows, n_windows - q0)
+            edge = rows < windows or cols < nr
+            if edge:
+                out, out_code, at, ld = scratch, scratch_code, 0, nr
+            else:
+                out, out_code, at, ld = pooled, code, q0 * n_filters + f0, n_filters
+            pool_tile_kernel(
+                numba.literally(config), xp, pixels, t * mr, taps, k_len, wb, bpack, f0, out,
+                at, ld, out_code,
+            )  # fmt: skip
+            if edge:
+                for r in range(rows):
+                    for j in range(cols):
+                        pooled[(q0 + r) * n_filters + f0 + j] = scratch[r * nr + j]
+                        code[(q0 + r) * n_filters + f0 + j] = scratch_code[r * nr + j]
+
+
+def conv_relu_maxpool(x, w, b, strides, dilation, padding, pool, pooled_hw):
+    """``pooled, code`` (N, PH, PW, F) float32 and int8 of relu(conv(x, w) + b) max-pooled by
+    non-overlapping ``pool`` = (ph, pw) windows (PH = OH // ph, PW = OW // pw), or None when
+    no tile holds a whole window (``choose_pool_tile``; the caller pools apart). Checked,
+    contiguous float32 x (N, H, W, C), w (KH, KW, C, F), b (F,); geometry as
+    ``conv.conv2d_forward``."""
+    kh, kw, channels, filters = w.shape
+    n_samples = x.shape[0]
+    cells = pool[0] * pool[1]
+    tile = choose_pool_tile(filters, cells)
+    if tile is None:
+        return None
+    xp = padded(x, padding)
+    _, padded_h, padded_w, _ = xp.shape
+    n_windows = n_samples * pooled_hw[0] * pooled_hw[1]
+    n_tiles = -(-n_windows * cells // tile.mr)
+    pixels = np.empty(n_tiles * tile.mr, dtype=np.int64)
+    _window_pixel_offsets(
+        n_samples, pooled_hw, pool, *strides, padded_h, padded_w, channels, pixels
+    )
+    taps = _tap_offsets((kh, kw), dilation, padded_w, channels)
+    wpack = pack_weights(w.reshape(kh * kw * channels, filters), tile.nr)
+    bpack = np.zeros(wpack.shape[0] * tile.nr, dtype=np.float32)
+    bpack[:filters] = b
+    pooled = np.empty(n_windows * filters, dtype=np.float32)
+    code = np.empty(n_windows * filters, dtype=np.int8)
+    per_block = _tiles_per_block(n_tiles, wpack.shape[0])
+    launch(
+        _pooled_tiles, tile.config(RELU_MAXPOOL, cells), xp.reshape(-1), pixels, taps, wpack,
+        bpack, pooled, code, n_windows, per_block,
+    )  # fmt: skip
+    shape = (n_samples, *pooled_hw, filters)
+    return pooled.reshape(shape), code.reshape(shape)
 
 
 # ------------------------------------------------------------------------------- backward
@@ -169,10 +291,12 @@ _PIXELS_PER_BLOCK = 256
 
 
 @kernel
-def _weight_grad_tiles(config, xp, pixels, taps, dzpack, partial, n_pixels):
+def _weight_grad_tiles(config, xp, pixels, taps, dzpack, partial, n_pixels, m_blocks):
     """partial[chunk, m, f] += sum over the chunk's pixels p of xp[pixels[p] + taps[m]] *
-    dz[p, f]: one chunk of pixels per prange iteration, each into its own partial (summed by
-    the caller), so no two threads ever add into the same cells.
+    dz[p, f]: one chunk of pixels and one of ``m_blocks`` blocks of rows m per prange
+    iteration, each chunk into its own partial (summed by the caller), so no two iterations
+    ever add into the same cells. Few pixels and many rows (a Dense layer's kernel gradient:
+    128 samples, 3136 rows) split over the rows, since one chunk then holds every pixel.
 
     xp : (*,) float32 flat padded input; pixels : (P,) int64; taps : (M_pad,) int64, padded
     to a multiple of MR with a valid offset; dzpack : (F/NR, P, NR) float32; partial :
@@ -182,9 +306,11 @@ def _weight_grad_tiles(config, xp, pixels, taps, dzpack, partial, n_pixels):
     nr = tile_cols(config)
     chunks = partial.shape[0]
     m_tiles = taps.shape[0] // mr
+    m_per_block = (m_tiles + m_blocks - 1) // m_blocks
     ldc = dzpack.shape[0] * nr
     per_chunk = (n_pixels + chunks - 1) // chunks
-    for chunk in numba.prange(chunks):
+    for item in numba.prange(chunks * m_blocks):
+        chunk, mb = item // m_blocks, item % m_blocks
         out = partial[chunk]
         stop = min((chunk + 1) * per_chunk, n_pixels)
         for start in range(chunk * per_chunk, stop, _PIXELS_PER_BLOCK):
@@ -192,7 +318,7 @@ def _weight_grad_tiles(config, xp, pixels, taps, dzpack, partial, n_pixels):
             rows = pixels[start:end]
             for fb in range(dzpack.shape[0]):
                 b = dzpack[fb, start:end]
-                for mt in range(m_tiles):
+                for mt in range(mb * m_per_block, min((mb + 1) * m_per_block, m_tiles)):
                     tile_kernel(
                         numba.literally(config), xp, taps, mt * mr, rows, end - start, b,
                         out, 0, out, mt * mr * ldc + fb * nr, ldc,
@@ -213,9 +339,12 @@ def conv_weight_grad(dz, x, w_shape, strides, dilation, padding):
     # With one NR block exactly as wide as the filters, dz is already that block: no copy
     # (the seed convnet's 64 filters: 1.0 ms of its 11 ms weight gradient was this repack).
     dzpack = dz2d[np.newaxis] if filters == tile.nr else pack_weights(dz2d, tile.nr)
-    chunks = max(1, min(numba.get_num_threads(), -(-n_pixels // _PIXELS_PER_BLOCK)))
+    threads = numba.get_num_threads()
+    chunks = max(1, min(threads, -(-n_pixels // _PIXELS_PER_BLOCK)))
+    m_blocks = 1 if chunks == threads else min(m_pad // tile.mr, 4 * threads)
     partial = np.zeros((chunks, m_pad * dzpack.shape[0] * tile.nr), dtype=np.float32)
-    launch(_weight_grad_tiles, tile.config(ACCUMULATE), xp, pixels, taps, dzpack, partial, n_pixels)
+    config = tile.config(ACCUMULATE)
+    launch(_weight_grad_tiles, config, xp, pixels, taps, dzpack, partial, n_pixels, m_blocks)
     summed = partial.sum(axis=0).reshape(m_pad, -1)[:k, :filters]
     return np.ascontiguousarray(summed).reshape(kh, kw, channels, filters)
 

@@ -33,10 +33,12 @@ from numba.extending import intrinsic, register_jitable
 
 #: Bumped whenever the IR below changes: it is encoded in every tile configuration, which
 #: numba's cache keys on, so a stale compiled tile is never reused.
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 
-#: Epilogues: C = tile + bias; C = max(tile + bias, 0); C += tile.
-BIAS, BIAS_RELU, ACCUMULATE = 0, 1, 2
+#: Epilogues: C = tile + bias; C = max(tile + bias, 0); C += tile; and, for
+#: ``pool_tile_kernel``, max(tile + bias, 0) max-pooled over each window of ``cells``
+#: consecutive rows, with the winning row's index.
+BIAS, BIAS_RELU, ACCUMULATE, RELU_MAXPOOL = 0, 1, 2, 3
 
 # CPUs by the vector width their default features give numba (LLVM's CPU names).
 _WIDTH_16 = (
@@ -58,14 +60,18 @@ class Tile:
     nr: int
     vl: int
 
-    def config(self, epilogue: int) -> int:
-        """The tile as the kernels take it: one int holding MR, NR, VL, the epilogue and the
-        generator's version, passed as a compile-time literal (see :func:`launch`), so each
-        tile is compiled once and keyed, in numba's on-disk cache too, by its shape and the
+    def config(self, epilogue: int, cells: int = 1) -> int:
+        """The tile as the kernels take it: one int holding MR, NR, VL, the epilogue, the
+        pooling window's ``cells`` (RELU_MAXPOOL; MR a multiple of it) and the generator's
+        version, passed as a compile-time literal (see :func:`launch`), so each tile is
+        compiled once and keyed, in numba's on-disk cache too, by its shape and the
         generator's version."""
-        if epilogue not in (BIAS, BIAS_RELU, ACCUMULATE):
+        if epilogue not in (BIAS, BIAS_RELU, ACCUMULATE, RELU_MAXPOOL):
             raise ValueError(f"unknown epilogue {epilogue!r}")
-        return (((GENERATOR_VERSION * 64 + self.mr) * 256 + self.nr) * 32 + self.vl) * 4 + epilogue
+        if not 1 <= cells <= 127 or self.mr % cells or (cells > 1 and epilogue != RELU_MAXPOOL):
+            raise ValueError(f"a {self.mr}-row tile cannot pool windows of {cells} cells")
+        head = (GENERATOR_VERSION * 128 + cells) * 64 + self.mr
+        return ((head * 256 + self.nr) * 32 + self.vl) * 4 + epilogue
 
 
 @register_jitable
@@ -80,15 +86,22 @@ def tile_cols(config):
     return (config // (4 * 32)) % 256
 
 
-def decode(config: int) -> tuple[int, int, int, bool]:
-    """``(MR, NR, VL, epilogue)`` of a tile configuration (see :meth:`Tile.config`)."""
+@register_jitable
+def tile_cells(config):
+    """Cells of the pooling window of a tile configuration (inside numba kernels)."""
+    return (config // (4 * 32 * 256 * 64)) % 128
+
+
+def decode(config: int) -> tuple[int, int, int, int, int]:
+    """``(MR, NR, VL, epilogue, cells)`` of a tile configuration (see :meth:`Tile.config`)."""
     epilogue, config = config % 4, config // 4
     vl, config = config % 32, config // 32
     nr, config = config % 256, config // 256
-    mr, version = config % 64, config // 64
+    mr, config = config % 64, config // 64
+    cells, version = config % 128, config // 128
     if version != GENERATOR_VERSION:
         raise ValueError(f"tile of generator version {version}, not {GENERATOR_VERSION}")
-    return mr, nr, vl, epilogue
+    return mr, nr, vl, epilogue, cells
 
 
 def launch(dispatcher, config: int, *args):
@@ -159,6 +172,104 @@ def choose_tile(filters: int, width: int | None = None) -> Tile:
     return Tile(rows, columns * vl, vl)
 
 
+def choose_pool_tile(filters: int, cells: int, width: int | None = None) -> Tile | None:
+    """The tile for the RELU_MAXPOOL epilogue: MR a multiple of the pooling window's
+    ``cells`` (whole windows per tile), within ``choose_tile``'s register budget and row cap;
+    None when no tile holds a whole window. Of the candidates, the one wasting the fewest
+    columns past the filters, then with the most accumulators, then the most rows: for 64
+    filters and 2x2 windows on AVX-512, 8x32 (conv2 of the seed convnet, one thread: 9.5 ms,
+    as 4x64; 8x48 took 13.9 ms, a third of its columns wasted)."""
+    vl = choose_tile(filters, width).vl
+    registers, row_cap = (32, 8) if vl == 16 else (16, 6)
+    candidates = []
+    for columns in range(1, (4 if vl == 16 else 2) + 1):
+        rows = min((registers - columns - 2) // columns, row_cap)
+        rows -= rows % cells
+        if rows >= cells:
+            nr = columns * vl
+            useful = filters / (-(-filters // nr) * nr)
+            candidates.append((useful, rows * columns, rows, Tile(rows, nr, vl)))
+    return max(candidates, key=lambda c: c[:3])[3] if candidates else None
+
+
+def _product(context, builder, signature, args, mr, nr, vl):
+    """Emit the k loop of a tile (``tile_kernel``'s first 12 arguments); returns the MR x
+    NR/VL accumulator vectors after it, the f32 vector type and a zero vector."""
+    f32, i64, i32 = ir.FloatType(), ir.IntType(64), ir.IntType(32)
+    vec = ir.VectorType(f32, vl)
+    nv = nr // vl
+    _, a_v, arow_v, row0_v, koff_v, k_v, b_v = args[:7]
+
+    def data(i, value):
+        return context.make_array(signature.args[i])(context, builder, value).data
+
+    a_ptr, arow_ptr, koff_ptr, b_ptr = data(1, a_v), data(2, arow_v), data(4, koff_v), data(6, b_v)
+    fused = vl > 4  # FMA hardware; the portable form multiplies and adds
+    if fused:
+        fma = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(vec, [vec, vec, vec]), f"llvm.fma.v{vl}f32"
+        )
+    zero = ir.Constant(vec, [0.0] * vl)
+    splat_mask = ir.Constant(ir.VectorType(i32, vl), [0] * vl)
+    undef = ir.Constant(vec, ir.Undefined)
+    rows = [
+        builder.load(builder.gep(arow_ptr, [builder.add(row0_v, ir.Constant(i64, r))]))
+        for r in range(mr)
+    ]
+    entry = builder.block
+    loop = builder.append_basic_block("tile_loop")
+    done = builder.append_basic_block("tile_done")
+    builder.cbranch(builder.icmp_signed(">", k_v, ir.Constant(i64, 0)), loop, done)
+
+    builder.position_at_end(loop)
+    k = builder.phi(i64, "k")
+    k.add_incoming(ir.Constant(i64, 0), entry)
+    acc = [[builder.phi(vec, f"acc_{r}_{j}") for j in range(nv)] for r in range(mr)]
+    for row in acc:
+        for phi in row:
+            phi.add_incoming(zero, entry)
+    offset = builder.load(builder.gep(koff_ptr, [k]))
+    b_row = builder.gep(b_ptr, [builder.mul(k, ir.Constant(i64, nr))])
+    bs = [
+        builder.load(
+            builder.bitcast(builder.gep(b_row, [ir.Constant(i64, j * vl)]), vec.as_pointer()),
+            align=4,
+        )
+        for j in range(nv)
+    ]
+    updated = []
+    for r in range(mr):
+        scalar = builder.load(builder.gep(a_ptr, [builder.add(rows[r], offset)]))
+        broadcast = builder.shuffle_vector(
+            builder.insert_element(undef, scalar, ir.Constant(i32, 0)), undef, splat_mask
+        )
+        line = []
+        for j in range(nv):
+            if fused:
+                line.append(builder.call(fma, [broadcast, bs[j], acc[r][j]]))
+            else:
+                line.append(builder.fadd(builder.fmul(broadcast, bs[j]), acc[r][j]))
+        updated.append(line)
+    k_next = builder.add(k, ir.Constant(i64, 1))
+    k.add_incoming(k_next, loop)
+    for r in range(mr):
+        for j in range(nv):
+            acc[r][j].add_incoming(updated[r][j], loop)
+    builder.cbranch(builder.icmp_signed("<", k_next, k_v), loop, done)
+
+    builder.position_at_end(done)
+    totals = [[builder.phi(vec, f"sum_{r}_{j}") for j in range(nv)] for r in range(mr)]
+    for r in range(mr):
+        for j in range(nv):
+            totals[r][j].add_incoming(zero, entry)
+            totals[r][j].add_incoming(updated[r][j], loop)
+    return totals, vec, zero
+
+
+def _vector_at(builder, base_ptr, index, vec):
+    return builder.bitcast(builder.gep(base_ptr, [index]), vec.as_pointer())
+
+
 @intrinsic
 def tile_kernel(typingctx, config, a, arow, row0, koff, k_len, b, bias, bias_off, c, c_off, ldc):
     """The micro-kernel (see the module docstring); ``config`` (:meth:`Tile.config`) must be a
@@ -169,89 +280,27 @@ def tile_kernel(typingctx, config, a, arow, row0, koff, k_len, b, bias, bias_off
     """
     if not isinstance(config, types.IntegerLiteral):
         return None
-    mr, nr, vl, epilogue = decode(config.literal_value)
+    mr, nr, vl, epilogue, _ = decode(config.literal_value)
+    if epilogue == RELU_MAXPOOL:
+        return None
     sig = types.void(config, a, arow, row0, koff, k_len, b, bias, bias_off, c, c_off, ldc)
 
     def codegen(context, builder, signature, args):
-        f32, i64, i32 = ir.FloatType(), ir.IntType(64), ir.IntType(32)
-        vec = ir.VectorType(f32, vl)
-        nv = nr // vl
-        _, a_v, arow_v, row0_v, koff_v, k_v, b_v, bias_v, boff_v, c_v, coff_v, ldc_v = args
-
-        def data(i, value):
-            return context.make_array(signature.args[i])(context, builder, value).data
-
-        a_ptr, arow_ptr, koff_ptr = data(1, a_v), data(2, arow_v), data(4, koff_v)
-        b_ptr, bias_ptr, c_ptr = data(6, b_v), data(7, bias_v), data(9, c_v)
-        fused = vl > 4  # FMA hardware; the portable form multiplies and adds
-        if fused:
-            fma = cgutils.get_or_insert_function(
-                builder.module, ir.FunctionType(vec, [vec, vec, vec]), f"llvm.fma.v{vl}f32"
-            )
-        zero = ir.Constant(vec, [0.0] * vl)
-        splat_mask = ir.Constant(ir.VectorType(i32, vl), [0] * vl)
-        undef = ir.Constant(vec, ir.Undefined)
-        rows = [
-            builder.load(builder.gep(arow_ptr, [builder.add(row0_v, ir.Constant(i64, r))]))
-            for r in range(mr)
-        ]
-        entry = builder.block
-        loop = builder.append_basic_block("tile_loop")
-        done = builder.append_basic_block("tile_done")
-        builder.cbranch(builder.icmp_signed(">", k_v, ir.Constant(i64, 0)), loop, done)
-
-        builder.position_at_end(loop)
-        k = builder.phi(i64, "k")
-        k.add_incoming(ir.Constant(i64, 0), entry)
-        acc = [[builder.phi(vec, f"acc_{r}_{j}") for j in range(nv)] for r in range(mr)]
-        for row in acc:
-            for phi in row:
-                phi.add_incoming(zero, entry)
-        offset = builder.load(builder.gep(koff_ptr, [k]))
-        b_row = builder.gep(b_ptr, [builder.mul(k, ir.Constant(i64, nr))])
-        bs = [
-            builder.load(
-                builder.bitcast(builder.gep(b_row, [ir.Constant(i64, j * vl)]), vec.as_pointer()),
-                align=4,
-            )
-            for j in range(nv)
-        ]
-        updated = []
-        for r in range(mr):
-            scalar = builder.load(builder.gep(a_ptr, [builder.add(rows[r], offset)]))
-            broadcast = builder.shuffle_vector(
-                builder.insert_element(undef, scalar, ir.Constant(i32, 0)), undef, splat_mask
-            )
-            line = []
-            for j in range(nv):
-                if fused:
-                    line.append(builder.call(fma, [broadcast, bs[j], acc[r][j]]))
-                else:
-                    line.append(builder.fadd(builder.fmul(broadcast, bs[j]), acc[r][j]))
-            updated.append(line)
-        k_next = builder.add(k, ir.Constant(i64, 1))
-        k.add_incoming(k_next, loop)
-        for r in range(mr):
-            for j in range(nv):
-                acc[r][j].add_incoming(updated[r][j], loop)
-        builder.cbranch(builder.icmp_signed("<", k_next, k_v), loop, done)
-
-        builder.position_at_end(done)
-        totals = [[builder.phi(vec, f"sum_{r}_{j}") for j in range(nv)] for r in range(mr)]
-        for r in range(mr):
-            for j in range(nv):
-                totals[r][j].add_incoming(zero, entry)
-                totals[r][j].add_incoming(updated[r][j], loop)
-        for j in range(nv):
+        i64 = ir.IntType(64)
+        totals, vec, zero = _product(context, builder, signature, args, mr, nr, vl)
+        bias_v, boff_v, c_v, coff_v, ldc_v = args[7:]
+        bias_ptr = context.make_array(signature.args[7])(context, builder, bias_v).data
+        c_ptr = context.make_array(signature.args[9])(context, builder, c_v).data
+        for j in range(nr // vl):
             if epilogue != ACCUMULATE:
-                bias_at = builder.gep(bias_ptr, [builder.add(boff_v, ir.Constant(i64, j * vl))])
-                bias_vec = builder.load(builder.bitcast(bias_at, vec.as_pointer()), align=4)
+                at = builder.add(boff_v, ir.Constant(i64, j * vl))
+                bias_vec = builder.load(_vector_at(builder, bias_ptr, at, vec), align=4)
             for r in range(mr):
                 at = builder.add(
                     coff_v,
                     builder.add(builder.mul(ldc_v, ir.Constant(i64, r)), ir.Constant(i64, j * vl)),
                 )
-                target = builder.bitcast(builder.gep(c_ptr, [at]), vec.as_pointer())
+                target = _vector_at(builder, c_ptr, at, vec)
                 if epilogue == ACCUMULATE:  # C += tile (a reduction split over calls)
                     value = builder.fadd(builder.load(target, align=4), totals[r][j])
                 else:
@@ -259,6 +308,60 @@ def tile_kernel(typingctx, config, a, arow, row0, koff, k_len, b, bias, bias_off
                 if epilogue == BIAS_RELU:  # max(v, 0); NaN becomes 0, as `v > 0` elsewhere
                     value = builder.select(builder.fcmp_ordered(">", value, zero), value, zero)
                 builder.store(value, target, align=4)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def pool_tile_kernel(
+    typingctx, config, a, arow, row0, koff, k_len, b, bias, bias_off, c, c_off, ldc, code
+):
+    """The micro-kernel with the RELU_MAXPOOL epilogue: the tile's rows are MR / cells
+    pooling windows of ``cells`` consecutive rows each (the caller orders the rows so), and
+    while the tile is still in registers each window's ``max(tile + bias, 0)`` is reduced to
+    one row of C and the index of its first maximal row (the layers' tie rule: a later cell
+    wins only when strictly greater) to the same place in ``code``.
+
+    Arguments as ``tile_kernel``'s, with C's row g (window g of the tile) at ``c_off + g *
+    ldc``; code : (*,) int8, indexed as C.
+    """
+    if not isinstance(config, types.IntegerLiteral):
+        return None
+    mr, nr, vl, epilogue, cells = decode(config.literal_value)
+    if epilogue != RELU_MAXPOOL:
+        return None
+    sig = types.void(config, a, arow, row0, koff, k_len, b, bias, bias_off, c, c_off, ldc, code)
+
+    def codegen(context, builder, signature, args):
+        i64, i8 = ir.IntType(64), ir.IntType(8)
+        codes = ir.VectorType(i8, vl)
+        totals, vec, zero = _product(context, builder, signature, args, mr, nr, vl)
+        bias_v, boff_v, c_v, coff_v, ldc_v, code_v = args[7:]
+        bias_ptr = context.make_array(signature.args[7])(context, builder, bias_v).data
+        c_ptr = context.make_array(signature.args[9])(context, builder, c_v).data
+        code_ptr = context.make_array(signature.args[12])(context, builder, code_v).data
+
+        def relu(value):
+            return builder.select(builder.fcmp_ordered(">", value, zero), value, zero)
+
+        for j in range(nr // vl):
+            at = builder.add(boff_v, ir.Constant(i64, j * vl))
+            bias_vec = builder.load(_vector_at(builder, bias_ptr, at, vec), align=4)
+            for g in range(mr // cells):
+                best = relu(builder.fadd(totals[g * cells][j], bias_vec))
+                winner = ir.Constant(codes, [0] * vl)
+                for cell in range(1, cells):
+                    value = relu(builder.fadd(totals[g * cells + cell][j], bias_vec))
+                    take = builder.fcmp_ordered(">", value, best)
+                    best = builder.select(take, value, best)
+                    winner = builder.select(take, ir.Constant(codes, [cell] * vl), winner)
+                at = builder.add(
+                    coff_v,
+                    builder.add(builder.mul(ldc_v, ir.Constant(i64, g)), ir.Constant(i64, j * vl)),
+                )
+                builder.store(best, _vector_at(builder, c_ptr, at, vec), align=4)
+                builder.store(winner, _vector_at(builder, code_ptr, at, codes), align=1)
         return context.get_dummy_value()
 
     return sig, codegen
