@@ -100,6 +100,33 @@ def test_engine_pooling_epilogue_matches_naive(case, pool):
     np.testing.assert_array_equal(code, windows.argmax(axis=3))
 
 
+@settings(max_examples=25, deadline=None)
+@given(case=engine_cases(), pool=st.tuples(st.integers(1, 3), st.integers(1, 3)))
+def test_engine_pooled_weight_gradient_matches_naive(case, pool):
+    """A first layer's dw and db from the pooled gradient (unpooled window by window, no
+    dx): against the naive convolution backward of the gradient unpooled by hand."""
+    g, x, w, b, _ = case
+    pooled_hw = (g.out_hw[0] // pool[0], g.out_hw[1] // pool[1])
+    if min(pooled_hw) < 1:
+        pool, pooled_hw = (1, 1), g.out_hw
+    pooled, code = fused.conv_relu_maxpool_forward(x, w, b, g.strides, g.dilation, g.padding, pool)
+    rng = np.random.default_rng(0)
+    dpooled = rng.uniform(-2, 2, pooled.shape).astype(np.float32)
+    dw, db = engine.conv_relu_maxpool_weight_grad(
+        dpooled, pooled, code, x, w.shape, g.strides, g.dilation, g.padding, pool
+    )
+    dz = np.zeros((x.shape[0], *g.out_hw, w.shape[3]))
+    for n, i, j, f in np.ndindex(*pooled.shape):
+        if pooled[n, i, j, f] > 0:
+            u, v = divmod(int(code[n, i, j, f]), pool[1])
+            dz[n, i * pool[0] + u, j * pool[1] + v, f] = dpooled[n, i, j, f]
+    _, want_dw, want_db = naive.conv2d_backward(
+        dz, x, w, g.strides, g.dilation, g.padding, need_dx=False
+    )
+    assert_close(dw, want_dw, "engine pooled dw")
+    assert_close(db, want_db, "engine pooled db")
+
+
 def test_a_layer_of_the_seed_model_agrees_with_blas(monkeypatch):
     """Many full tiles and several pixel blocks per thread (conv2 of the seed convnet at
     batch 4: 784 pixels), forward and backward, against the im2col + BLAS backend."""
