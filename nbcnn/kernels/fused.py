@@ -113,20 +113,29 @@ def _bias_relu_maxpool(y, b, ph, pw, pooled, code):
 @kernel
 def _unpool_relu_bias_grad(dpooled, pooled, code, ph, pw, dz, db_per_sample):
     """dz (N, OH, OW, F): each window's gradient at its winning cell where the ReLU was open,
-    zero elsewhere; db_per_sample (N, F) float64 (zeroed) its per-sample sums. Iteration n
-    zeroes and writes only dz[n]."""
+    zero elsewhere; db_per_sample (N, F) float64 (zeroed) its per-sample sums. Every cell of
+    dz is written once (the windows' cells, then the rows and columns past the last whole
+    window): zeroing dz first and scattering into it cost a second pass (conv2 of the seed
+    convnet, batch 128, one thread: 1.7 -> 0.35 ms). Iteration n writes only dz[n]."""
     n_samples, out_h, out_w, filters = dpooled.shape
     for n in numba.prange(n_samples):
-        dz[n] = 0.0
+        for i in range(out_h * ph, dz.shape[1]):
+            dz[n, i] = 0.0
+        for i in range(out_h * ph):
+            for j in range(out_w * pw, dz.shape[2]):
+                dz[n, i, j] = 0.0
         for pi in range(out_h):
             for pj in range(out_w):
                 for f in range(filters):
                     if pooled[n, pi, pj, f] > 0.0:
-                        g = dpooled[n, pi, pj, f]
-                        q = code[n, pi, pj, f]
-                        u = q // pw
-                        dz[n, pi * ph + u, pj * pw + (q - u * pw), f] = g
-                        db_per_sample[n, f] += g
+                        db_per_sample[n, f] += dpooled[n, pi, pj, f]
+                for u in range(ph):
+                    for v in range(pw):
+                        cell = u * pw + v
+                        row = dz[n, pi * ph + u, pj * pw + v]
+                        for f in range(filters):
+                            open_winner = code[n, pi, pj, f] == cell and pooled[n, pi, pj, f] > 0
+                            row[f] = dpooled[n, pi, pj, f] if open_winner else np.float32(0.0)
 
 
 # ----------------------------------------------------------------------------------- wrappers
