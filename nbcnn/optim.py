@@ -11,6 +11,11 @@ in Loshchilov & Hutter's AdamW, with the step's learning rate), then the optimiz
 runs. Updates are done in place on float32 arrays with persistent scratch buffers, so a training
 step allocates nothing in the optimizer.
 
+Each update runs as one numba pass per parameter array (``nbcnn/kernels/optim.py``, loaded on
+the first step, so that importing this module never imports numba) instead of the NumPy code's
+ten or so passes; the NumPy code (each subclass's ``_update``) stays the reference that the
+kernels equal bit for bit, and runs where ``FUSED`` is False or an array is not C-contiguous.
+
 An optimizer's whole state is ``iterations`` plus its slot arrays; ``state_dict`` returns them
 as a flat ``name -> array`` mapping (``np.savez``-ready) and ``load_state_dict`` restores them
 exactly, so a resumed run is bit-identical to an uninterrupted one.
@@ -86,14 +91,28 @@ def _optional_decay(name: str, value: object) -> float | None:
 #: Keras's arguments common to every optimizer (``BaseOptimizer.__init__``), all off by default.
 COMMON_OPTIONS = ("weight_decay", "clipnorm", "clipvalue", "global_clipnorm")
 
+#: Whether the updates run fused (one numba pass per array) or as the NumPy reference code; the
+#: two give identical bits (tests/test_optim_fused.py switches this to compare them).
+FUSED = True
+
+
+def _kernels():
+    """nbcnn.kernels.optim, imported at the first fused update: it loads numba, which
+    ``nbcnn summary`` (which imports this module) must not."""
+    from nbcnn.kernels import optim
+
+    return optim
+
 
 class Optimizer:
     """Base class: clipping, weight decay, slot bookkeeping, scratch buffers, state I/O;
-    subclasses define ``_update``.
+    subclasses define ``_update`` and ``_fused_update``.
 
     Subclasses list their per-parameter slot arrays in ``_slot_names()`` and update one
-    parameter in ``_update(i, p, g, lr, t1, t2)`` where t1, t2 are scratch arrays shaped like p.
-    They pass ``**common`` (the ``COMMON_OPTIONS``) on to this constructor.
+    parameter twice over: in NumPy, ``_update(i, p, g, lr, t1, t2)`` where t1, t2 are scratch
+    arrays shaped like p, and fused, ``_fused_update(i, p, g, lr, decay)`` where decay is the
+    float32 weight decay times lr (0: none) that the kernel applies first. They pass
+    ``**common`` (the ``COMMON_OPTIONS``) on to this constructor.
     """
 
     def __init__(
@@ -128,6 +147,9 @@ class Optimizer:
 
     def _update(self, i, p, g, lr, t1, t2) -> None:
         raise NotImplementedError
+
+    #: A subclass without its own ``_fused_update`` (a user's optimizer) runs ``_update``.
+    _fused_update = None
 
     @classmethod
     def option_names(cls) -> list[str]:
@@ -173,13 +195,19 @@ class Optimizer:
         if self._scratch is None or len(self._scratch) < buffers or self._scratch[0].size < size:
             self._scratch = tuple(np.empty(size, np.float32) for _ in range(buffers))
         scale = _global_scale(grads, self.global_clipnorm) if self.global_clipnorm else None
+        fused = FUSED and self._fused_update is not None
         for i, (p, g) in enumerate(zip(params, grads, strict=True)):
             g = np.asarray(g, dtype=np.float32)
             t1, t2, *t3 = (s[: p.size].reshape(p.shape) for s in self._scratch)
             if clipping:
                 g = self._clip(g, scale, out=t3[0])
+            decay = np.float32(self.weight_decay or 0) * np.float32(lr)
+            slots = [arrays[i] for arrays in self._slots.values()]
+            if fused and all(a.flags.c_contiguous for a in (p, *slots)):
+                self._fused_update(i, p, np.ascontiguousarray(g), lr, decay)
+                continue
             if self.weight_decay:
-                np.multiply(p, np.float32(self.weight_decay) * np.float32(lr), out=t1)
+                np.multiply(p, decay, out=t1)
                 p -= t1
             self._update(i, p, g, lr, t1, t2)
         self.iterations += 1
@@ -306,6 +334,10 @@ class SGD(Optimizer):
         else:
             p += m
 
+    def _fused_update(self, i, p, g, lr, decay):
+        m = self._slots["momentum"][i] if self.momentum != 0 else None
+        _kernels().sgd_update(p, g, m, lr, self.momentum, self.nesterov, decay)
+
 
 class Adam(Optimizer):
     """Adam with Keras 3's bias correction folded into the step size.
@@ -331,10 +363,14 @@ class Adam(Optimizer):
     def _slot_names(self):
         return ("m", "v")
 
+    def _alpha(self, lr: float) -> float:
+        """alpha: lr with both bias corrections, for step t = iterations + 1."""
+        t = self.iterations + 1
+        return lr * math.sqrt(1 - self.beta_2**t) / (1 - self.beta_1**t)
+
     def _update(self, i, p, g, lr, t1, t2):
         m, v = self._slots["m"][i], self._slots["v"][i]
-        t = self.iterations + 1
-        alpha = lr * math.sqrt(1 - self.beta_2**t) / (1 - self.beta_1**t)
+        alpha = self._alpha(lr)
         np.subtract(g, m, out=t1)
         t1 *= 1 - self.beta_1
         m += t1
@@ -347,6 +383,11 @@ class Adam(Optimizer):
         np.multiply(m, alpha, out=t2)
         t2 /= t1
         p -= t2
+
+    def _fused_update(self, i, p, g, lr, decay):
+        m, v = self._slots["m"][i], self._slots["v"][i]
+        alpha = self._alpha(lr)
+        _kernels().adam_update(p, g, m, v, alpha, self.beta_1, self.beta_2, self.epsilon, decay)
 
 
 class AdamW(Adam):
@@ -431,6 +472,13 @@ class RMSprop(Optimizer):
             p -= mom
         else:
             p -= t2
+
+    def _fused_update(self, i, p, g, lr, decay):
+        v = self._slots["velocity"][i]
+        a = self._slots["average_gradient"][i] if self.centered else None
+        mom = self._slots["momentum"][i] if self.momentum > 0 else None
+        kernel = _kernels().rmsprop_update
+        kernel(p, g, v, a, mom, lr, self.rho, self.momentum, self.epsilon, decay)
 
 
 OPTIMIZERS: dict[str, type[Optimizer]] = {
