@@ -456,6 +456,8 @@ def test_threading_layer_follows_the_backend(backend, expected):
     info = json.loads(out.stdout.strip().splitlines()[-1])
     assert info["layer"] == expected
     assert info["num_threads"] >= 1
+    if backend == "engine" and "GOMP_SPINCOUNT" not in os.environ:
+        assert info["gomp_spincount"] == "20000"  # OpenMP's idle workers leave BLAS the cores
 
 
 @pytest.mark.parametrize(

@@ -38,6 +38,9 @@ import numba
 #: The layers tried, in order, for the engine backend: OpenMP, else numba's own pool.
 ENGINE_LAYERS = ["omp", "workqueue", "tbb"]
 
+#: Spins of an idle GNU OpenMP worker before it sleeps (see ``_choose_threading_layer``).
+GOMP_SPINCOUNT = 20000
+
 
 def _choose_threading_layer() -> None:
     """Set numba's threading layer for the backend NBCNN_CONV names (module docstring)."""
@@ -49,6 +52,14 @@ def _choose_threading_layer() -> None:
     numba.config.THREADING_LAYER = "default"  # the first of the priority list that loads
     if "NUMBA_THREADING_LAYER_PRIORITY" not in os.environ:
         numba.config.THREADING_LAYER_PRIORITY = list(ENGINE_LAYERS)
+    # GNU OpenMP's idle workers spin GOMP_SPINCOUNT times (300,000 by default, milliseconds)
+    # before sleeping, on the cores that OpenBLAS's threads want for the Dense layers' GEMMs
+    # right after a convolution: the seed convnet's dense backward took 3.1-3.6 ms with the
+    # default, 1.6-1.9 ms with 20,000 (2,000 or 0 measured no better for it, and 0 slowed
+    # the convolutions, whose workers then sleep between kernels). Read when libgomp loads,
+    # at the first parallel kernel; an explicit GOMP_SPINCOUNT (or OMP_WAIT_POLICY) wins.
+    if "OMP_WAIT_POLICY" not in os.environ:
+        os.environ.setdefault("GOMP_SPINCOUNT", str(GOMP_SPINCOUNT))
 
 
 _choose_threading_layer()
@@ -108,7 +119,8 @@ def threading_info() -> dict[str, object]:
     choice; ``'default'`` takes the first of ``layer_priority`` that loads),
     ``num_threads`` (``numba.get_num_threads()``) and ``blas`` (threadpoolctl's
     description of the loaded BLAS pools, or ``None`` if threadpoolctl is not installed),
-    ``malloc_tuned`` and ``openblas_thread_timeout``: the value OpenBLAS read when numpy loaded
+    ``malloc_tuned``, ``gomp_spincount`` (GNU OpenMP's idle spins, as set for it) and
+    ``openblas_thread_timeout``: the value OpenBLAS read when numpy loaded
     it, or ``None`` when numpy was imported before nbcnn without the variable set (OpenBLAS then
     spins its idle threads for its long default; import nbcnn first, or set it yourself).
     """
@@ -134,6 +146,7 @@ def threading_info() -> dict[str, object]:
         "num_threads": numba.get_num_threads(),
         "blas": blas,
         "malloc_tuned": MALLOC_TUNED,
+        "gomp_spincount": os.environ.get("GOMP_SPINCOUNT"),
         "openblas_thread_timeout": (
             os.environ.get("OPENBLAS_THREAD_TIMEOUT") if nbcnn._OPENBLAS_TIMEOUT_APPLIED else None
         ),
