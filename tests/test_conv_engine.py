@@ -237,6 +237,17 @@ SCRIPT = textwrap.dedent(
         windows = want[:, : 2 * hw[0], : 2 * hw[1]].reshape(n, hw[0], 2, hw[1], 2, f)
         error = np.abs(pooled - windows.max(axis=(2, 4))).max() / max(np.abs(want).max(), 1)
         worst = max(worst, float(error))
+    from nbcnn.kernels import winograd  # its transforms and masked stores at this width
+    x = rng.uniform(-2, 2, (2, 7, 6, 17)).astype(np.float32)
+    w = rng.uniform(-2, 2, (3, 3, 17, 70)).astype(np.float32)
+    b = rng.uniform(-2, 2, 70).astype(np.float32)
+    same = ((1, 1), (1, 1))
+    want = np.maximum(naive.conv2d_forward(x, w, b, (1, 1), (1, 1), same), 0)
+    got = winograd.conv_forward(x, w, b, same, relu=True)
+    worst = max(worst, float(np.abs(got - want).max() / np.abs(want).max()))
+    pooled, _ = winograd.conv_relu_maxpool(x, w, b, same)
+    windows = want[:, :6, :6].reshape(2, 3, 2, 3, 2, 70).max(axis=(2, 4))
+    worst = max(worst, float(np.abs(pooled - windows).max() / np.abs(want).max()))
     stats = engine._forward_tiles.stats
     print(json.dumps({{"width": microkernel.vector_width(), "error": worst,
                       "hits": sum(stats.cache_hits.values()),

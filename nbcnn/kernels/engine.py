@@ -27,6 +27,7 @@ import os
 import numba
 import numpy as np
 
+from nbcnn.kernels import winograd
 from nbcnn.kernels._jit import kernel
 from nbcnn.kernels.microkernel import (
     ACCUMULATE,
@@ -36,6 +37,7 @@ from nbcnn.kernels.microkernel import (
     choose_pool_tile,
     choose_tile,
     launch,
+    pack_weights,
     pool_tile_kernel,
     tile_cells,
     tile_cols,
@@ -128,17 +130,6 @@ def _tap_offsets(kernel_hw, dilation, padded_w, channels):
     return (((a * dil_h) * padded_w + e * dil_w) * channels + c).reshape(-1).astype(np.int64)
 
 
-def pack_weights(w2d, nr):
-    """w2d (K, F) -> (ceil(F/NR), K, NR) float32, zero past F: one contiguous B per block."""
-    k, filters = w2d.shape
-    blocks = -(-filters // nr)
-    packed = np.zeros((blocks, k, nr), dtype=np.float32)
-    for fb in range(blocks):
-        part = w2d[:, fb * nr : (fb + 1) * nr]
-        packed[fb, :, : part.shape[1]] = part
-    return packed
-
-
 def padded(x, padding):
     """x (N, H, W, C) with explicit zeros around H and W (no copy when there are none)."""
     (top, bottom), (left, right) = padding
@@ -163,11 +154,21 @@ def _addressing(x, w_shape, strides, dilation, padding, out_hw, rows_to):
 
 def conv_forward(x, w, b, strides, dilation, padding, out_hw, relu=False):
     """y2d (N*OH*OW, F) float32 = act(conv(x, w) + b) for checked, contiguous float32
-    x (N, H, W, C), w (KH, KW, C, F), b (F,) or None; geometry as ``conv.conv2d_forward``."""
+    x (N, H, W, C), w (KH, KW, C, F), b (F,) or None; geometry as ``conv.conv2d_forward``.
+    Winograd F(2x2, 3x3) where its measured rule chooses it (``winograd.chosen``), else the
+    direct implicit GEMM."""
+    if winograd.chosen(x.shape, w.shape, strides, dilation, out_hw):
+        y = winograd.conv_forward(x, w, b, padding, relu)
+        return y.reshape(-1, w.shape[3])
+    return _direct_forward(x, w, b, strides, dilation, padding, out_hw, relu)
+
+
+def _direct_forward(x, w, b, strides, dilation, padding, out_hw, relu=False):
+    """``conv_forward`` as the implicit GEMM on the micro-kernel, whatever the shape."""
     kh, kw, channels, filters = w.shape
+    n_pixels = x.shape[0] * out_hw[0] * out_hw[1]
     tile = choose_tile(filters)
     config = tile.config(BIAS_RELU if relu else BIAS)
-    n_pixels = x.shape[0] * out_hw[0] * out_hw[1]
     xp, pixels, taps = _addressing(x, w.shape, strides, dilation, padding, out_hw, tile.mr)
     wpack = pack_weights(w.reshape(kh * kw * channels, filters), tile.nr)
     bpack = np.zeros(wpack.shape[0] * tile.nr, dtype=np.float32)
@@ -256,6 +257,9 @@ def conv_relu_maxpool(x, w, b, strides, dilation, padding, pool, pooled_hw):
     ``conv.conv2d_forward``."""
     kh, kw, channels, filters = w.shape
     n_samples = x.shape[0]
+    out_hw = (pooled_hw[0] * pool[0], pooled_hw[1] * pool[1])  # the part the windows cover
+    if tuple(pool) == (2, 2) and winograd.chosen(x.shape, w.shape, strides, dilation, out_hw):
+        return winograd.conv_relu_maxpool(x, w, b, padding)
     cells = pool[0] * pool[1]
     tile = choose_pool_tile(filters, cells)
     if tile is None:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
+import numpy as np
 from llvmlite import ir
 from numba import typeof, types
 from numba.core import cgutils
@@ -87,6 +88,12 @@ def tile_cols(config):
 
 
 @register_jitable
+def tile_width(config):
+    """VL, the vector width, of a tile configuration (inside numba kernels)."""
+    return (config // 4) % 32
+
+
+@register_jitable
 def tile_cells(config):
     """Cells of the pooling window of a tile configuration (inside numba kernels)."""
     return (config // (4 * 32 * 256 * 64)) % 128
@@ -104,19 +111,41 @@ def decode(config: int) -> tuple[int, int, int, int, int]:
     return mr, nr, vl, epilogue, cells
 
 
+@dataclass(frozen=True)
+class Literal:
+    """An int argument of :func:`launch` passed as a compile-time literal, like ``config``."""
+
+    value: int
+
+
 def launch(dispatcher, config: int, *args):
-    """Call the numba kernel ``dispatcher(config, *args)`` with ``config`` as a literal.
+    """Call the numba kernel ``dispatcher(config, *args)`` with ``config`` (and any argument
+    wrapped in :class:`Literal`) as a literal.
 
     Calling a dispatcher with an int whose kernel asks for ``numba.literally`` re-dispatches
     through an exception and type inference on every call (~20 ms measured here); the compiled
     specialisation is looked up, or compiled (or loaded from the cache) once, and called
     directly instead."""
-    sig = (types.IntegerLiteral(config), *(typeof(a) for a in args))
+    sig = (types.IntegerLiteral(config),) + tuple(
+        types.IntegerLiteral(a.value) if isinstance(a, Literal) else typeof(a) for a in args
+    )
     compiled = dispatcher.overloads.get(sig)
     if compiled is None:
         dispatcher.compile(sig)
         compiled = dispatcher.overloads[sig]
-    return compiled.entry_point(config, *args)
+    values = (a.value if isinstance(a, Literal) else a for a in args)
+    return compiled.entry_point(config, *values)
+
+
+def pack_weights(w2d, nr):
+    """w2d (K, F) -> (ceil(F/NR), K, NR) float32, zero past F: one contiguous B per block."""
+    k, filters = w2d.shape
+    blocks = -(-filters // nr)
+    packed = np.zeros((blocks, k, nr), dtype=np.float32)
+    for fb in range(blocks):
+        part = w2d[:, fb * nr : (fb + 1) * nr]
+        packed[fb, :, : part.shape[1]] = part
+    return packed
 
 
 def _feature_flags(text: str) -> dict[str, bool]:

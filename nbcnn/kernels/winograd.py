@@ -1,0 +1,416 @@
+"""Winograd F(2x2, 3x3) convolution on the engine's micro-kernels (3x3, stride 1, no dilation).
+
+A 2x2 block of outputs of a 3x3 convolution is computed from the 4x4 block of input under it
+as ``Y = A^T [(G g G^T) * (B^T d B)] A`` (Lavin & Gray, "Fast Algorithms for Convolutional
+Neural Networks", 2016): the 36 multiplies per channel of the direct form become 16. Summed
+over the channels, the 16 elementwise products are 16 independent GEMMs, one per position
+(i, j) of the 4x4 transformed tile:
+
+    M[ij] (tiles, F) = V[ij] (tiles, C) @ U[ij] (C, F)
+
+with V = B^T d B the transformed input tiles and U = G g G^T the transformed filters. The
+GEMMs run on the micro-kernel (``microkernel.tile_kernel``), 2.25x fewer multiply-adds than
+the direct implicit GEMM, for three extra passes (input transform, filter transform, output
+transform) that stay in the L2 cache: each ``prange`` iteration takes a few samples through
+all of them with its own V and M, so neither ever goes to memory. The output transform adds
+the bias, applies the ReLU and, where the pooling is 2x2, max-pools the 2x2 block it has just
+made (an output tile is exactly one pooling window), so a Conv + ReLU + 2x2 max pool stores
+only the pooled maxima and their codes, as ``engine.conv_relu_maxpool`` does.
+
+Error: the transforms' coefficients (0, +-1, +-1/2) add a few float32 roundings per output;
+``WINOGRAD_RTOL`` states the bound the tests hold it to against the float64 naive
+convolution, and ``tests/test_winograd.py`` against the direct engine too.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numba
+import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from nbcnn.kernels._jit import kernel
+from nbcnn.kernels.microkernel import (
+    BIAS,
+    Literal,
+    _vector_at,
+    choose_tile,
+    decode,
+    launch,
+    pack_weights,
+    tile_cols,
+    tile_kernel,
+    tile_rows,
+    tile_width,
+)
+
+#: Largest relative error (to the largest |output|) the tests allow against the float64
+#: reference, on values in [-2, 2] with up to 64 channels: the direct engine stays near 1e-6.
+WINOGRAD_RTOL = 2e-5
+
+#: Output tiles per prange iteration, about: V and M of that many tiles (with 32 channels
+#: and 64 filters, 16 x 192 x 96 floats: 1.2 MB) stay in a core's L2 cache.
+_TILES_PER_ITEM = 192
+
+# G (4x3): the filter transform, U = G g G^T.
+_G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], dtype=np.float64)
+
+
+#: The measured rule (``chosen``): Winograd where the input has at least this many channels,
+#: both output sides at least ``MIN_SIDE`` and the batch at least ``MIN_TILES`` 2x2 output
+#: tiles. Direct engine time / Winograd time, AMD EPYC Zen 4 (AVX-512), batch 128 unless
+#: said, 1 / 2 threads, 3x3 'same' + bias + ReLU: 14x14, C 32 -> 64: 1.51 / 1.49; its input
+#: gradient (C 64 -> 32): 1.42 / 1.37; 32x32, 32 -> 32: 1.35 / 1.28; 16x16, 64 -> 64:
+#: 1.64 / 1.52; 8x8, 128 -> 128: 1.66 / 1.38; 28x28, 16 -> 16: 1.03 / 1.09; 14x14, 16 -> 32:
+#: 1.46 / 1.29; 14x14, 64 -> 10: 1.65 / 1.34; 14x14 32 -> 64 at batch 16: 1.38 / 1.04. Slower:
+#: C = 3 (0.36 / 0.37), C = 8 (0.62-1.10), 4x4 outputs (1.18 / 0.84), 2x2 (0.57 / 0.42),
+#: batch 1 (0.54 / 0.49): too few channels for the GEMMs or too few tiles for the transforms.
+MIN_CHANNELS, MIN_SIDE, MIN_TILES = 16, 8, 512
+
+
+def applies(kernel_hw, strides, dilation) -> bool:
+    """Whether a convolution has the shape F(2x2, 3x3) computes: 3x3, stride 1, no dilation."""
+    return tuple(kernel_hw) == (3, 3) and tuple(strides) == (1, 1) and tuple(dilation) == (1, 1)
+
+
+def enabled() -> bool:
+    """False when NBCNN_WINOGRAD is 0 / off / false (the direct engine everywhere: for A/B
+    benchmarks and as the tests' reference)."""
+    return os.environ.get("NBCNN_WINOGRAD", "").strip().lower() not in ("0", "off", "false")
+
+
+def chosen(x_shape, w_shape, strides, dilation, out_hw) -> bool:
+    """Whether the engine runs this convolution as Winograd: it applies, it is enabled and
+    the measured rule above says it pays."""
+    n_tiles = x_shape[0] * -(-out_hw[0] // 2) * -(-out_hw[1] // 2)
+    return (
+        applies(w_shape[:2], strides, dilation)
+        and w_shape[2] >= MIN_CHANNELS
+        and min(out_hw) >= MIN_SIDE
+        and n_tiles >= MIN_TILES
+        and enabled()
+    )
+
+
+def transformed_filters(w, nr):
+    """U = G g G^T of w (3, 3, C, F), computed in float64, packed for the micro-kernel as
+    (16, ceil(F/NR), C, NR) float32, zero past F."""
+    u = np.einsum("ia,abcf,jb->ijcf", _G, w.astype(np.float64), _G)  # (4, 4, C, F)
+    channels, filters = w.shape[2], w.shape[3]
+    u = u.reshape(16, channels, filters).astype(np.float32)
+    return np.stack([pack_weights(u[ij], nr) for ij in range(16)])
+
+
+def _lanes(builder, vl):
+    return ir.Constant(ir.VectorType(ir.IntType(32), vl), list(range(vl)))
+
+
+def _masked_store(builder, value, ptr, mask):
+    """llvm.masked.store of a vector (lanes where mask is true); every target lowers it."""
+    vec = value.type
+    fn = cgutils.get_or_insert_function(
+        builder.module,
+        ir.FunctionType(ir.VoidType(), [vec, vec.as_pointer(), ir.IntType(32), mask.type]),
+        f"llvm.masked.store.v{vec.count}{'f32' if isinstance(vec.element, ir.FloatType) else 'i8'}"
+        f".p0v{vec.count}{'f32' if isinstance(vec.element, ir.FloatType) else 'i8'}",
+    )
+    builder.call(fn, [value, ptr, ir.Constant(ir.IntType(32), 1), mask])
+
+
+@intrinsic
+def _input_transform(typingctx, config, x, base, col, row, v, v_off, v_step, n_vec):
+    """V = B^T d B for one tile, VL channels at a time: d[r][s] is the vector at
+    x[base + r * row + s * col + q * VL], V[ij] goes to v[v_off + ij * v_step + q * VL], for
+    q < n_vec, VL the vector width of the tile configuration ``config`` (a literal); x and v
+    are float32 (*,) arrays."""
+    if not isinstance(config, types.IntegerLiteral):
+        return None
+    vl = decode(config.literal_value)[2]
+    sig = types.void(config, x, base, col, row, v, v_off, v_step, n_vec)
+
+    def codegen(context, builder, signature, args):
+        i64 = ir.IntType(64)
+        vec = ir.VectorType(ir.FloatType(), vl)
+        _, x_v, base_v, col_v, row_v, v_v, voff_v, vstep_v, nvec_v = args
+        x_ptr = context.make_array(signature.args[1])(context, builder, x_v).data
+        v_ptr = context.make_array(signature.args[5])(context, builder, v_v).data
+        entry = builder.block
+        loop = builder.append_basic_block("in_loop")
+        done = builder.append_basic_block("in_done")
+        builder.cbranch(builder.icmp_signed(">", nvec_v, ir.Constant(i64, 0)), loop, done)
+        builder.position_at_end(loop)
+        q = builder.phi(i64, "q")
+        q.add_incoming(ir.Constant(i64, 0), entry)
+        lane0 = builder.mul(q, ir.Constant(i64, vl))
+        start = builder.add(base_v, lane0)
+        d = [[None] * 4 for _ in range(4)]
+        for r in range(4):
+            for c in range(4):
+                at = builder.add(
+                    start,
+                    builder.add(
+                        builder.mul(row_v, ir.Constant(i64, r)),
+                        builder.mul(col_v, ir.Constant(i64, c)),
+                    ),
+                )
+                d[r][c] = builder.load(_vector_at(builder, x_ptr, at, vec), align=4)
+
+        def bt(a0, a1, a2, a3):  # B^T applied to four values: (a0 - a2, a1 + a2, a2 - a1, a1 - a3)
+            return (
+                builder.fsub(a0, a2), builder.fadd(a1, a2), builder.fsub(a2, a1),
+                builder.fsub(a1, a3),
+            )  # fmt: skip
+
+        rows_t = [bt(d[0][c], d[1][c], d[2][c], d[3][c]) for c in range(4)]  # [col][i]
+        out_at = builder.add(voff_v, lane0)
+        for i in range(4):
+            for j, value in enumerate(bt(*(rows_t[c][i] for c in range(4)))):
+                at = builder.add(out_at, builder.mul(vstep_v, ir.Constant(i64, i * 4 + j)))
+                builder.store(value, _vector_at(builder, v_ptr, at, vec), align=4)
+        q_next = builder.add(q, ir.Constant(i64, 1))
+        q.add_incoming(q_next, loop)
+        builder.cbranch(builder.icmp_signed("<", q_next, nvec_v), loop, done)
+        builder.position_at_end(done)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def _output_transform(
+    typingctx, config, mode, m, m_off, m_step, bias, out, out_off, col, row, rows, cols, filters,
+    code,
+):  # fmt: skip
+    """Y = A^T M A (+ bias, then ReLU for mode >= 1) for one tile, VL filters at a time:
+    M[ij] is the vector at m[m_off + ij * m_step + q * VL], bias at bias[q * VL]; mode 0 and
+    1 store Y[a][b] (a < rows, b < cols) at out[out_off + a * row + b * col + q * VL], mode 2
+    stores the 2x2 block's maximum there and the index of its first maximal cell (a * 2 + b)
+    at code[out_off + q * VL]. Lanes past ``filters`` are never stored (masked stores).
+    VL is the vector width of the tile configuration ``config``; it and ``mode`` must be
+    literals."""
+    if not isinstance(config, types.IntegerLiteral) or not isinstance(mode, types.IntegerLiteral):
+        return None
+    vl, kind = decode(config.literal_value)[2], mode.literal_value
+    sig = types.void(
+        config, mode, m, m_off, m_step, bias, out, out_off, col, row, rows, cols, filters, code
+    )
+
+    def codegen(context, builder, signature, args):
+        i64, i32, i8 = ir.IntType(64), ir.IntType(32), ir.IntType(8)
+        vec = ir.VectorType(ir.FloatType(), vl)
+        codes = ir.VectorType(i8, vl)
+        (_, _, m_v, moff_v, mstep_v, bias_v, out_v, ooff_v, col_v, row_v, rows_v, cols_v,
+         filters_v, code_v) = args  # fmt: skip
+        m_ptr = context.make_array(signature.args[2])(context, builder, m_v).data
+        bias_ptr = context.make_array(signature.args[5])(context, builder, bias_v).data
+        out_ptr = context.make_array(signature.args[6])(context, builder, out_v).data
+        code_ptr = context.make_array(signature.args[13])(context, builder, code_v).data
+        zero = ir.Constant(vec, [0.0] * vl)
+        n_vec = builder.sdiv(builder.add(filters_v, ir.Constant(i64, vl - 1)), ir.Constant(i64, vl))
+        entry = builder.block
+        loop = builder.append_basic_block("out_loop")
+        done = builder.append_basic_block("out_done")
+        builder.cbranch(builder.icmp_signed(">", n_vec, ir.Constant(i64, 0)), loop, done)
+        builder.position_at_end(loop)
+        q = builder.phi(i64, "q")
+        q.add_incoming(ir.Constant(i64, 0), entry)
+        lane0 = builder.mul(q, ir.Constant(i64, vl))
+        left = builder.trunc(builder.sub(filters_v, lane0), i32)  # lanes still to store
+        splat = builder.shuffle_vector(
+            builder.insert_element(ir.Constant(ir.VectorType(i32, vl), ir.Undefined), left,
+                                   ir.Constant(i32, 0)),
+            ir.Constant(ir.VectorType(i32, vl), ir.Undefined),
+            ir.Constant(ir.VectorType(i32, vl), [0] * vl),
+        )  # fmt: skip
+        mask = builder.icmp_signed("<", _lanes(builder, vl), splat)
+        m_at = builder.add(moff_v, lane0)
+        mv = [
+            builder.load(
+                _vector_at(
+                    builder, m_ptr, builder.add(m_at, builder.mul(mstep_v, ir.Constant(i64, ij))),
+                    vec,
+                ),
+                align=4,
+            )
+            for ij in range(16)
+        ]  # fmt: skip
+
+        def at_(a0, a1, a2, a3):  # A^T applied to four values: (a0 + a1 + a2, a1 - a2 - a3)
+            return (
+                builder.fadd(builder.fadd(a0, a1), a2),
+                builder.fsub(builder.fsub(a1, a2), a3),
+            )
+
+        cols_t = [at_(*mv[i * 4 : i * 4 + 4]) for i in range(4)]  # [i][b]
+        bias_vec = builder.load(_vector_at(builder, bias_ptr, lane0, vec), align=4)
+        y = [[None, None], [None, None]]
+        for b in range(2):
+            top, bottom = at_(*(cols_t[i][b] for i in range(4)))
+            for a, value in enumerate((top, bottom)):
+                value = builder.fadd(value, bias_vec)
+                if kind >= 1:  # ReLU: v > 0 or 0 (NaN becomes 0, as in the tiles)
+                    value = builder.select(builder.fcmp_ordered(">", value, zero), value, zero)
+                y[a][b] = value
+        out_at = builder.add(ooff_v, lane0)
+        if kind == 2:
+            best = y[0][0]
+            winner = ir.Constant(codes, [0] * vl)
+            for cell, value in ((1, y[0][1]), (2, y[1][0]), (3, y[1][1])):
+                take = builder.fcmp_ordered(">", value, best)
+                best = builder.select(take, value, best)
+                winner = builder.select(take, ir.Constant(codes, [cell] * vl), winner)
+            _masked_store(builder, best, _vector_at(builder, out_ptr, out_at, vec), mask)
+            _masked_store(builder, winner, _vector_at(builder, code_ptr, out_at, codes), mask)
+        else:
+            for a in range(2):
+                for b in range(2):
+                    inside = builder.and_(
+                        builder.icmp_signed(">", rows_v, ir.Constant(i64, a)),
+                        builder.icmp_signed(">", cols_v, ir.Constant(i64, b)),
+                    )
+                    with builder.if_then(inside):
+                        at = builder.add(
+                            out_at,
+                            builder.add(
+                                builder.mul(row_v, ir.Constant(i64, a)),
+                                builder.mul(col_v, ir.Constant(i64, b)),
+                            ),
+                        )
+                        _masked_store(builder, y[a][b], _vector_at(builder, out_ptr, at, vec), mask)
+        q_next = builder.add(q, ir.Constant(i64, 1))
+        q.add_incoming(q_next, builder.block)
+        builder.cbranch(builder.icmp_signed("<", q_next, n_vec), loop, done)
+        builder.position_at_end(done)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@kernel
+def _winograd(config, xp, upack, bias, rows, channel_offsets, tiles_hw, per_item, out, code, mode):
+    """The forward over the batch: a prange over groups of ``per_item`` samples, each taken
+    through the input transform, the 16 GEMMs and the output transform with its own V, M.
+
+    xp : (N, 2*TH + 2, 2*TW + 2, C_pad) float32, the input zero-padded around (and by one
+    more row or column where the output size is odd) and in channels to a multiple of VL;
+    upack : (16, F/NR, C, NR) float32; bias : (F/NR * NR,) float32, zero past F; rows :
+    (>= T_item,) int64 = t * C_pad (a multiple of MR long); channel_offsets : (C,) int64 =
+    arange(C); tiles_hw = (TH, TW). mode 0: out (N, OH, OW, F) = conv + bias; 1: the same
+    with ReLU; 2: out (N, OH//2, OW//2, F) = 2x2 max pool of relu(conv + bias) and code
+    (same shape, int8) the first winning cell, u * 2 + v. mode is a literal.
+    """
+    mr = tile_rows(config)
+    nr = tile_cols(config)
+    vl = tile_width(config)
+    n_samples, padded_h, padded_w, c_pad = xp.shape
+    channels = channel_offsets.shape[0]
+    n_filters = out.shape[3]
+    th, tw = tiles_hw
+    f_pad = upack.shape[1] * nr
+    t_pad = rows.shape[0]
+    xf = xp.reshape(-1)
+    outf = out.reshape(-1)
+    codef = code.reshape(-1)
+    out_h, out_w = out.shape[1], out.shape[2]
+    zero_bias = np.zeros(f_pad, dtype=np.float32)
+    n_items = (n_samples + per_item - 1) // per_item
+    for item in numba.prange(n_items):
+        n0 = item * per_item
+        n1 = min(n0 + per_item, n_samples)
+        v = np.empty(16 * t_pad * c_pad, dtype=np.float32)
+        m = np.empty(16 * t_pad * f_pad, dtype=np.float32)
+        for n in range(n0, n1):
+            for ti in range(th):
+                for tj in range(tw):
+                    t = ((n - n0) * th + ti) * tw + tj
+                    base = ((n * padded_h + 2 * ti) * padded_w + 2 * tj) * c_pad
+                    _input_transform(
+                        numba.literally(config), xf, base, c_pad, padded_w * c_pad, v, t * c_pad,
+                        t_pad * c_pad, c_pad // vl,
+                    )  # fmt: skip
+        # The 16 GEMMs: M[ij] (T, F_pad) = V[ij] (T, C) @ U[ij] (C, F_pad). Rows past the
+        # item's tiles read stale V and land in M rows nobody reads.
+        n_tiles = (n1 - n0) * th * tw
+        row_tiles = (n_tiles + mr - 1) // mr
+        for ij in range(16):
+            vij = v[ij * t_pad * c_pad : (ij + 1) * t_pad * c_pad]
+            mij = m[ij * t_pad * f_pad : (ij + 1) * t_pad * f_pad]
+            for fb in range(upack.shape[1]):
+                for rt in range(row_tiles):
+                    tile_kernel(
+                        numba.literally(config), vij, rows, rt * mr, channel_offsets, channels,
+                        upack[ij, fb], zero_bias, 0, mij, rt * mr * f_pad + fb * nr, f_pad,
+                    )  # fmt: skip
+        for n in range(n0, n1):
+            for ti in range(th):
+                for tj in range(tw):
+                    t = ((n - n0) * th + ti) * tw + tj
+                    if mode == 2:
+                        if ti >= out_h or tj >= out_w:
+                            continue  # a pooling floor: no whole window
+                        at = ((n * out_h + ti) * out_w + tj) * n_filters
+                        rows_left, cols_left = 2, 2
+                    else:
+                        at = ((n * out_h + 2 * ti) * out_w + 2 * tj) * n_filters
+                        rows_left = min(2, out_h - 2 * ti)
+                        cols_left = min(2, out_w - 2 * tj)
+                    _output_transform(
+                        numba.literally(config), numba.literally(mode), m, t * f_pad, t_pad * f_pad,
+                        bias, outf, at, n_filters, out_w * n_filters, rows_left, cols_left,
+                        n_filters, codef,
+                    )  # fmt: skip
+
+
+def _run(x, w, b, padding, mode, out_shape):
+    """Shared set-up of ``conv_forward`` and ``conv_relu_maxpool``."""
+    n_samples, height, width, channels = x.shape
+    filters = w.shape[3]
+    (top, bottom), (left, right) = padding
+    out_h, out_w = height + top + bottom - 2, width + left + right - 2
+    th, tw = -(-out_h // 2), -(-out_w // 2)
+    tile = choose_tile(filters)
+    vl = tile.vl
+    c_pad = -(-channels // vl) * vl
+    # Zeros around, one more row / column where the output size is odd (the last tile reads
+    # it) and channels up to a multiple of VL (whole vectors in the input transform).
+    xp = np.zeros((n_samples, 2 * th + 2, 2 * tw + 2, c_pad), dtype=np.float32)
+    xp[:, top : top + height, left : left + width, :channels] = x
+    per_item = max(1, _TILES_PER_ITEM // (th * tw))
+    per_item = min(per_item, max(1, -(-n_samples // (2 * numba.get_num_threads()))))
+    t_item = per_item * th * tw
+    rows = np.arange(-(-t_item // tile.mr) * tile.mr, dtype=np.int64) * c_pad
+    upack = transformed_filters(w, tile.nr)
+    bias = np.zeros(upack.shape[1] * tile.nr, np.float32)
+    if b is not None:
+        bias[:filters] = b
+    out = np.empty(out_shape, dtype=np.float32)
+    code = np.empty(out_shape if mode == 2 else (1, 1, 1, 1), dtype=np.int8)
+    launch(
+        _winograd, tile.config(BIAS), xp, upack, bias, rows, np.arange(channels, dtype=np.int64),
+        (th, tw), per_item, out, code, Literal(mode),
+    )  # fmt: skip
+    return out, code
+
+
+def conv_forward(x, w, b, padding, relu=False):
+    """y (N, OH, OW, F) float32 = act(conv(x, w) + b) for a 3x3, stride-1, undilated
+    convolution of checked, contiguous float32 x (N, H, W, C), w (3, 3, C, F), b (F,) or
+    None, zero padding ((top, bottom), (left, right))."""
+    (top, bottom), (left, right) = padding
+    out_hw = (x.shape[1] + top + bottom - 2, x.shape[2] + left + right - 2)
+    out, _ = _run(x, w, b, padding, 1 if relu else 0, (x.shape[0], *out_hw, w.shape[3]))
+    return out
+
+
+def conv_relu_maxpool(x, w, b, padding):
+    """``pooled, code`` (N, OH // 2, OW // 2, F) float32 and int8: relu(conv(x, w) + b)
+    max-pooled by 2x2 windows, as ``engine.conv_relu_maxpool`` with ``pool=(2, 2)``, for a
+    3x3, stride-1, undilated convolution."""
+    (top, bottom), (left, right) = padding
+    out_hw = (x.shape[1] + top + bottom - 2, x.shape[2] + left + right - 2)
+    shape = (x.shape[0], out_hw[0] // 2, out_hw[1] // 2, w.shape[3])
+    return _run(x, w, b, padding, 2, shape)
