@@ -49,8 +49,9 @@ def with_backend(name, fn):
 def _repeat_tile(config, a, rows, taps, b, bias, c, n):
     for _ in range(n):
         microkernel.tile_kernel(
-            numba.literally(config), a, rows, 0, taps, taps.shape[0], b, bias, 0, c, 0, b.shape[1]
-        )
+            numba.literally(config), a, rows, 0, taps, taps.shape[0], b, bias, 0, c, 0,
+            b.shape[1], b.shape[1],
+        )  # fmt: skip
 
 
 def tile_peak() -> tuple[float, str]:

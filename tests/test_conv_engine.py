@@ -160,19 +160,21 @@ def test_the_backend_is_chosen_by_nbcnn_conv(monkeypatch):
 @pytest.mark.parametrize(
     ("width", "filters", "tile"),
     [
-        (16, 64, (6, 64)),  # the study's AVX-512 tile: 24 accumulators in zmm registers
-        (16, 32, (8, 32)),
-        (16, 10, (8, 16)),
-        (8, 64, (6, 16)),
-        (8, 16, (6, 16)),  # the study's AVX2 tile: 12 accumulators in ymm registers
-        (4, 3, (6, 4)),
+        (16, 64, (6, 64, 16)),  # the study's AVX-512 tile: 24 accumulators in zmm registers
+        (16, 32, (8, 32, 16)),
+        (16, 10, (8, 16, 16)),
+        (16, 6, (8, 8, 8)),  # 6 filters: 8-wide vectors, 6 of 8 lanes used, not 6 of 16
+        (8, 64, (6, 16, 8)),
+        (8, 16, (6, 16, 8)),  # the study's AVX2 tile: 12 accumulators in ymm registers
+        (8, 6, (6, 8, 8)),
+        (4, 3, (6, 4, 4)),
     ],
 )
 def test_tiles_fit_the_vector_registers(width, filters, tile):
     chosen = microkernel.choose_tile(filters, width)
-    assert (chosen.mr, chosen.nr, chosen.vl) == (*tile, width)
+    assert (chosen.mr, chosen.nr, chosen.vl) == tile
     registers = 32 if width == 16 else 16
-    assert chosen.mr * chosen.nr // width + chosen.nr // width + 1 <= registers
+    assert chosen.mr * chosen.nr // chosen.vl + chosen.nr // chosen.vl + 1 <= registers
 
 
 @pytest.mark.parametrize(

@@ -13,8 +13,8 @@ stores only each window's maximum and the index of its winning cell.
 
 Work is split over output-pixel tiles in a ``prange`` over blocks of tiles; each iteration
 writes only its own rows of y. Weights are packed once per call into (F/NR, K, NR) blocks,
-zero-filled past F, and a tile that crosses the last pixel or filter is computed into a
-scratch tile and copied.
+zero-filled past F, and a tile that crosses the last pixel is computed into a scratch tile and
+copied (past the last filter, its stores are masked).
 
 ``NBCNN_CONV=blas`` selects the im2col + OpenBLAS path instead (benchmarks compare the two;
 tests use it as a reference).
@@ -96,11 +96,14 @@ def _forward_tiles(config, xp, pixels, taps, wpack, bpack, y, n_pixels, n_filter
             p0 = t * mr
             rows = min(mr, n_pixels - p0)
             # One call site: a second inlined copy of the tile measured 1.4x slower.
-            edge = rows < mr or cols < nr
+            # Missing filters are masked in the tile's stores; missing rows (the last tile)
+            # go through a scratch tile.
+            edge = rows < mr
             out, at, ld = (scratch, 0, nr) if edge else (y, p0 * n_filters + f0, n_filters)
             tile_kernel(
-                numba.literally(config), xp, pixels, p0, taps, k_len, wb, bpack, f0, out, at, ld
-            )
+                numba.literally(config), xp, pixels, p0, taps, k_len, wb, bpack, f0, out, at, ld,
+                nr if edge else cols,
+            )  # fmt: skip
             if edge:
                 for r in range(rows):
                     for j in range(cols):
@@ -325,7 +328,7 @@ def _weight_grad_tiles(config, xp, pixels, taps, dzpack, partial, n_pixels, m_bl
                 for mt in range(mb * m_per_block, min((mb + 1) * m_per_block, m_tiles)):
                     tile_kernel(
                         numba.literally(config), xp, taps, mt * mr, rows, end - start, b,
-                        out, 0, out, mt * mr * ldc + fb * nr, ldc,
+                        out, 0, out, mt * mr * ldc + fb * nr, ldc, nr,
                     )  # fmt: skip
 
 

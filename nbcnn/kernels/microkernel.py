@@ -34,7 +34,7 @@ from numba.extending import intrinsic, register_jitable
 
 #: Bumped whenever the IR below changes: it is encoded in every tile configuration, which
 #: numba's cache keys on, so a stale compiled tile is never reused.
-GENERATOR_VERSION = 3
+GENERATOR_VERSION = 4
 
 #: Epilogues: C = tile + bias; C = max(tile + bias, 0); C += tile; and, for
 #: ``pool_tile_kernel``, max(tile + bias, 0) max-pooled over each window of ``cells``
@@ -191,13 +191,18 @@ def choose_tile(filters: int, width: int | None = None) -> Tile:
     filters fill (up to 4 with AVX-512's 32 vector registers, 2 with 16), then as many rows as
     the vector registers allow beside them (one for the broadcast, NR/VL for B). For 64 filters
     that is the study's 6x64 AVX-512 tile and 6x16 AVX2 tile (design/conv-engine.md)."""
-    vl = width or vector_width()
+    host = width or vector_width()
+    # AVX-512 with at most 8 filters: 8-wide vectors (of its 32 registers), so that 6 filters
+    # fill 6 of 8 lanes, not 6 of 16: one thread, batch 128, LeNet-5's first layer forward
+    # 2.0 -> 1.8 ms, its weight gradient 1.85 -> 1.38, its second layer's input gradient
+    # (6 outputs) 3.6 -> 2.5 ms, with an 8x8 tile (6x8: 1.76, 2.14, 2.78).
+    vl = 8 if host == 16 and filters <= 8 else host
     columns = max(1, min(4 if vl == 16 else 2, -(-filters // vl)))
-    registers = 32 if vl == 16 else 16
+    registers = 32 if host == 16 else 16
     rows = (registers - columns - 2) // columns
     # At most 8 rows: each row's base address takes a general register (16 on x86-64); a
     # 14x32 tile measured 18.2 ms on the seed convnet's conv2 input gradient, 8x32 12.3 ms.
-    rows = max(1, min(rows, 8 if vl == 16 else 6))
+    rows = max(1, min(rows, 8 if host == 16 else 6))
     return Tile(rows, columns * vl, vl)
 
 
@@ -299,27 +304,59 @@ def _vector_at(builder, base_ptr, index, vec):
     return builder.bitcast(builder.gep(base_ptr, [index]), vec.as_pointer())
 
 
+def masked_store(builder, value, ptr, mask):
+    """llvm.masked.store of a float or i8 vector: the lanes where ``mask`` (<VL x i1>) is
+    true. AVX-512 and AVX2 store under a mask; other targets get it split into scalars."""
+    vec = value.type
+    name = "f32" if isinstance(vec.element, ir.FloatType) else "i8"
+    fn = cgutils.get_or_insert_function(
+        builder.module,
+        ir.FunctionType(ir.VoidType(), [vec, vec.as_pointer(), ir.IntType(32), mask.type]),
+        f"llvm.masked.store.v{vec.count}{name}.p0v{vec.count}{name}",
+    )
+    builder.call(fn, [value, ptr, ir.Constant(ir.IntType(32), 1), mask])
+
+
+def lanes_below(builder, count, vl):
+    """<VL x i1>: lane l is true when l < count (an i64 value)."""
+    i32 = ir.IntType(32)
+    lanes = ir.Constant(ir.VectorType(i32, vl), list(range(vl)))
+    undef = ir.Constant(ir.VectorType(i32, vl), ir.Undefined)
+    splat = builder.shuffle_vector(
+        builder.insert_element(undef, builder.trunc(count, i32), ir.Constant(i32, 0)),
+        undef,
+        ir.Constant(ir.VectorType(i32, vl), [0] * vl),
+    )
+    return builder.icmp_signed("<", lanes, splat)
+
+
 @intrinsic
-def tile_kernel(typingctx, config, a, arow, row0, koff, k_len, b, bias, bias_off, c, c_off, ldc):
+def tile_kernel(
+    typingctx, config, a, arow, row0, koff, k_len, b, bias, bias_off, c, c_off, ldc, cols
+):
     """The micro-kernel (see the module docstring); ``config`` (:meth:`Tile.config`) must be a
     literal.
 
     a : (*,) float32, arow : (*,) int64 row offsets into a, koff : (K,) int64 column offsets,
-    b : (K, NR) float32 C-contiguous, bias : (*,) float32, c : (*,) float32 output.
+    b : (K, NR) float32 C-contiguous, bias : (*,) float32, c : (*,) float32 output. Only the
+    first ``cols`` columns of the tile are stored (masked stores when cols < NR: a layer of
+    6 filters stores 6 of its 8 lanes in place instead of going through a scratch tile);
+    the ACCUMULATE epilogue stores all NR.
     """
     if not isinstance(config, types.IntegerLiteral):
         return None
     mr, nr, vl, epilogue, _ = decode(config.literal_value)
     if epilogue == RELU_MAXPOOL:
         return None
-    sig = types.void(config, a, arow, row0, koff, k_len, b, bias, bias_off, c, c_off, ldc)
+    sig = types.void(config, a, arow, row0, koff, k_len, b, bias, bias_off, c, c_off, ldc, cols)
 
     def codegen(context, builder, signature, args):
         i64 = ir.IntType(64)
         totals, vec, zero = _product(context, builder, signature, args, mr, nr, vl)
-        bias_v, boff_v, c_v, coff_v, ldc_v = args[7:]
+        bias_v, boff_v, c_v, coff_v, ldc_v, cols_v = args[7:]
         bias_ptr = context.make_array(signature.args[7])(context, builder, bias_v).data
         c_ptr = context.make_array(signature.args[9])(context, builder, c_v).data
+        values, targets = [], []
         for j in range(nr // vl):
             if epilogue != ACCUMULATE:
                 at = builder.add(boff_v, ir.Constant(i64, j * vl))
@@ -331,12 +368,29 @@ def tile_kernel(typingctx, config, a, arow, row0, koff, k_len, b, bias, bias_off
                 )
                 target = _vector_at(builder, c_ptr, at, vec)
                 if epilogue == ACCUMULATE:  # C += tile (a reduction split over calls)
-                    value = builder.fadd(builder.load(target, align=4), totals[r][j])
-                else:
-                    value = builder.fadd(totals[r][j], bias_vec)
+                    builder.store(
+                        builder.fadd(builder.load(target, align=4), totals[r][j]), target, align=4
+                    )
+                    continue
+                value = builder.fadd(totals[r][j], bias_vec)
                 if epilogue == BIAS_RELU:  # max(v, 0); NaN becomes 0, as `v > 0` elsewhere
                     value = builder.select(builder.fcmp_ordered(">", value, zero), value, zero)
-                builder.store(value, target, align=4)
+                values.append((j, value))
+                targets.append(target)
+        if epilogue == ACCUMULATE:
+            return context.get_dummy_value()
+        full = builder.icmp_signed(">=", cols_v, ir.Constant(i64, nr))
+        with builder.if_else(full) as (whole, part):
+            with whole:
+                for (_, value), target in zip(values, targets, strict=True):
+                    builder.store(value, target, align=4)
+            with part:
+                masks = [
+                    lanes_below(builder, builder.sub(cols_v, ir.Constant(i64, j * vl)), vl)
+                    for j in range(nr // vl)
+                ]
+                for (j, value), target in zip(values, targets, strict=True):
+                    masked_store(builder, value, target, masks[j])
         return context.get_dummy_value()
 
     return sig, codegen

@@ -30,7 +30,6 @@ import numba
 import numpy as np
 from llvmlite import ir
 from numba import types
-from numba.core import cgutils
 from numba.extending import intrinsic
 
 from nbcnn.kernels._jit import kernel
@@ -40,7 +39,9 @@ from nbcnn.kernels.microkernel import (
     _vector_at,
     choose_tile,
     decode,
+    lanes_below,
     launch,
+    masked_store,
     pack_weights,
     tile_cols,
     tile_kernel,
@@ -103,22 +104,6 @@ def transformed_filters(w, nr):
     channels, filters = w.shape[2], w.shape[3]
     u = u.reshape(16, channels, filters).astype(np.float32)
     return np.stack([pack_weights(u[ij], nr) for ij in range(16)])
-
-
-def _lanes(builder, vl):
-    return ir.Constant(ir.VectorType(ir.IntType(32), vl), list(range(vl)))
-
-
-def _masked_store(builder, value, ptr, mask):
-    """llvm.masked.store of a vector (lanes where mask is true); every target lowers it."""
-    vec = value.type
-    fn = cgutils.get_or_insert_function(
-        builder.module,
-        ir.FunctionType(ir.VoidType(), [vec, vec.as_pointer(), ir.IntType(32), mask.type]),
-        f"llvm.masked.store.v{vec.count}{'f32' if isinstance(vec.element, ir.FloatType) else 'i8'}"
-        f".p0v{vec.count}{'f32' if isinstance(vec.element, ir.FloatType) else 'i8'}",
-    )
-    builder.call(fn, [value, ptr, ir.Constant(ir.IntType(32), 1), mask])
 
 
 @intrinsic
@@ -200,7 +185,7 @@ def _output_transform(
     )
 
     def codegen(context, builder, signature, args):
-        i64, i32, i8 = ir.IntType(64), ir.IntType(32), ir.IntType(8)
+        i64, i8 = ir.IntType(64), ir.IntType(8)
         vec = ir.VectorType(ir.FloatType(), vl)
         codes = ir.VectorType(i8, vl)
         (_, _, m_v, moff_v, mstep_v, bias_v, out_v, ooff_v, col_v, row_v, rows_v, cols_v,
@@ -219,14 +204,7 @@ def _output_transform(
         q = builder.phi(i64, "q")
         q.add_incoming(ir.Constant(i64, 0), entry)
         lane0 = builder.mul(q, ir.Constant(i64, vl))
-        left = builder.trunc(builder.sub(filters_v, lane0), i32)  # lanes still to store
-        splat = builder.shuffle_vector(
-            builder.insert_element(ir.Constant(ir.VectorType(i32, vl), ir.Undefined), left,
-                                   ir.Constant(i32, 0)),
-            ir.Constant(ir.VectorType(i32, vl), ir.Undefined),
-            ir.Constant(ir.VectorType(i32, vl), [0] * vl),
-        )  # fmt: skip
-        mask = builder.icmp_signed("<", _lanes(builder, vl), splat)
+        mask = lanes_below(builder, builder.sub(filters_v, lane0), vl)  # lanes still to store
         m_at = builder.add(moff_v, lane0)
         mv = [
             builder.load(
@@ -263,8 +241,8 @@ def _output_transform(
                 take = builder.fcmp_ordered(">", value, best)
                 best = builder.select(take, value, best)
                 winner = builder.select(take, ir.Constant(codes, [cell] * vl), winner)
-            _masked_store(builder, best, _vector_at(builder, out_ptr, out_at, vec), mask)
-            _masked_store(builder, winner, _vector_at(builder, code_ptr, out_at, codes), mask)
+            masked_store(builder, best, _vector_at(builder, out_ptr, out_at, vec), mask)
+            masked_store(builder, winner, _vector_at(builder, code_ptr, out_at, codes), mask)
         else:
             for a in range(2):
                 for b in range(2):
@@ -280,7 +258,7 @@ def _output_transform(
                                 builder.mul(col_v, ir.Constant(i64, b)),
                             ),
                         )
-                        _masked_store(builder, y[a][b], _vector_at(builder, out_ptr, at, vec), mask)
+                        masked_store(builder, y[a][b], _vector_at(builder, out_ptr, at, vec), mask)
         q_next = builder.add(q, ir.Constant(i64, 1))
         q.add_incoming(q_next, builder.block)
         builder.cbranch(builder.icmp_signed("<", q_next, n_vec), loop, done)
@@ -343,7 +321,7 @@ def _winograd(config, xp, upack, bias, rows, channel_offsets, tiles_hw, per_item
                 for rt in range(row_tiles):
                     tile_kernel(
                         numba.literally(config), vij, rows, rt * mr, channel_offsets, channels,
-                        upack[ij, fb], zero_bias, 0, mij, rt * mr * f_pad + fb * nr, f_pad,
+                        upack[ij, fb], zero_bias, 0, mij, rt * mr * f_pad + fb * nr, f_pad, nr,
                     )  # fmt: skip
         for n in range(n0, n1):
             for ti in range(th):
