@@ -6,6 +6,11 @@ whose windows tile the input (strides = pool_size, no padding). That pair runs a
 :class:`ConvReluMaxPool` step through ``nbcnn/kernels/fused.py``: the convolution's full-size
 output is never stored. The results are those of the two layers run one after the other (the
 same sums and tie rule; tests/test_fusion.py checks it), so fusion is invisible except in speed.
+A convolution without activation followed by a BatchNormalization runs as one
+:class:`ConvBatchNorm` step: at inference the normalization is folded into the convolution's
+weights and bias (one convolution instead of a convolution and a normalization pass); in
+training the two layers run as they are.
+
 Layers from plugins are never fused; calling a layer's own forward (feature maps, the testing
 kit) runs it alone, as always.
 """
@@ -17,6 +22,7 @@ from typing import Any
 
 from nbcnn.layers.base import Layer
 from nbcnn.layers.conv import Conv1D, Conv2D
+from nbcnn.layers.normalization import BatchNormalization
 from nbcnn.layers.pooling import MaxPooling1D, MaxPooling2D
 
 _POOL_OF = {Conv2D: MaxPooling2D, Conv1D: MaxPooling1D}
@@ -93,14 +99,68 @@ class ConvReluMaxPool:
         return None if dx is None else dx.reshape(dy.shape[0], *conv.input_shape)
 
 
+def foldable(conv: Layer, norm: Layer) -> bool:
+    """Whether ``conv`` then ``norm`` (built layers) can run as one ConvBatchNorm step: a
+    built-in convolution without activation, then a built-in BatchNormalization."""
+    return type(conv) in _POOL_OF and conv.activation is None and type(norm) is BatchNormalization
+
+
+class ConvBatchNorm:
+    """``conv`` (no activation) then ``norm`` (BatchNormalization) as one step.
+
+    At inference the normalization is folded into the convolution: with
+    ``s = gamma / sqrt(moving_variance + epsilon)`` (as BatchNormalization computes it),
+    ``w' = w * s`` and ``b' = (b - moving_mean) * s + beta``, one convolution produces the
+    normalized output, and the convolution's output is never stored or read again. The sums
+    are those of the layers up to float32 rounding of the folded weights (a few ulps:
+    tests/test_fusion.py bounds it). In training the two layers run one after the other, as
+    always (batch statistics cannot be folded), and the backward is theirs.
+    """
+
+    def __init__(self, index: int, conv: Layer, norm: Layer):
+        self.index, self.conv, self.norm = index, conv, norm
+        self.layers = (conv, norm)
+
+    def folded(self) -> tuple[Any, Any]:
+        """``(w', b')``: the kernel (2-D form) and bias with the normalization folded in."""
+        import numpy as np
+
+        conv, norm = self.conv, self.norm
+        w = conv._kernel_args()[0]
+        filters = w.shape[-1]
+        gamma = norm.params.get("gamma", np.ones(filters, np.float32))
+        beta = norm.params.get("beta", np.zeros(filters, np.float32))
+        scale = gamma / np.sqrt(norm.params["moving_variance"] + np.float32(norm.epsilon))
+        bias = conv.params.get("bias", np.zeros(filters, np.float32))
+        folded_bias = (bias - norm.params["moving_mean"]) * scale + beta
+        return (w * scale).astype(np.float32), folded_bias.astype(np.float32)
+
+    def forward(self, x: Any, training: bool = False) -> Any:
+        if training:
+            return self.norm.forward(self.conv.forward(x, training=True), training=True)
+        from nbcnn.kernels.conv import conv2d_forward
+
+        conv = self.conv
+        _, strides, dilation, pads = conv._kernel_args()
+        w, b = self.folded()
+        y = conv2d_forward(conv._as_4d(x), w, b, strides, dilation, pads)
+        return y.reshape(x.shape[0], *conv.out_shape)
+
+    def backward(self, dy: Any) -> Any:
+        return self.conv.backward(self.norm.backward(dy))
+
+
 def plan(layers: list[Layer]) -> list[tuple[int, Any]]:
     """The steps a model runs: ``(index of the step's first layer, step)``, where a step is a
-    layer or a :class:`ConvReluMaxPool` standing for two."""
+    layer or a :class:`ConvReluMaxPool` or :class:`ConvBatchNorm` standing for two."""
     steps: list[tuple[int, Any]] = []
     i = 0
     while i < len(layers):
         if i + 1 < len(layers) and fusable(layers[i], layers[i + 1]):
             steps.append((i, ConvReluMaxPool(i, layers[i], layers[i + 1])))
+            i += 2
+        elif i + 1 < len(layers) and foldable(layers[i], layers[i + 1]):
+            steps.append((i, ConvBatchNorm(i, layers[i], layers[i + 1])))
             i += 2
         else:
             steps.append((i, layers[i]))

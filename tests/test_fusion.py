@@ -17,7 +17,7 @@ from test_kernels import HYPOTHESIS, assert_close, geometries, values
 
 import nbcnn
 from nbcnn.errors import NbcnnError
-from nbcnn.fusion import ConvReluMaxPool
+from nbcnn.fusion import ConvBatchNorm, ConvReluMaxPool
 from nbcnn.kernels import conv, fused, pool
 from nbcnn.model import Sequential
 from nbcnn.spec import parse_spec
@@ -236,3 +236,61 @@ def test_a_fused_step_backward_twice_gives_the_same_gradients():
     np.testing.assert_array_equal(runs[0][0], runs[1][0])
     for got, want in zip(runs[0][1], runs[1][1], strict=True):
         np.testing.assert_array_equal(got, want)
+
+
+def folded_pairs(model):
+    return [(s.conv.name, s.norm.name) for _, s in model.steps() if isinstance(s, ConvBatchNorm)]
+
+
+@pytest.mark.parametrize(
+    ("conv", "folds"),
+    [
+        ({"type": "Conv2D", "use_bias": False, "padding": "same"}, True),  # Keras's pattern
+        ({"type": "Conv2D", "strides": 2}, True),
+        ({"type": "Conv1D"}, True),
+        ({"type": "Conv2D", "activation": "relu"}, False),  # BN after ReLU: nothing to fold into
+    ],
+)
+@pytest.mark.parametrize("norm", [{}, {"center": False, "scale": False, "epsilon": 0.01}])
+def test_batch_normalization_folds_into_the_convolution_at_inference(conv, folds, norm):
+    """Inference: one convolution with the normalization folded into its weights and bias,
+    equal to the two layers up to float32 rounding; training: the layers as they are, bit
+    for bit, and the moving statistics they update."""
+    rank1 = conv["type"] == "Conv1D"
+    model = build(
+        {"filters": 5, "kernel_size": 3, **conv},
+        {"type": "BatchNormalization", **norm},
+        {"type": "Flatten"},
+        input_shape=(12, 3) if rank1 else (12, 12, 3),
+    ).initialize(0)
+    assert bool(folded_pairs(model)) == folds
+    rng = np.random.default_rng(4)
+    norm_layer = model.layers[1]
+    for name in norm_layer.params:  # statistics and affine terms far from 0 and 1
+        shape = norm_layer.params[name].shape
+        low = 0.5 if name == "moving_variance" else -2.0
+        norm_layer.params[name] = rng.uniform(low, 2.0, shape).astype(np.float32)
+    x = rng.standard_normal((4, *model.input_shape)).astype(np.float32)
+    model.fuse = False
+    want = model.forward(x)
+    model.fuse = True
+    got = model.forward(x)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+    results = []
+    for fuse in (True, False):
+        model.fuse = fuse
+        for name, value in list(norm_layer.params.items()):
+            norm_layer.params[name] = value.copy()
+        start = {k: v.copy() for k, v in norm_layer.params.items()}
+        out = model.forward(x, training=True)
+        dx = model.backward(np.linspace(-1, 1, out.size, dtype=np.float32).reshape(out.shape))
+        grads = [g.copy() for layer in model.layers[:2] for _, g in sorted(layer.grads.items())]
+        results.append((out, dx, grads, {k: v.copy() for k, v in norm_layer.params.items()}))
+        norm_layer.params = start
+    (out, dx, grads, stats), (ref_out, ref_dx, ref_grads, ref_stats) = results
+    np.testing.assert_array_equal(out, ref_out)
+    np.testing.assert_array_equal(dx, ref_dx)
+    for got_grad, want_grad in zip(grads, ref_grads, strict=True):
+        np.testing.assert_array_equal(got_grad, want_grad)
+    for name in stats:
+        np.testing.assert_array_equal(stats[name], ref_stats[name])
