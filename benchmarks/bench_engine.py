@@ -11,7 +11,9 @@ nbcnn time (> 1: nbcnn faster). Both nbcnn backends run on the engine's threadin
 (OpenMP); a process of its own with NBCNN_CONV=blas would run workqueue, on which the im2col
 path measured 25-30% faster (``profile_step.py``). The FMA peak is measured in-process with
 the engine's own micro-kernel on a tile that stays in L1 (the ceiling the engine's kernels
-are measured against).
+are measured against). GFLOP/s count the direct convolution's FLOPs (2 N OH OW F KH KW C):
+where the engine runs Winograd (conv2 here; ``NBCNN_WINOGRAD=0`` turns it off) they are
+effective rates, and may exceed that ceiling.
 """
 
 from __future__ import annotations
