@@ -34,7 +34,7 @@ from numba.extending import intrinsic, register_jitable
 
 #: Bumped whenever the IR below changes: it is encoded in every tile configuration, which
 #: numba's cache keys on, so a stale compiled tile is never reused.
-GENERATOR_VERSION = 4
+GENERATOR_VERSION = 5
 
 #: Epilogues: C = tile + bias; C = max(tile + bias, 0); C += tile; and, for
 #: ``pool_tile_kernel``, max(tile + bias, 0) max-pooled over each window of ``cells``
@@ -226,6 +226,31 @@ def choose_pool_tile(filters: int, cells: int, width: int | None = None) -> Tile
     return max(candidates, key=lambda c: c[:3])[3] if candidates else None
 
 
+def counted_loop(builder, count, name):
+    """Open ``for i in range(count)`` in IR: returns ``(i, entry, loop, done)`` with the
+    builder in the loop's body; close it with :func:`close_loop`."""
+    i64 = ir.IntType(64)
+    entry = builder.block
+    loop = builder.append_basic_block(f"{name}_loop")
+    done = builder.append_basic_block(f"{name}_done")
+    builder.cbranch(builder.icmp_signed(">", count, ir.Constant(i64, 0)), loop, done)
+    builder.position_at_end(loop)
+    counter = builder.phi(i64, name)
+    counter.add_incoming(ir.Constant(i64, 0), entry)
+    return counter, entry, loop, done
+
+
+def close_loop(builder, counter, count, done):
+    """End the body of a :func:`counted_loop`; the builder continues after the loop. Returns
+    the block the body ended in (the predecessor of ``done`` for phi nodes)."""
+    following = builder.add(counter, ir.Constant(ir.IntType(64), 1))
+    body_end = builder.block
+    counter.add_incoming(following, body_end)
+    builder.cbranch(builder.icmp_signed("<", following, count), counter.parent, done)
+    builder.position_at_end(done)
+    return body_end
+
+
 def _product(context, builder, signature, args, mr, nr, vl):
     """Emit the k loop of a tile (``tile_kernel``'s first 12 arguments); returns the MR x
     NR/VL accumulator vectors after it, the f32 vector type and a zero vector."""
@@ -250,14 +275,7 @@ def _product(context, builder, signature, args, mr, nr, vl):
         builder.load(builder.gep(arow_ptr, [builder.add(row0_v, ir.Constant(i64, r))]))
         for r in range(mr)
     ]
-    entry = builder.block
-    loop = builder.append_basic_block("tile_loop")
-    done = builder.append_basic_block("tile_done")
-    builder.cbranch(builder.icmp_signed(">", k_v, ir.Constant(i64, 0)), loop, done)
-
-    builder.position_at_end(loop)
-    k = builder.phi(i64, "k")
-    k.add_incoming(ir.Constant(i64, 0), entry)
+    k, entry, loop, done = counted_loop(builder, k_v, "tile")
     acc = [[builder.phi(vec, f"acc_{r}_{j}") for j in range(nv)] for r in range(mr)]
     for row in acc:
         for phi in row:
@@ -284,14 +302,10 @@ def _product(context, builder, signature, args, mr, nr, vl):
             else:
                 line.append(builder.fadd(builder.fmul(broadcast, bs[j]), acc[r][j]))
         updated.append(line)
-    k_next = builder.add(k, ir.Constant(i64, 1))
-    k.add_incoming(k_next, loop)
     for r in range(mr):
         for j in range(nv):
             acc[r][j].add_incoming(updated[r][j], loop)
-    builder.cbranch(builder.icmp_signed("<", k_next, k_v), loop, done)
-
-    builder.position_at_end(done)
+    close_loop(builder, k, k_v, done)
     totals = [[builder.phi(vec, f"sum_{r}_{j}") for j in range(nv)] for r in range(mr)]
     for r in range(mr):
         for j in range(nv):

@@ -38,6 +38,8 @@ from nbcnn.kernels.microkernel import (
     Literal,
     _vector_at,
     choose_tile,
+    close_loop,
+    counted_loop,
     decode,
     lanes_below,
     launch,
@@ -123,13 +125,7 @@ def _input_transform(typingctx, config, x, base, col, row, v, v_off, v_step, n_v
         _, x_v, base_v, col_v, row_v, v_v, voff_v, vstep_v, nvec_v = args
         x_ptr = context.make_array(signature.args[1])(context, builder, x_v).data
         v_ptr = context.make_array(signature.args[5])(context, builder, v_v).data
-        entry = builder.block
-        loop = builder.append_basic_block("in_loop")
-        done = builder.append_basic_block("in_done")
-        builder.cbranch(builder.icmp_signed(">", nvec_v, ir.Constant(i64, 0)), loop, done)
-        builder.position_at_end(loop)
-        q = builder.phi(i64, "q")
-        q.add_incoming(ir.Constant(i64, 0), entry)
+        q, _, _, done = counted_loop(builder, nvec_v, "in")
         lane0 = builder.mul(q, ir.Constant(i64, vl))
         start = builder.add(base_v, lane0)
         d = [[None] * 4 for _ in range(4)]
@@ -156,10 +152,7 @@ def _input_transform(typingctx, config, x, base, col, row, v, v_off, v_step, n_v
             for j, value in enumerate(bt(*(rows_t[c][i] for c in range(4)))):
                 at = builder.add(out_at, builder.mul(vstep_v, ir.Constant(i64, i * 4 + j)))
                 builder.store(value, _vector_at(builder, v_ptr, at, vec), align=4)
-        q_next = builder.add(q, ir.Constant(i64, 1))
-        q.add_incoming(q_next, loop)
-        builder.cbranch(builder.icmp_signed("<", q_next, nvec_v), loop, done)
-        builder.position_at_end(done)
+        close_loop(builder, q, nvec_v, done)
         return context.get_dummy_value()
 
     return sig, codegen
@@ -196,13 +189,7 @@ def _output_transform(
         code_ptr = context.make_array(signature.args[13])(context, builder, code_v).data
         zero = ir.Constant(vec, [0.0] * vl)
         n_vec = builder.sdiv(builder.add(filters_v, ir.Constant(i64, vl - 1)), ir.Constant(i64, vl))
-        entry = builder.block
-        loop = builder.append_basic_block("out_loop")
-        done = builder.append_basic_block("out_done")
-        builder.cbranch(builder.icmp_signed(">", n_vec, ir.Constant(i64, 0)), loop, done)
-        builder.position_at_end(loop)
-        q = builder.phi(i64, "q")
-        q.add_incoming(ir.Constant(i64, 0), entry)
+        q, _, _, done = counted_loop(builder, n_vec, "out")
         lane0 = builder.mul(q, ir.Constant(i64, vl))
         mask = lanes_below(builder, builder.sub(filters_v, lane0), vl)  # lanes still to store
         m_at = builder.add(moff_v, lane0)
@@ -259,10 +246,7 @@ def _output_transform(
                             ),
                         )
                         masked_store(builder, y[a][b], _vector_at(builder, out_ptr, at, vec), mask)
-        q_next = builder.add(q, ir.Constant(i64, 1))
-        q.add_incoming(q_next, builder.block)
-        builder.cbranch(builder.icmp_signed("<", q_next, n_vec), loop, done)
-        builder.position_at_end(done)
+        close_loop(builder, q, n_vec, done)
         return context.get_dummy_value()
 
     return sig, codegen
