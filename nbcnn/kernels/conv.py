@@ -298,11 +298,13 @@ def im2col_gemm_backward(dz, x, w, strides, dilation, padding, need_dx, cols=Non
     dz is the gradient after any activation; inputs are checked, contiguous float32. cols, if
     given, are the forward's columns of the whole batch (checked here, then overwritten).
     """
-    if engine.backend() == "engine" and (not need_dx or tuple(strides) == (1, 1)):
+    if engine.backend() == "engine":
         # The engine's weight gradient, and its input gradient as a transposed convolution
-        # (stride 1; a strided layer's dx stays on col2im below).
+        # (strided ones phase by phase).
         dw = engine.conv_weight_grad(dz, x, w.shape, strides, dilation, padding)
-        dx = engine.conv_input_grad(dz, w, x.shape, dilation, padding) if need_dx else None
+        dx = None
+        if need_dx:
+            dx = engine.conv_input_grad(dz, w, x.shape, dilation, padding, strides)
         return dx, dw
     n_samples, height, width, channels = x.shape
     kh, kw, _, filters = w.shape

@@ -199,10 +199,19 @@ def _direct_forward(x, w, b, strides, dilation, padding, out_hw, relu=False):
     """``conv_forward`` as the implicit GEMM on the micro-kernel, whatever the shape."""
     kh, kw, channels, filters = w.shape
     n_pixels = x.shape[0] * out_hw[0] * out_hw[1]
+    rows = choose_tile(filters).mr
+    xp, pixels, taps = _addressing(x, w.shape, strides, dilation, padding, out_hw, rows)
+    return _gathered_product(xp, pixels, taps, w.reshape(-1, filters), n_pixels, b, relu)
+
+
+def _gathered_product(xp, pixels, taps, w2d, n_pixels, b=None, relu=False):
+    """y2d (P, F) float32: y[p, f] = act(sum_k xp[pixels[p] + taps[k]] * w2d[k, f] + b[f]) on
+    the micro-kernel, for flat float32 xp, int64 pixels (a multiple of the tile's MR long,
+    padded with valid offsets) and taps (K,), w2d (K, F), b (F,) or None."""
+    filters = w2d.shape[1]
     tile = choose_tile(filters)
     config = tile.config(BIAS_RELU if relu else BIAS)
-    xp, pixels, taps = _addressing(x, w.shape, strides, dilation, padding, out_hw, tile.mr)
-    wpack = pack_weights(w.reshape(kh * kw * channels, filters), tile.nr)
+    wpack = pack_weights(w2d, tile.nr)
     bpack = np.zeros(wpack.shape[0] * tile.nr, dtype=np.float32)
     if b is not None:
         bpack[:filters] = b
@@ -422,10 +431,13 @@ def conv_relu_maxpool_weight_grad(
     return dw, db_per_sample.sum(axis=0).astype(np.float32)
 
 
-def conv_input_grad(dz, w, x_shape, dilation, padding):
-    """dx (N, H, W, C) float32 of a stride-1 convolution given dz (N, OH, OW, F): the forward
-    engine on dz zero-padded by the kernel's extent less the forward's padding, with the
-    weights flipped and transposed to (KH, KW, F, C) (the transposed convolution)."""
+def conv_input_grad(dz, w, x_shape, dilation, padding, strides=(1, 1)):
+    """dx (N, H, W, C) float32 of a convolution given dz (N, OH, OW, F). Stride 1: the
+    forward engine on dz zero-padded by the kernel's extent less the forward's padding, with
+    the weights flipped and transposed to (KH, KW, F, C) (the transposed convolution); other
+    strides: ``_strided_input_grad``."""
+    if tuple(strides) != (1, 1):
+        return _strided_input_grad(dz, w, x_shape, tuple(strides), dilation, padding)
     kh, kw, channels, filters = w.shape
     dil_h, dil_w = dilation
     (top, bottom), (left, right) = padding
@@ -442,3 +454,61 @@ def conv_input_grad(dz, w, x_shape, dilation, padding):
     dx_padded = conv_forward(dz, w_t, None, (1, 1), dilation, pads, out_hw)
     dx_padded = dx_padded.reshape(n_samples, *out_hw, channels)
     return np.ascontiguousarray(dx_padded[:, top : top + height, left : left + width])
+
+
+def _strided_input_grad(dz, w, x_shape, strides, dilation, padding):
+    """dx of a strided convolution, phase by phase, with no col2im and no zero-stuffing.
+
+    Input row hp (in padded coordinates) receives from output row i through tap a when
+    hp = i * sh + a * dil_h. Split hp by its phase r = hp mod sh: only the taps with
+    a * dil_h = r (mod sh) reach that phase, from i = u - q_a where hp = r + sh * u and
+    q_a = (a * dil_h - r) / sh. So each of the sh x sw phases of dx is a stride-1 product of
+    dz (zero-padded so that every u - q_a lands in it) with the phase's taps: an implicit GEMM
+    on the micro-kernel whose tap offsets point back into dz, its rows written into the
+    phase's own buffer, then into every sh-th row and sw-th column of dx. A phase no tap
+    reaches (stride > the kernel's extent) stays zero.
+    """
+    kh, kw, channels, filters = w.shape
+    n_samples, height, width, _ = x_shape
+    _, out_h, out_w, _ = dz.shape
+    (sh, sw), (dil_h, dil_w), ((top, _), (left, _)) = strides, dilation, padding
+
+    def phases(stride, dil, kernel_len, before, size, out_len):
+        """Per phase r: (taps, their q, u0, u1); and the zero padding dz needs before/after."""
+        found, need_before, need_after = [], 0, 0
+        for r in range(stride):
+            taps = [a for a in range(kernel_len) if (a * dil) % stride == r]
+            u0, u1 = -((r - before) // stride), (size - 1 + before - r) // stride
+            q = [(a * dil - r) // stride for a in taps]
+            if taps and u1 >= u0:
+                need_before = max(need_before, max(q) - u0)
+                need_after = max(need_after, u1 - (out_len - 1))
+            found.append((taps, q, u0, u1))
+        return found, need_before, need_after
+
+    rows, pad_top, pad_bottom = phases(sh, dil_h, kh, top, height, out_h)
+    cols, pad_left, pad_right = phases(sw, dil_w, kw, left, width, out_w)
+    dzp = padded(dz, ((pad_top, pad_bottom), (pad_left, pad_right)))
+    _, dz_h, dz_w, _ = dzp.shape
+    dx = np.zeros(x_shape, dtype=np.float32)
+    mr = choose_tile(channels).mr
+    for r_h, (taps_h, q_h, u0, u1) in enumerate(rows):
+        for r_w, (taps_w, q_w, v0, v1) in enumerate(cols):
+            if not taps_h or not taps_w or u1 < u0 or v1 < v0:
+                continue
+            n_u, n_v = u1 - u0 + 1, v1 - v0 + 1
+            n, u, v = np.meshgrid(
+                np.arange(n_samples), np.arange(u0, u1 + 1), np.arange(v0, v1 + 1), indexing="ij"
+            )  # fmt: skip
+            pixels = _frozen(((n * dz_h + u + pad_top) * dz_w + v + pad_left) * filters, mr)
+            qa, qe, f = np.meshgrid(q_h, q_w, np.arange(filters), indexing="ij")
+            taps = ((-qa * dz_w - qe) * filters + f).reshape(-1).astype(np.int64)
+            w2d = w[np.ix_(taps_h, taps_w)].transpose(0, 1, 3, 2).reshape(-1, channels)
+            y = _gathered_product(
+                dzp.reshape(-1), pixels, taps, np.ascontiguousarray(w2d), n_samples * n_u * n_v
+            )  # fmt: skip
+            h0, w0 = u0 * sh + r_h - top, v0 * sw + r_w - left
+            dx[:, h0 : h0 + (n_u - 1) * sh + 1 : sh, w0 : w0 + (n_v - 1) * sw + 1 : sw] = y.reshape(
+                n_samples, n_u, n_v, channels
+            )
+    return dx
