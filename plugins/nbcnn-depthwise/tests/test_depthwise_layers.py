@@ -44,6 +44,8 @@ CONTRACT = [
         (6, 5, 2),
     ),
     (SeparableConv2D, {"filters": 2, "kernel_size": 2, "dilation_rate": [1, 2]}, (4, 6, 1)),
+    # ReLU in the pointwise convolution's epilogue, its mask in the backward
+    (SeparableConv2D, {"filters": 5, "kernel_size": 3, "activation": "relu"}, (6, 6, 3)),
 ]
 
 
