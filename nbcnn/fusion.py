@@ -101,8 +101,13 @@ class ConvReluMaxPool:
 
 def foldable(conv: Layer, norm: Layer) -> bool:
     """Whether ``conv`` then ``norm`` (built layers) can run as one ConvBatchNorm step: a
-    built-in convolution without activation, then a built-in BatchNormalization."""
-    return type(conv) in _POOL_OF and conv.activation is None and type(norm) is BatchNormalization
+    built-in convolution without activation (or 'linear'), then a built-in
+    BatchNormalization."""
+    return (
+        type(conv) in _POOL_OF
+        and conv.activation in (None, "linear")
+        and type(norm) is BatchNormalization
+    )
 
 
 class ConvBatchNorm:

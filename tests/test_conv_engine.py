@@ -184,6 +184,7 @@ def test_tiles_fit_the_vector_registers(width, filters, tile):
         (16, 32, 4, (8, 32)),
         (16, 70, 4, (8, 16)),  # 80 columns for 70 filters, not 96 or 128
         (16, 64, 6, (6, 64)),
+        (16, 6, 4, (8, 8)),  # 8-wide vectors in AVX-512's 32 registers
         (8, 64, 4, (4, 16)),
         (4, 3, 2, (6, 4)),
         (16, 64, 9, None),  # a 3x3 window is more rows than a tile has: pooled apart
@@ -294,3 +295,13 @@ def test_the_cache_is_reused_and_a_new_generator_version_recompiles(tmp_path):
     assert second["misses"] == 0 and second["hits"] >= 1  # nothing compiled again
     bumped = run_engine({}, tmp_path, bump=True)
     assert bumped["misses"] >= 1  # the old tiles are not served to a new generator
+
+
+def test_an_empty_batch_pools_to_empty_arrays():
+    x = np.zeros((0, 8, 8, 2), np.float32)
+    w = np.ones((3, 3, 2, 6), np.float32)
+    pooled, code = fused.conv_relu_maxpool_forward(
+        x, w, np.zeros(6, np.float32), (1, 1), (1, 1), ((0, 0), (0, 0)), (2, 2)
+    )
+    assert pooled.shape == code.shape == (0, 3, 3, 6)
+    assert (pooled.dtype, code.dtype) == (np.float32, np.int8)

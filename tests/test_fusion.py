@@ -248,6 +248,7 @@ def folded_pairs(model):
         ({"type": "Conv2D", "use_bias": False, "padding": "same"}, True),  # Keras's pattern
         ({"type": "Conv2D", "strides": 2}, True),
         ({"type": "Conv1D"}, True),
+        ({"type": "Conv1D", "activation": "linear"}, True),  # Keras's name for none
         ({"type": "Conv2D", "activation": "relu"}, False),  # BN after ReLU: nothing to fold into
     ],
 )

@@ -52,12 +52,13 @@ def _choose_threading_layer() -> None:
     numba.config.THREADING_LAYER = "default"  # the first of the priority list that loads
     if "NUMBA_THREADING_LAYER_PRIORITY" not in os.environ:
         numba.config.THREADING_LAYER_PRIORITY = list(ENGINE_LAYERS)
-    # GNU OpenMP's idle workers spin GOMP_SPINCOUNT times (300,000 by default, milliseconds)
-    # before sleeping, on the cores that OpenBLAS's threads want for the Dense layers' GEMMs
-    # right after a convolution: the seed convnet's dense backward took 3.1-3.6 ms with the
-    # default, 1.6-1.9 ms with 20,000 (2,000 or 0 measured no better for it, and 0 slowed
-    # the convolutions, whose workers then sleep between kernels). Read when libgomp loads,
-    # at the first parallel kernel; an explicit GOMP_SPINCOUNT (or OMP_WAIT_POLICY) wins.
+    # GNU OpenMP's idle workers spin GOMP_SPINCOUNT times (300,000 by default: milliseconds
+    # of spinning) before sleeping, on the cores that OpenBLAS's threads want for the Dense
+    # layers' GEMMs right after a convolution: the seed convnet's dense backward took
+    # 3.1-3.6 ms with the default, 1.6-1.9 ms with 20,000 (2,000 or 0 measured no better
+    # for it, and 0 slowed the convolutions, whose workers then sleep between kernels).
+    # Read when libgomp loads, at the first parallel kernel; an explicit GOMP_SPINCOUNT (or
+    # OMP_WAIT_POLICY) wins.
     if "OMP_WAIT_POLICY" not in os.environ:
         os.environ.setdefault("GOMP_SPINCOUNT", str(GOMP_SPINCOUNT))
 

@@ -111,41 +111,72 @@ def _forward_tiles(config, xp, pixels, taps, wpack, bpack, y, n_pixels, n_filter
                         y[(p0 + r) * n_filters + f0 + j] = scratch[r * nr + j]
 
 
-# The address tables depend only on shapes, which repeat every batch: each is built once with
-# NumPy and kept, read-only (at most 16 per kind: a VGG-sized table is 1 MB), instead of by a
-# numba kernel on every call (0.05-0.14 ms each at the seed convnet's shapes, several a step).
-_TABLES = 16
+# The address tables depend only on shapes, which repeat every batch: each is built with NumPy
+# (broadcast sums, 0.1-0.3 ms for the seed convnet's) and the small ones are kept, read-only,
+# at most 16 of a kind and none over _CACHED_ENTRIES (8 MB; a 224x224 batch of 128 would be
+# 51 MB a table), instead of a numba kernel building them on every call (0.05-0.14 ms each,
+# several a step) that numba also had to compile on a first run.
+_TABLES, _CACHED_ENTRIES = 16, 1 << 20
 
 
-@functools.lru_cache(maxsize=_TABLES)
+def _table(builder):
+    """``builder`` with its small results cached (see above)."""
+    cached = functools.lru_cache(maxsize=_TABLES)(builder)
+
+    @functools.wraps(builder)
+    def table(n_samples, *rest):
+        # the table's length is N times the rest's product; estimated before building
+        if n_samples * _per_sample(builder, rest) > _CACHED_ENTRIES:
+            return builder(n_samples, *rest)
+        return cached(n_samples, *rest)
+
+    table.cache_clear = cached.cache_clear
+    return table
+
+
+def _per_sample(builder, rest):
+    if builder.__name__ == "_pixel_offsets":
+        out_hw = rest[0]
+        return out_hw[0] * out_hw[1]
+    pooled_hw, pool = rest[0], rest[1]
+    return pooled_hw[0] * pooled_hw[1] * pool[0] * pool[1]
+
+
+def _offsets(n_samples, rows, cols, padded_hw, channels):
+    """(N, R, C) int64: ((n * PH + rows[r]) * PW + cols[c]) * channels, rows and cols being
+    padded-input coordinates of window origins."""
+    padded_h, padded_w = padded_hw
+    sample = np.arange(n_samples, dtype=np.int64)[:, None, None] * (padded_h * padded_w)
+    return (sample + rows[None, :, None] * padded_w + cols[None, None, :]) * channels
+
+
+@_table
 def _pixel_offsets(n_samples, out_hw, strides, padded_hw, channels, rows_to):
     """(ceil(N*OH*OW / rows_to) * rows_to,) int64, read-only: the offset of output pixel p's
     window origin in the flat padded input, in (n, i, j) order; the entries past N*OH*OW (to
     fill the last tile) repeat the last pixel's."""
-    (out_h, out_w), (sh, sw), (padded_h, padded_w) = out_hw, strides, padded_hw
-    n, i, j = np.meshgrid(
-        np.arange(n_samples), np.arange(out_h), np.arange(out_w), indexing="ij"
-    )  # fmt: skip
-    return _frozen(((n * padded_h + i * sh) * padded_w + j * sw) * channels, rows_to)
+    (out_h, out_w), (sh, sw) = out_hw, strides
+    rows, cols = np.arange(out_h, dtype=np.int64) * sh, np.arange(out_w, dtype=np.int64) * sw
+    return _frozen(_offsets(n_samples, rows, cols, padded_hw, channels), rows_to)
 
 
-@functools.lru_cache(maxsize=_TABLES)
+@_table
 def _window_pixel_offsets(n_samples, pooled_hw, pool, strides, padded_hw, channels, rows_to):
     """As ``_pixel_offsets`` for the pixels that max-pooling windows cover, window by window:
     row q * S + s is the pixel in cell s = u * pw + v of window q = (n * PH + pi) * PW + pj,
     that is pixel (pi * ph + u, pj * pw + v), so each window's cells are consecutive rows."""
-    (out_h, out_w), (ph, pw), (sh, sw), (padded_h, padded_w) = pooled_hw, pool, strides, padded_hw
-    n, pi, pj, u, v = np.meshgrid(
-        np.arange(n_samples), np.arange(out_h), np.arange(out_w), np.arange(ph), np.arange(pw),
-        indexing="ij",
+    (out_h, out_w), (ph, pw), (sh, sw) = pooled_hw, pool, strides
+    pixel = _offsets(
+        n_samples, np.arange(out_h * ph, dtype=np.int64) * sh,
+        np.arange(out_w * pw, dtype=np.int64) * sw, padded_hw, channels,
     )  # fmt: skip
-    i, j = pi * ph + u, pj * pw + v
-    return _frozen(((n * padded_h + i * sh) * padded_w + j * sw) * channels, rows_to)
+    windows = pixel.reshape(n_samples, out_h, ph, out_w, pw).transpose(0, 1, 3, 2, 4)
+    return _frozen(windows, rows_to)
 
 
 def _frozen(offsets, rows_to):
     """offsets flattened to int64, padded to a multiple of ``rows_to`` with the last, read-only."""
-    flat = offsets.reshape(-1).astype(np.int64)
+    flat = np.ascontiguousarray(offsets, dtype=np.int64).reshape(-1)
     padding = -len(flat) % rows_to
     if padding:
         flat = np.concatenate([flat, np.full(padding, flat[-1], np.int64)])
@@ -286,6 +317,9 @@ def conv_relu_maxpool(x, w, b, strides, dilation, padding, pool, pooled_hw):
     xp = padded(x, padding)
     _, padded_h, padded_w, _ = xp.shape
     n_windows = n_samples * pooled_hw[0] * pooled_hw[1]
+    if n_windows == 0:  # an empty batch
+        shape = (n_samples, *pooled_hw, filters)
+        return np.empty(shape, np.float32), np.empty(shape, np.int8)
     n_tiles = -(-n_windows * cells // tile.mr)
     pixels = _window_pixel_offsets(
         n_samples, tuple(pooled_hw), tuple(pool), tuple(strides), (padded_h, padded_w),
@@ -502,7 +536,7 @@ def _strided_input_grad(dz, w, x_shape, strides, dilation, padding):
             )  # fmt: skip
             pixels = _frozen(((n * dz_h + u + pad_top) * dz_w + v + pad_left) * filters, mr)
             qa, qe, f = np.meshgrid(q_h, q_w, np.arange(filters), indexing="ij")
-            taps = ((-qa * dz_w - qe) * filters + f).reshape(-1).astype(np.int64)
+            taps = _frozen((-qa * dz_w - qe) * filters + f, 1)  # read-only, as all tables
             w2d = w[np.ix_(taps_h, taps_w)].transpose(0, 1, 3, 2).reshape(-1, channels)
             y = _gathered_product(
                 dzp.reshape(-1), pixels, taps, np.ascontiguousarray(w2d), n_samples * n_u * n_v

@@ -6,11 +6,12 @@ whole output (12.8 MB for the seed model's first layer at batch 128) with bias a
 it back to pool, and in the backward writes and reads a gradient of that size twice more
 (unpooling, then the ReLU mask). Fused, the forward's GEMM output is read once by one pass that
 adds the bias, applies the ReLU and pools, and only the pooled maxima and a one-byte code of
-where each came from are stored; the backward starts from them, and for a first layer (one
-input channel, no dx) takes the weight gradient straight from the pooled gradient without
-unpooling it. At batch 128, fused vs layer by layer: seed convnet training step 23.5 -> 22.2
-ms (medians of 5 alternating runs of benchmarks/profile_step.py), inference 11.0 -> 9.8 ms,
-VGG-CIFAR inference 66.6 -> 63.3 ms (medians of interleaved rounds).
+where each came from are stored; the backward starts from them, and (with
+``NBCNN_CONV=blas``) for a first layer (one input channel, no dx) takes the weight gradient
+straight from the pooled gradient without unpooling it. At batch 128, fused vs layer by
+layer: seed convnet training step 23.5 -> 22.2 ms (medians of 5 alternating runs of
+benchmarks/profile_step.py), inference 11.0 -> 9.8 ms, VGG-CIFAR inference 66.6 -> 63.3 ms
+(medians of interleaved rounds).
 
 On the engine (the default backend) the forward goes further: the pooling runs in the
 micro-kernel's epilogue while the tile is in registers (``engine.conv_relu_maxpool``), so

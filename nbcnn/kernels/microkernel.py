@@ -213,8 +213,9 @@ def choose_pool_tile(filters: int, cells: int, width: int | None = None) -> Tile
     columns past the filters, then with the most accumulators, then the most rows: for 64
     filters and 2x2 windows on AVX-512, 8x32 (conv2 of the seed convnet, one thread: 9.5 ms,
     as 4x64; 8x48 took 13.9 ms, a third of its columns wasted)."""
+    host = width or vector_width()
     vl = choose_tile(filters, width).vl
-    registers, row_cap = (32, 8) if vl == 16 else (16, 6)
+    registers, row_cap = (32, 8) if host == 16 else (16, 6)  # the host's registers
     candidates = []
     for columns in range(1, (4 if vl == 16 else 2) + 1):
         rows = min((registers - columns - 2) // columns, row_cap)

@@ -74,6 +74,11 @@ _G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], dtype=n
 #: batch 1 (0.54 / 0.49): too few channels for the GEMMs or too few tiles for the transforms.
 MIN_CHANNELS, MIN_SIDE, MIN_TILES = 16, 8, 512
 
+#: And at most this many 2x2 tiles a sample (a 64x64 output): a thread's V and M hold whole
+#: samples, 16 x tiles x (C + F) floats (8 MB at 1,024 tiles and C + F = 128; a 224x224
+#: image would need 100 MB a thread and no longer fit any cache), so larger images run direct.
+MAX_SAMPLE_TILES = 1024
+
 
 def applies(kernel_hw, strides, dilation) -> bool:
     """Whether a convolution has the shape F(2x2, 3x3) computes: 3x3, stride 1, no dilation."""
@@ -89,12 +94,13 @@ def enabled() -> bool:
 def chosen(x_shape, w_shape, strides, dilation, out_hw) -> bool:
     """Whether the engine runs this convolution as Winograd: it applies, it is enabled and
     the measured rule above says it pays."""
-    n_tiles = x_shape[0] * -(-out_hw[0] // 2) * -(-out_hw[1] // 2)
+    per_sample = -(-out_hw[0] // 2) * -(-out_hw[1] // 2)
     return (
         applies(w_shape[:2], strides, dilation)
         and w_shape[2] >= MIN_CHANNELS
         and min(out_hw) >= MIN_SIDE
-        and n_tiles >= MIN_TILES
+        and x_shape[0] * per_sample >= MIN_TILES
+        and per_sample <= MAX_SAMPLE_TILES
         and enabled()
     )
 
