@@ -251,6 +251,10 @@ SCRIPT = textwrap.dedent(
     pooled, _ = winograd.conv_relu_maxpool(x, w, b, same)
     windows = want[:, :6, :6].reshape(2, 3, 2, 3, 2, 70).max(axis=(2, 4))
     worst = max(worst, float(np.abs(pooled - windows).max() / np.abs(want).max()))
+    dz = rng.uniform(-2, 2, want.shape).astype(np.float32)
+    _, want_dw, _ = naive.conv2d_backward(dz, x, w, (1, 1), (1, 1), same, need_dx=False)
+    dw = winograd.conv_weight_grad(dz, x, same)
+    worst = max(worst, float(np.abs(dw - want_dw).max() / np.abs(want_dw).max()))
     stats = engine._forward_tiles.stats
     print(json.dumps({{"width": microkernel.vector_width(), "error": worst,
                       "hits": sum(stats.cache_hits.values()),

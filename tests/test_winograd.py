@@ -1,6 +1,6 @@
 """Winograd F(2x2, 3x3) (nbcnn/kernels/winograd.py) against the naive loops and the direct
-engine: forward with and without ReLU, the 2x2 max-pooling output transform, the rule that
-chooses it, and its error bound.
+engine: forward with and without ReLU, the 2x2 max-pooling output transform, the weight
+gradient, the rule that chooses it, and its error bound.
 
 Geometries are built by construction: 3x3 kernels, stride 1, any zero padding (asymmetric
 too), odd and even output sizes (the last tile half outside), channel and filter counts on
@@ -50,6 +50,21 @@ def test_winograd_forward_matches_naive_within_its_bound(case, relu):
     if relu:
         want = np.maximum(want, 0)
     got = winograd.conv_forward(x, w, b, padding, relu)
+    assert got.shape == want.shape
+    assert relative_error(got, want) < winograd.WINOGRAD_RTOL
+
+
+@settings(max_examples=30, deadline=None)
+@given(case=winograd_cases())
+def test_winograd_weight_gradient_matches_naive_within_its_bound(case):
+    """dW = G^T (sum over tiles of V * A dY A^T) G, per-thread partials over the tiles."""
+    x, w, _, padding = case
+    out_h = x.shape[1] + sum(padding[0]) - 2
+    out_w = x.shape[2] + sum(padding[1]) - 2
+    rng = np.random.default_rng(1)
+    dz = rng.uniform(-2, 2, (x.shape[0], out_h, out_w, w.shape[3])).astype(np.float32)
+    _, want, _ = naive.conv2d_backward(dz, x, w, (1, 1), (1, 1), padding, need_dx=False)
+    got = winograd.conv_weight_grad(dz, x, padding)
     assert got.shape == want.shape
     assert relative_error(got, want) < winograd.WINOGRAD_RTOL
 
@@ -125,7 +140,7 @@ def test_the_layers_run_winograd_where_the_rule_says_and_agree_with_blas(monkeyp
     same = ((1, 1), (1, 1))
     assert winograd.chosen(x.shape, w.shape, (1, 1), (1, 1), (14, 14))
     calls = []
-    for name in ("conv_forward", "conv_relu_maxpool"):
+    for name in ("conv_forward", "conv_relu_maxpool", "conv_weight_grad"):
         real = getattr(winograd, name)
         monkeypatch.setattr(
             winograd,
@@ -136,9 +151,10 @@ def test_the_layers_run_winograd_where_the_rule_says_and_agree_with_blas(monkeyp
     for backend in ("engine", "blas"):
         monkeypatch.setenv("NBCNN_CONV", backend)
         y = conv.conv2d_forward(x, w, b, (1, 1), (1, 1), same, relu=True)
-        dx, _, _ = conv.conv2d_backward(dy, x, w, (1, 1), (1, 1), same)
+        dx, dw, _ = conv.conv2d_backward(dy, x, w, (1, 1), (1, 1), same)
         pooled, code = fused.conv_relu_maxpool_forward(x, w, b, (1, 1), (1, 1), same, (2, 2))
-        results[backend] = (y, dx, pooled)
+        results[backend] = (y, dx, pooled, dw)
     assert calls.count("conv_forward") == 2 and calls.count("conv_relu_maxpool") == 1
-    for got, want, name in zip(results["engine"], results["blas"], ("y", "dx", "pooled")):
+    assert calls.count("conv_weight_grad") == 1
+    for got, want, name in zip(results["engine"], results["blas"], ("y", "dx", "pooled", "dw")):
         assert relative_error(got, want) < winograd.WINOGRAD_RTOL, name

@@ -384,7 +384,10 @@ def _weight_grad_tiles(config, xp, pixels, taps, dzpack, partial, n_pixels, m_bl
 
 def conv_weight_grad(dz, x, w_shape, strides, dilation, padding):
     """dw (KH, KW, C, F) float32 of the convolution, given dz (N, OH, OW, F) (the gradient
-    after any activation) and the checked, contiguous float32 forward input x (N, H, W, C)."""
+    after any activation) and the checked, contiguous float32 forward input x (N, H, W, C).
+    Winograd where its rule chooses it for the forward (``winograd.chosen``)."""
+    if winograd.chosen(x.shape, w_shape, strides, dilation, dz.shape[1:3]):
+        return winograd.conv_weight_grad(np.ascontiguousarray(dz), x, padding)
     n_pixels = dz.shape[0] * dz.shape[1] * dz.shape[2]
     xp, pixels, taps = _addressing(x, w_shape, strides, dilation, padding, dz.shape[1:3], 1)
     return _weight_grad(dz.reshape(n_pixels, w_shape[3]), xp, pixels, taps, w_shape)

@@ -34,6 +34,7 @@ from numba.extending import intrinsic
 
 from nbcnn.kernels._jit import kernel
 from nbcnn.kernels.microkernel import (
+    ACCUMULATE,
     BIAS,
     Literal,
     _vector_at,
@@ -331,6 +332,155 @@ def _winograd(config, xp, upack, bias, rows, channel_offsets, tiles_hw, per_item
                         bias, outf, at, n_filters, out_w * n_filters, rows_left, cols_left,
                         n_filters, codef,
                     )  # fmt: skip
+
+
+@intrinsic
+def _gradient_transform(typingctx, config, dz, base, col, row, m, m_off, m_step, n_vec):
+    """M' = A dY A^T for one tile's 2x2 output gradient, VL filters at a time: dY[a][b] is the
+    vector at dz[base + a * row + b * col + q * VL]; M'[ij] goes to the micro-kernel's packed
+    B layout, m[m_off + ij * m_step + (q * VL // NR) * block + q * VL % NR] with block =
+    m_step / blocks... see ``_winograd_weight_grad``: here m_step is one ij plane and each
+    NR-wide block of filters is ``m_step // (F_pad / NR)`` further. VL, NR from ``config``."""
+    if not isinstance(config, types.IntegerLiteral):
+        return None
+    _, nr, vl, _, _ = decode(config.literal_value)
+    sig = types.void(config, dz, base, col, row, m, m_off, m_step, n_vec)
+
+    def codegen(context, builder, signature, args):
+        i64 = ir.IntType(64)
+        vec = ir.VectorType(ir.FloatType(), vl)
+        _, dz_v, base_v, col_v, row_v, m_v, moff_v, mstep_v, nvec_v = args
+        dz_ptr = context.make_array(signature.args[1])(context, builder, dz_v).data
+        m_ptr = context.make_array(signature.args[5])(context, builder, m_v).data
+        blocks = builder.sdiv(builder.mul(nvec_v, ir.Constant(i64, vl)), ir.Constant(i64, nr))
+        block_step = builder.sdiv(mstep_v, blocks)
+        q, _, _, done = counted_loop(builder, nvec_v, "grad")
+        lane0 = builder.mul(q, ir.Constant(i64, vl))
+        start = builder.add(base_v, lane0)
+        dy = [
+            [
+                builder.load(
+                    _vector_at(
+                        builder, dz_ptr,
+                        builder.add(start, builder.add(
+                            builder.mul(row_v, ir.Constant(i64, a)),
+                            builder.mul(col_v, ir.Constant(i64, b)),
+                        )),
+                        vec,
+                    ),
+                    align=4,
+                )
+                for b in range(2)
+            ]
+            for a in range(2)
+        ]  # fmt: skip
+
+        def a_times(top, bottom):  # A applied to two values: (t, t + b, t - b, -b)
+            return (
+                top, builder.fadd(top, bottom), builder.fsub(top, bottom), builder.fneg(bottom)
+            )  # fmt: skip
+
+        rows_t = [a_times(dy[0][b], dy[1][b]) for b in range(2)]  # [b][i]
+        fb = builder.sdiv(lane0, ir.Constant(i64, nr))
+        lane = builder.srem(lane0, ir.Constant(i64, nr))
+        out_at = builder.add(moff_v, builder.add(builder.mul(fb, block_step), lane))
+        for i in range(4):
+            for j, value in enumerate(a_times(rows_t[0][i], rows_t[1][i])):
+                at = builder.add(out_at, builder.mul(mstep_v, ir.Constant(i64, i * 4 + j)))
+                builder.store(value, _vector_at(builder, m_ptr, at, vec), align=4)
+        close_loop(builder, q, nvec_v, done)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@kernel
+def _winograd_weight_grad(config, xp, dzp, channel_rows, tiles_hw, per_item, partial, n_chan):
+    """dU[ij, c, f] = sum over tiles t of V[ij, t, c] * M'[ij, t, f], summed per thread into
+    partial[thread] (16 * M_pad * F_pad float32, zeroed): V = B^T d B of the input tiles,
+    M' = A dY A^T of the output gradient's 2x2 tiles, each prange iteration a few samples
+    with its own V and M' (in L2), the 16 products on the micro-kernel with the tiles as the
+    reduction (the ACCUMULATE epilogue) and the channels as rows.
+
+    xp : (N, 2*TH + 2, 2*TW + 2, C_pad) float32 as the forward's; dzp : (N, 2*TH, 2*TW, F_pad)
+    float32, the gradient zero-padded; channel_rows : (M_pad,) int64 = min(c, C - 1) (rows
+    past the channels repeat the last, and are dropped); n_chan = C.
+    """
+    mr = tile_rows(config)
+    nr = tile_cols(config)
+    vl = tile_width(config)
+    n_samples, padded_h, padded_w, c_pad = xp.shape
+    _, grad_h, grad_w, f_pad = dzp.shape
+    th, tw = tiles_hw
+    m_pad = channel_rows.shape[0]
+    n_fb = f_pad // nr
+    t_item = per_item * th * tw
+    xf = xp.reshape(-1)
+    dzf = dzp.reshape(-1)
+    n_items = (n_samples + per_item - 1) // per_item
+    plane = m_pad * f_pad
+    for item in numba.prange(n_items):
+        out = partial[numba.get_thread_id()]
+        n0 = item * per_item
+        n1 = min(n0 + per_item, n_samples)
+        v = np.empty(16 * t_item * c_pad, dtype=np.float32)
+        g = np.empty(16 * t_item * f_pad, dtype=np.float32)
+        taps = np.arange(t_item) * c_pad  # the reduction runs over the tiles
+        for n in range(n0, n1):
+            for ti in range(th):
+                for tj in range(tw):
+                    t = ((n - n0) * th + ti) * tw + tj
+                    base = ((n * padded_h + 2 * ti) * padded_w + 2 * tj) * c_pad
+                    _input_transform(
+                        numba.literally(config), xf, base, c_pad, padded_w * c_pad, v, t * c_pad,
+                        t_item * c_pad, c_pad // vl,
+                    )  # fmt: skip
+                    at = ((n * grad_h + 2 * ti) * grad_w + 2 * tj) * f_pad
+                    _gradient_transform(
+                        numba.literally(config), dzf, at, f_pad, grad_w * f_pad, g, t * nr,
+                        t_item * f_pad, f_pad // vl,
+                    )  # fmt: skip
+        n_tiles = (n1 - n0) * th * tw
+        for ij in range(16):
+            vij = v[ij * t_item * c_pad : (ij + 1) * t_item * c_pad]
+            for fb in range(n_fb):
+                start = (ij * n_fb + fb) * t_item * nr
+                b = g[start : start + t_item * nr]
+                for mt in range(m_pad // mr):
+                    tile_kernel(
+                        numba.literally(config), vij, channel_rows, mt * mr, taps, n_tiles, b,
+                        out, 0, out, ij * plane + mt * mr * f_pad + fb * nr, f_pad, nr,
+                    )  # fmt: skip
+
+
+def conv_weight_grad(dz, x, padding):
+    """dw (3, 3, C, F) float32 of a 3x3, stride-1, undilated convolution given dz (N, OH,
+    OW, F) (after any activation) and its contiguous float32 input x (N, H, W, C): the 16
+    transformed products summed over the tiles (per-thread partials), then dW = G^T dU G in
+    float64."""
+    n_samples, height, width, channels = x.shape
+    _, out_h, out_w, filters = dz.shape
+    (top, _), (left, _) = padding
+    th, tw = -(-out_h // 2), -(-out_w // 2)
+    tile = choose_tile(filters)
+    c_pad = -(-channels // tile.vl) * tile.vl
+    f_pad = -(-filters // tile.nr) * tile.nr
+    xp = np.zeros((n_samples, 2 * th + 2, 2 * tw + 2, c_pad), dtype=np.float32)
+    xp[:, top : top + height, left : left + width, :channels] = x
+    dzp = np.zeros((n_samples, 2 * th, 2 * tw, f_pad), dtype=np.float32)
+    dzp[:, :out_h, :out_w, :filters] = dz
+    m_pad = -(-channels // tile.mr) * tile.mr
+    channel_rows = np.minimum(np.arange(m_pad), channels - 1).astype(np.int64)
+    per_item = max(1, _TILES_PER_ITEM // (th * tw))
+    per_item = min(per_item, max(1, -(-n_samples // (2 * numba.get_num_threads()))))
+    partial = np.zeros((numba.get_num_threads(), 16 * m_pad * f_pad), dtype=np.float32)
+    launch(
+        _winograd_weight_grad, tile.config(ACCUMULATE), xp, dzp, channel_rows, (th, tw),
+        per_item, partial, channels,
+    )  # fmt: skip
+    du = partial.sum(axis=0, dtype=np.float64).reshape(4, 4, m_pad, f_pad)
+    du = du[:, :, :channels, :filters]
+    return np.einsum("ia,ijcf,jb->abcf", _G, du, _G).astype(np.float32)
 
 
 def _run(x, w, b, padding, mode, out_shape):
