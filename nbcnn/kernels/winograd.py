@@ -17,6 +17,11 @@ the bias, applies the ReLU and, where the pooling is 2x2, max-pools the 2x2 bloc
 made (an output tile is exactly one pooling window), so a Conv + ReLU + 2x2 max pool stores
 only the pooled maxima and their codes, as ``engine.conv_relu_maxpool`` does.
 
+The weight gradient follows from ``Y = A^T Z A`` with ``Z = U * V``: ``dU = sum over tiles of
+V * (A dY A^T)``, 16 more products (channels x tiles @ tiles x filters, the tiles being the
+reduction, summed per thread), and ``dW = G^T dU G``. The input gradient of a stride-1
+convolution is a convolution too (``engine.conv_input_grad``), so it runs the forward here.
+
 Error: the transforms' coefficients (0, +-1, +-1/2) add a few float32 roundings per output;
 ``WINOGRAD_RTOL`` states the bound the tests hold it to against the float64 naive
 convolution, and ``tests/test_winograd.py`` against the direct engine too.
