@@ -415,59 +415,6 @@ def _weight_grad(dz2d, xp, pixels, taps, w_shape):
     return np.ascontiguousarray(summed).reshape(kh, kw, channels, filters)
 
 
-@kernel
-def _unpool_windows(dpooled, pooled, code, cells, windows_per_sample, dz, db_per_sample):
-    """dz[q * S + s, f] = dpooled[q, f] where s is window q's winning cell code[q, f] and the
-    ReLU was open (pooled > 0), else 0: the gradient before the pooling and the ReLU, in the
-    window-major row order of ``_window_pixel_offsets``, every row written once (no zeroing
-    pass); db_per_sample[n, f] (float64, zeroed) sums it per sample. dpooled, pooled, code :
-    (Q, F); dz : (Q * S, F) float32. Iteration n writes only sample n's windows."""
-    n_filters = dpooled.shape[1]
-    for n in numba.prange(db_per_sample.shape[0]):
-        for q in range(n * windows_per_sample, (n + 1) * windows_per_sample):
-            for s in range(cells):
-                row = dz[q * cells + s]
-                for f in range(n_filters):
-                    open_winner = code[q, f] == s and pooled[q, f] > 0.0
-                    row[f] = dpooled[q, f] if open_winner else np.float32(0.0)
-            for f in range(n_filters):
-                if pooled[q, f] > 0.0:
-                    db_per_sample[n, f] += dpooled[q, f]
-
-
-def conv_relu_maxpool_weight_grad(
-    dpooled, pooled, code, x, w_shape, strides, dilation, padding, pool
-):
-    """``dw, db`` of ``conv_relu_maxpool`` without dx (a first layer): the gradient is
-    unpooled in window-major order, each row written once, and the weight gradient runs over
-    those rows, with the forward's window-ordered pixel table. The convolution outputs past
-    the last whole window (pooling floors) have no rows: their gradient is zero.
-
-    dpooled, pooled : (N, PH, PW, F) float32, code (N, PH, PW, F) int8, all contiguous; x,
-    w_shape, the geometry and ``pool`` = (ph, pw) as the forward's. Returns dw (KH, KW, C, F)
-    float32 and db (F,) float32."""
-    kh, kw, channels, filters = w_shape
-    n_samples, ph_out, pw_out, _ = pooled.shape
-    cells = pool[0] * pool[1]
-    n_windows = n_samples * ph_out * pw_out
-    xp = padded(x, padding)
-    _, padded_h, padded_w, _ = xp.shape
-    pixels = _window_pixel_offsets(
-        n_samples, (ph_out, pw_out), tuple(pool), tuple(strides), (padded_h, padded_w),
-        channels, 1,
-    )  # fmt: skip
-    taps = _tap_offsets((kh, kw), tuple(dilation), padded_w, channels)
-    dz = np.empty((n_windows * cells, filters), dtype=np.float32)
-    db_per_sample = np.zeros((n_samples, filters), dtype=np.float64)
-    flat = (n_windows, filters)
-    _unpool_windows(
-        dpooled.reshape(flat), pooled.reshape(flat), code.reshape(flat), cells,
-        ph_out * pw_out, dz, db_per_sample,
-    )  # fmt: skip
-    dw = _weight_grad(dz, xp.reshape(-1), pixels, taps, w_shape)
-    return dw, db_per_sample.sum(axis=0).astype(np.float32)
-
-
 def conv_input_grad(dz, w, x_shape, dilation, padding, strides=(1, 1)):
     """dx (N, H, W, C) float32 of a convolution given dz (N, OH, OW, F). Stride 1: the
     forward engine on dz zero-padded by the kernel's extent less the forward's padding, with
