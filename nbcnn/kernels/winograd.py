@@ -120,6 +120,16 @@ def transformed_filters(w, nr):
     return np.stack([pack_weights(u[ij], nr) for ij in range(16)])
 
 
+def _store_planes(builder, ptr, at, step, planes):
+    """Store the 4x4 vectors ``planes[i][j]`` at ptr[at + (i * 4 + j) * step] (IR)."""
+    i64 = ir.IntType(64)
+    for i in range(4):
+        for j in range(4):
+            where = builder.add(at, builder.mul(step, ir.Constant(i64, i * 4 + j)))
+            value = planes[i][j]
+            builder.store(value, _vector_at(builder, ptr, where, value.type), align=4)
+
+
 @intrinsic
 def _input_transform(typingctx, config, x, base, col, row, v, v_off, v_step, n_vec):
     """V = B^T d B for one tile, VL channels at a time: d[r][s] is the vector at
@@ -159,11 +169,8 @@ def _input_transform(typingctx, config, x, base, col, row, v, v_off, v_step, n_v
             )  # fmt: skip
 
         rows_t = [bt(d[0][c], d[1][c], d[2][c], d[3][c]) for c in range(4)]  # [col][i]
-        out_at = builder.add(voff_v, lane0)
-        for i in range(4):
-            for j, value in enumerate(bt(*(rows_t[c][i] for c in range(4)))):
-                at = builder.add(out_at, builder.mul(vstep_v, ir.Constant(i64, i * 4 + j)))
-                builder.store(value, _vector_at(builder, v_ptr, at, vec), align=4)
+        planes = [bt(*(rows_t[c][i] for c in range(4))) for i in range(4)]
+        _store_planes(builder, v_ptr, builder.add(voff_v, lane0), vstep_v, planes)
         close_loop(builder, q, nvec_v, done)
         return context.get_dummy_value()
 
@@ -264,6 +271,22 @@ def _output_transform(
     return sig, codegen
 
 
+@numba.njit(inline="always")
+def _transform_inputs(config, xf, n0, n1, tiles_hw, padded_hw, c_pad, v, plane):
+    """V = B^T d B of samples n0..n1's tiles into v (16 planes of ``plane`` floats, tile t at
+    t * c_pad); inlined into the kernels, so ``config`` stays a literal."""
+    (th, tw), (padded_h, padded_w) = tiles_hw, padded_hw
+    for n in range(n0, n1):
+        for ti in range(th):
+            for tj in range(tw):
+                t = ((n - n0) * th + ti) * tw + tj
+                base = ((n * padded_h + 2 * ti) * padded_w + 2 * tj) * c_pad
+                _input_transform(
+                    config, xf, base, c_pad, padded_w * c_pad, v, t * c_pad, plane,
+                    c_pad // tile_width(config),
+                )  # fmt: skip
+
+
 @kernel
 def _winograd(config, xp, upack, bias, rows, channel_offsets, tiles_hw, per_item, out, code, mode):
     """The forward over the batch: a prange over groups of ``per_item`` samples, each taken
@@ -279,7 +302,6 @@ def _winograd(config, xp, upack, bias, rows, channel_offsets, tiles_hw, per_item
     """
     mr = tile_rows(config)
     nr = tile_cols(config)
-    vl = tile_width(config)
     n_samples, padded_h, padded_w, c_pad = xp.shape
     channels = channel_offsets.shape[0]
     n_filters = out.shape[3]
@@ -297,15 +319,9 @@ def _winograd(config, xp, upack, bias, rows, channel_offsets, tiles_hw, per_item
         n1 = min(n0 + per_item, n_samples)
         v = np.empty(16 * t_pad * c_pad, dtype=np.float32)
         m = np.empty(16 * t_pad * f_pad, dtype=np.float32)
-        for n in range(n0, n1):
-            for ti in range(th):
-                for tj in range(tw):
-                    t = ((n - n0) * th + ti) * tw + tj
-                    base = ((n * padded_h + 2 * ti) * padded_w + 2 * tj) * c_pad
-                    _input_transform(
-                        numba.literally(config), xf, base, c_pad, padded_w * c_pad, v, t * c_pad,
-                        t_pad * c_pad, c_pad // vl,
-                    )  # fmt: skip
+        _transform_inputs(
+            config, xf, n0, n1, tiles_hw, (padded_h, padded_w), c_pad, v, t_pad * c_pad
+        )
         # The 16 GEMMs: M[ij] (T, F_pad) = V[ij] (T, C) @ U[ij] (C, F_pad). Rows past the
         # item's tiles read stale V and land in M rows nobody reads.
         n_tiles = (n1 - n0) * th * tw
@@ -342,10 +358,10 @@ def _winograd(config, xp, upack, bias, rows, channel_offsets, tiles_hw, per_item
 @intrinsic
 def _gradient_transform(typingctx, config, dz, base, col, row, m, m_off, m_step, n_vec):
     """M' = A dY A^T for one tile's 2x2 output gradient, VL filters at a time: dY[a][b] is the
-    vector at dz[base + a * row + b * col + q * VL]; M'[ij] goes to the micro-kernel's packed
-    B layout, m[m_off + ij * m_step + (q * VL // NR) * block + q * VL % NR] with block =
-    m_step / blocks... see ``_winograd_weight_grad``: here m_step is one ij plane and each
-    NR-wide block of filters is ``m_step // (F_pad / NR)`` further. VL, NR from ``config``."""
+    vector at dz[base + a * row + b * col + q * VL]. M'[ij] is written in the micro-kernel's
+    packed B layout (ij plane, NR-wide block of filters, tile, NR lanes): plane ij starts
+    ``m_step`` floats after plane ij - 1, each block ``m_step / (F_pad / NR)`` after the one
+    before, and the tile's row at ``m_off``. VL and NR come from ``config`` (a literal)."""
     if not isinstance(config, types.IntegerLiteral):
         return None
     _, nr, vl, _, _ = decode(config.literal_value)
@@ -389,10 +405,8 @@ def _gradient_transform(typingctx, config, dz, base, col, row, m, m_off, m_step,
         fb = builder.sdiv(lane0, ir.Constant(i64, nr))
         lane = builder.srem(lane0, ir.Constant(i64, nr))
         out_at = builder.add(moff_v, builder.add(builder.mul(fb, block_step), lane))
-        for i in range(4):
-            for j, value in enumerate(a_times(rows_t[0][i], rows_t[1][i])):
-                at = builder.add(out_at, builder.mul(mstep_v, ir.Constant(i64, i * 4 + j)))
-                builder.store(value, _vector_at(builder, m_ptr, at, vec), align=4)
+        planes = [a_times(rows_t[0][i], rows_t[1][i]) for i in range(4)]
+        _store_planes(builder, m_ptr, out_at, mstep_v, planes)
         close_loop(builder, q, nvec_v, done)
         return context.get_dummy_value()
 
@@ -431,15 +445,13 @@ def _winograd_weight_grad(config, xp, dzp, channel_rows, tiles_hw, per_item, par
         v = np.empty(16 * t_item * c_pad, dtype=np.float32)
         g = np.empty(16 * t_item * f_pad, dtype=np.float32)
         taps = np.arange(t_item) * c_pad  # the reduction runs over the tiles
+        _transform_inputs(
+            config, xf, n0, n1, tiles_hw, (padded_h, padded_w), c_pad, v, t_item * c_pad
+        )
         for n in range(n0, n1):
             for ti in range(th):
                 for tj in range(tw):
                     t = ((n - n0) * th + ti) * tw + tj
-                    base = ((n * padded_h + 2 * ti) * padded_w + 2 * tj) * c_pad
-                    _input_transform(
-                        numba.literally(config), xf, base, c_pad, padded_w * c_pad, v, t * c_pad,
-                        t_item * c_pad, c_pad // vl,
-                    )  # fmt: skip
                     at = ((n * grad_h + 2 * ti) * grad_w + 2 * tj) * f_pad
                     _gradient_transform(
                         numba.literally(config), dzf, at, f_pad, grad_w * f_pad, g, t * nr,
