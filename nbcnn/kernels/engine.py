@@ -119,27 +119,23 @@ def _forward_tiles(config, xp, pixels, taps, wpack, bpack, y, n_pixels, n_filter
 _TABLES, _CACHED_ENTRIES = 16, 1 << 20
 
 
-def _table(builder):
-    """``builder`` with its small results cached (see above)."""
-    cached = functools.lru_cache(maxsize=_TABLES)(builder)
+def _table(per_sample):
+    """Cache a table builder's small results (see above); ``per_sample(*rest)`` is the
+    table's length per sample, known before building it."""
 
-    @functools.wraps(builder)
-    def table(n_samples, *rest):
-        # the table's length is N times the rest's product; estimated before building
-        if n_samples * _per_sample(builder, rest) > _CACHED_ENTRIES:
-            return builder(n_samples, *rest)
-        return cached(n_samples, *rest)
+    def wrap(builder):
+        cached = functools.lru_cache(maxsize=_TABLES)(builder)
 
-    table.cache_clear = cached.cache_clear
-    return table
+        @functools.wraps(builder)
+        def table(n_samples, *rest):
+            if n_samples * per_sample(*rest) > _CACHED_ENTRIES:
+                return builder(n_samples, *rest)
+            return cached(n_samples, *rest)
 
+        table.cache_clear = cached.cache_clear
+        return table
 
-def _per_sample(builder, rest):
-    if builder.__name__ == "_pixel_offsets":
-        out_hw = rest[0]
-        return out_hw[0] * out_hw[1]
-    pooled_hw, pool = rest[0], rest[1]
-    return pooled_hw[0] * pooled_hw[1] * pool[0] * pool[1]
+    return wrap
 
 
 def _offsets(n_samples, rows, cols, padded_hw, channels):
@@ -150,7 +146,7 @@ def _offsets(n_samples, rows, cols, padded_hw, channels):
     return (sample + rows[None, :, None] * padded_w + cols[None, None, :]) * channels
 
 
-@_table
+@_table(lambda out_hw, *_: out_hw[0] * out_hw[1])
 def _pixel_offsets(n_samples, out_hw, strides, padded_hw, channels, rows_to):
     """(ceil(N*OH*OW / rows_to) * rows_to,) int64, read-only: the offset of output pixel p's
     window origin in the flat padded input, in (n, i, j) order; the entries past N*OH*OW (to
@@ -160,7 +156,7 @@ def _pixel_offsets(n_samples, out_hw, strides, padded_hw, channels, rows_to):
     return _frozen(_offsets(n_samples, rows, cols, padded_hw, channels), rows_to)
 
 
-@_table
+@_table(lambda hw, pool, *_: hw[0] * hw[1] * pool[0] * pool[1])
 def _window_pixel_offsets(n_samples, pooled_hw, pool, strides, padded_hw, channels, rows_to):
     """As ``_pixel_offsets`` for the pixels that max-pooling windows cover, window by window:
     row q * S + s is the pixel in cell s = u * pw + v of window q = (n * PH + pi) * PW + pj,

@@ -480,16 +480,13 @@ def conv_weight_grad(dz, x, padding):
     (top, _), (left, _) = padding
     th, tw = -(-out_h // 2), -(-out_w // 2)
     tile = choose_tile(filters)
-    c_pad = -(-channels // tile.vl) * tile.vl
     f_pad = -(-filters // tile.nr) * tile.nr
-    xp = np.zeros((n_samples, 2 * th + 2, 2 * tw + 2, c_pad), dtype=np.float32)
-    xp[:, top : top + height, left : left + width, :channels] = x
+    xp = _tiled_input(x, padding, (th, tw), tile.vl)
     dzp = np.zeros((n_samples, 2 * th, 2 * tw, f_pad), dtype=np.float32)
     dzp[:, :out_h, :out_w, :filters] = dz
     m_pad = -(-channels // tile.mr) * tile.mr
     channel_rows = np.minimum(np.arange(m_pad), channels - 1).astype(np.int64)
-    per_item = max(1, _TILES_PER_ITEM // (th * tw))
-    per_item = min(per_item, max(1, -(-n_samples // (2 * numba.get_num_threads()))))
+    per_item = _samples_per_item(n_samples, th * tw)
     partial = np.zeros((numba.get_num_threads(), 16 * m_pad * f_pad), dtype=np.float32)
     launch(
         _winograd_weight_grad, tile.config(ACCUMULATE), xp, dzp, channel_rows, (th, tw),
@@ -498,6 +495,26 @@ def conv_weight_grad(dz, x, padding):
     du = partial.sum(axis=0, dtype=np.float64).reshape(4, 4, m_pad, f_pad)
     du = du[:, :, :channels, :filters]
     return np.einsum("ia,ijcf,jb->abcf", _G, du, _G).astype(np.float32)
+
+
+def _tiled_input(x, padding, tiles_hw, vl):
+    """x (N, H, W, C) as the transforms read it: zeros around (the padding), one more row or
+    column where the output size is odd (the last tile reads it) and channels up to a
+    multiple of VL (whole vectors): (N, 2*TH + 2, 2*TW + 2, C_pad) float32."""
+    n_samples, height, width, channels = x.shape
+    (top, _), (left, _) = padding
+    th, tw = tiles_hw
+    c_pad = -(-channels // vl) * vl
+    xp = np.zeros((n_samples, 2 * th + 2, 2 * tw + 2, c_pad), dtype=np.float32)
+    xp[:, top : top + height, left : left + width, :channels] = x
+    return xp
+
+
+def _samples_per_item(n_samples, tiles_per_sample):
+    """Samples per prange iteration: about _TILES_PER_ITEM tiles, and at least two
+    iterations a thread where the batch allows."""
+    per_item = max(1, _TILES_PER_ITEM // tiles_per_sample)
+    return min(per_item, max(1, -(-n_samples // (2 * numba.get_num_threads()))))
 
 
 def _run(x, w, b, padding, mode, out_shape):
@@ -509,13 +526,9 @@ def _run(x, w, b, padding, mode, out_shape):
     th, tw = -(-out_h // 2), -(-out_w // 2)
     tile = choose_tile(filters)
     vl = tile.vl
-    c_pad = -(-channels // vl) * vl
-    # Zeros around, one more row / column where the output size is odd (the last tile reads
-    # it) and channels up to a multiple of VL (whole vectors in the input transform).
-    xp = np.zeros((n_samples, 2 * th + 2, 2 * tw + 2, c_pad), dtype=np.float32)
-    xp[:, top : top + height, left : left + width, :channels] = x
-    per_item = max(1, _TILES_PER_ITEM // (th * tw))
-    per_item = min(per_item, max(1, -(-n_samples // (2 * numba.get_num_threads()))))
+    xp = _tiled_input(x, padding, (th, tw), vl)
+    c_pad = xp.shape[3]
+    per_item = _samples_per_item(n_samples, th * tw)
     t_item = per_item * th * tw
     rows = np.arange(-(-t_item // tile.mr) * tile.mr, dtype=np.int64) * c_pad
     upack = transformed_filters(w, tile.nr)
