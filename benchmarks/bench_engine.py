@@ -52,7 +52,7 @@ def _repeat_tile(config, a, rows, taps, b, bias, c, n):
     for _ in range(n):
         microkernel.tile_kernel(
             numba.literally(config), a, rows, 0, taps, taps.shape[0], b, bias, 0, c, 0,
-            b.shape[1], b.shape[1],
+            b.shape[1], b.shape[1], microkernel.LINEAR,
         )  # fmt: skip
 
 

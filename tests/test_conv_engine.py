@@ -25,19 +25,21 @@ from hypothesis import strategies as st
 from test_kernels import RTOL, assert_close, geometries
 
 from nbcnn.kernels import conv, engine, fused, microkernel
+from nbcnn.layers import activations
 
 TESTS = Path(__file__).resolve().parent
 
 
-def engine_forward(x, w, b, g, relu):
-    y2d = engine.conv_forward(x, w, b, g.strides, g.dilation, g.padding, g.out_hw, relu)
+def engine_forward(x, w, b, g, activation):
+    act = microkernel.ACTIVATIONS[activation]
+    y2d = engine.conv_forward(x, w, b, g.strides, g.dilation, g.padding, g.out_hw, act)
     return y2d.reshape(x.shape[0], *g.out_hw, w.shape[3])
 
 
 @st.composite
 def engine_cases(draw):
-    """(geometry, x, w, b, relu): filters 1..70 (past one and several NR blocks of every tile),
-    channels 1..40, batch 1..3."""
+    """(geometry, x, w, b, activation): filters 1..70 (past one and several NR blocks of
+    every tile), channels 1..40, batch 1..3."""
     g = draw(geometries(dilated=True))
     n, c = draw(st.integers(1, 3)), draw(st.sampled_from([1, 2, 3, 8, 17, 40]))
     f = draw(st.sampled_from([1, 3, 8, 15, 16, 17, 31, 32, 33, 64, 70]))
@@ -45,17 +47,17 @@ def engine_cases(draw):
     x = rng.uniform(-2, 2, (n, *g.in_hw, c)).astype(np.float32)
     w = rng.uniform(-2, 2, (*g.kernel, c, f)).astype(np.float32)
     b = rng.uniform(-2, 2, f).astype(np.float32)
-    return g, x, w, b, draw(st.booleans())
+    return g, x, w, b, draw(st.sampled_from(["linear", "relu", "relu6"]))
 
 
 @settings(max_examples=40, deadline=None)
 @given(case=engine_cases())
 def test_engine_forward_matches_naive(case):
-    g, x, w, b, relu = case
+    """Every activation of the tile's epilogue (a run-time argument of one compiled tile)."""
+    g, x, w, b, activation = case
     want = naive.conv2d_forward(x, w, b, g.strides, g.dilation, g.padding)
-    if relu:
-        want = np.maximum(want, 0)
-    assert_close(engine_forward(x, w, b, g, relu), want, "engine forward")
+    want = activations.forward(activation, want)
+    assert_close(engine_forward(x, w, b, g, activation), want, "engine forward")
 
 
 @settings(max_examples=30, deadline=None)
@@ -92,7 +94,7 @@ def test_engine_pooling_epilogue_matches_naive(case, pool):
     conv_out = np.maximum(naive.conv2d_forward(x, w, b, g.strides, g.dilation, g.padding), 0)
     want, _ = naive.max_pool2d_forward(conv_out, pool, pool, ((0, 0), (0, 0)))
     assert_close(got, want, "engine pooled")
-    y = engine_forward(x, w, b, g, True)
+    y = engine_forward(x, w, b, g, "relu")
     (ph, pw), (oh, ow) = pool, pooled_hw
     windows = y[:, : oh * ph, : ow * pw].reshape(x.shape[0], oh, ph, ow, pw, -1)
     windows = windows.transpose(0, 1, 3, 2, 4, 5).reshape(x.shape[0], oh, ow, ph * pw, -1)
@@ -200,14 +202,14 @@ def test_pooling_tiles_hold_whole_windows(width, filters, cells, tile):
 
 
 def test_a_tile_configuration_carries_the_generator_version(monkeypatch):
-    config = microkernel.Tile(6, 64, 16).config(microkernel.BIAS_RELU)
-    assert microkernel.decode(config) == (6, 64, 16, microkernel.BIAS_RELU, 1)
+    config = microkernel.Tile(6, 64, 16).config(microkernel.ACCUMULATE)
+    assert microkernel.decode(config) == (6, 64, 16, microkernel.ACCUMULATE, 1)
     pooled = microkernel.Tile(8, 32, 16).config(microkernel.RELU_MAXPOOL, 4)
     assert microkernel.decode(pooled) == (8, 32, 16, microkernel.RELU_MAXPOOL, 4)
     with pytest.raises(ValueError, match="cannot pool"):
         microkernel.Tile(6, 64, 16).config(microkernel.RELU_MAXPOOL, 4)
     monkeypatch.setattr(microkernel, "GENERATOR_VERSION", microkernel.GENERATOR_VERSION + 1)
-    assert microkernel.Tile(6, 64, 16).config(microkernel.BIAS_RELU) != config  # a new key
+    assert microkernel.Tile(6, 64, 16).config(microkernel.ACCUMULATE) != config  # a new key
     with pytest.raises(ValueError, match="generator version"):
         microkernel.decode(config)
 
@@ -231,10 +233,12 @@ SCRIPT = textwrap.dedent(
         w = rng.uniform(-2, 2, (k, k, c, f)).astype(np.float32)
         b = rng.uniform(-2, 2, f).astype(np.float32)
         padding = ((pad, pad), (pad, pad))
-        want = np.maximum(naive.conv2d_forward(x, w, b, (s, s), (1, 1), padding), 0)
-        got = engine.conv_forward(x, w, b, (s, s), (1, 1), padding, want.shape[1:3], True)
-        error = np.abs(got.reshape(want.shape) - want).max() / max(np.abs(want).max(), 1)
-        worst = max(worst, float(error))
+        linear = naive.conv2d_forward(x, w, b, (s, s), (1, 1), padding)
+        want = np.maximum(linear, 0)
+        for act, expected in ((microkernel.RELU, want), (microkernel.RELU6, np.clip(linear, 0, 6))):
+            got = engine.conv_forward(x, w, b, (s, s), (1, 1), padding, want.shape[1:3], act)
+            error = np.abs(got.reshape(want.shape) - expected).max() / max(np.abs(want).max(), 1)
+            worst = max(worst, float(error))
         hw = (want.shape[1] // 2, want.shape[2] // 2)
         pooled, _ = engine.conv_relu_maxpool(x, w, b, (s, s), (1, 1), padding, (2, 2), hw)
         windows = want[:, : 2 * hw[0], : 2 * hw[1]].reshape(n, hw[0], 2, hw[1], 2, f)
@@ -247,7 +251,7 @@ SCRIPT = textwrap.dedent(
         b = rng.uniform(-2, 2, 70).astype(np.float32)
         same = ((1, 1), (1, 1))
         want = np.maximum(naive.conv2d_forward(x, w, b, (1, 1), (1, 1), same), 0)
-        got = winograd.conv_forward(x, w, b, same, relu=True)
+        got = winograd.conv_forward(x, w, b, same, microkernel.RELU)
         worst = max(worst, float(np.abs(got - want).max() / np.abs(want).max()))
         pooled, _ = winograd.conv_relu_maxpool(x, w, b, same)
         windows = want[:, :6, :6].reshape(2, 3, 2, 3, 2, 70).max(axis=(2, 4))

@@ -484,20 +484,26 @@ def test_threading_info_says_whether_openblas_saw_the_thread_timeout(imports, ex
     same=st.booleans(),
     seed=st.integers(0, 2**16),
 )
-def test_fused_relu_forward_and_backward(channels, stride, same, seed):
-    """relu=True equals max(conv, 0); relu_output masks dy like ReLU's derivative."""
+@pytest.mark.parametrize("activation", ["relu", "relu6"])
+def test_fused_activation_forward_and_backward(channels, stride, same, seed, activation):
+    """activation='relu' (or relu=True) equals max(conv, 0), 'relu6' clip(conv, 0, 6);
+    relu_output masks dy like the activation's derivative."""
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(2, 7, 6, channels)).astype(np.float32)
-    w = rng.normal(size=(3, 3, channels, 4)).astype(np.float32)
+    w = rng.normal(size=(3, 3, channels, 4)).astype(np.float32) * 2  # some outputs past 6
     b = rng.normal(size=4).astype(np.float32)
     pads = ((1, 1), (1, 1)) if same else ((0, 0), (0, 0))
     args = ((stride, stride), (1, 1), pads)
-    y = conv.conv2d_forward(x, w, b, *args, relu=True)
-    expected = np.maximum(naive.conv2d_forward(x, w, b, *args), 0)
+    y = conv.conv2d_forward(x, w, b, *args, activation=activation)
+    linear = naive.conv2d_forward(x, w, b, *args)
+    expected = np.clip(linear, 0, 6 if activation == "relu6" else None)
     np.testing.assert_allclose(y, expected, rtol=1e-4, atol=1e-4)
+    if activation == "relu":
+        np.testing.assert_array_equal(conv.conv2d_forward(x, w, b, *args, relu=True), y)
     dy = rng.normal(size=y.shape).astype(np.float32)
-    dx, dw, db = conv.conv2d_backward(dy, x, w, *args, relu_output=y)
-    ndx, ndw, ndb = naive.conv2d_backward(dy * (y > 0), x, w, *args)
+    dx, dw, db = conv.conv2d_backward(dy, x, w, *args, relu_output=y, activation=activation)
+    mask = (y > 0) & (y < 6) if activation == "relu6" else y > 0
+    ndx, ndw, ndb = naive.conv2d_backward(dy * mask, x, w, *args)
     for got, want in ((dx, ndx), (dw, ndw), (db, ndb)):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 

@@ -35,6 +35,11 @@ EXAMPLES: dict[str, list[tuple[dict, tuple[int, ...]]]] = {
         # activation relu runs fused inside the kernels: C == 1 (transposed columns) and C > 1
         ({"filters": 3, "kernel_size": 3, "activation": "relu"}, (5, 6, 1)),
         ({"filters": 3, "kernel_size": 3, "padding": "same", "activation": "relu"}, (5, 4, 2)),
+        # relu6 too, its cap reached: all-ones weights sum 72 inputs in [-1, 1]
+        (
+            {"filters": 3, "kernel_size": 3, "activation": "relu6", "kernel_initializer": "ones"},
+            (5, 6, 8),
+        ),
     ],
     "Conv1D": [
         ({"filters": 3, "kernel_size": 3, "padding": "causal", "activation": "relu"}, (7, 2)),

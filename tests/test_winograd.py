@@ -16,7 +16,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nbcnn.kernels import conv, engine, fused, winograd
+from nbcnn.kernels import conv, engine, fused, microkernel, winograd
+from nbcnn.layers import activations
 
 
 @st.composite
@@ -43,13 +44,11 @@ def relative_error(got, want):
 
 
 @settings(max_examples=40, deadline=None)
-@given(case=winograd_cases(), relu=st.booleans())
-def test_winograd_forward_matches_naive_within_its_bound(case, relu):
+@given(case=winograd_cases(), activation=st.sampled_from(["linear", "relu", "relu6"]))
+def test_winograd_forward_matches_naive_within_its_bound(case, activation):
     x, w, b, padding = case
-    want = naive.conv2d_forward(x, w, b, (1, 1), (1, 1), padding)
-    if relu:
-        want = np.maximum(want, 0)
-    got = winograd.conv_forward(x, w, b, padding, relu)
+    want = activations.forward(activation, naive.conv2d_forward(x, w, b, (1, 1), (1, 1), padding))
+    got = winograd.conv_forward(x, w, b, padding, microkernel.ACTIVATIONS[activation])
     assert got.shape == want.shape
     assert relative_error(got, want) < winograd.WINOGRAD_RTOL
 
@@ -75,7 +74,7 @@ def test_winograd_pooling_transform_matches_its_own_forward(case):
     """The 2x2 max pool made in the output transform: equal to pooling Winograd's own
     forward (the same arithmetic), first maximum wins; against naive within the bound."""
     x, w, b, padding = case
-    y = winograd.conv_forward(x, w, b, padding, relu=True)
+    y = winograd.conv_forward(x, w, b, padding, microkernel.RELU)
     ph, pw = y.shape[1] // 2, y.shape[2] // 2
     if not ph or not pw:
         return
@@ -114,6 +113,9 @@ def test_winograd_error_is_close_to_the_direct_engines():
         ((128, 32, 32, 3), (3, 3, 3, 32), (1, 1), (1, 1), (32, 32), False),  # 3 channels
         ((128, 4, 4, 128), (3, 3, 128, 128), (1, 1), (1, 1), (4, 4), False),  # 4x4 outputs
         ((1, 14, 14, 32), (3, 3, 32, 64), (1, 1), (1, 1), (14, 14), False),  # one sample
+        ((32, 14, 14, 32), (3, 3, 32, 64), (1, 1), (1, 1), (14, 14), True),  # 1,568 tiles
+        ((16, 14, 14, 32), (3, 3, 32, 64), (1, 1), (1, 1), (14, 14), False),  # 784 tiles
+        ((32, 8, 8, 32), (3, 3, 32, 32), (1, 1), (1, 1), (8, 8), False),  # the digits convnet
         ((8, 66, 66, 32), (3, 3, 32, 64), (1, 1), (1, 1), (66, 66), False),  # V, M too big
         ((128, 14, 14, 32), (5, 5, 32, 64), (1, 1), (1, 1), (14, 14), False),  # 5x5
         ((128, 28, 28, 32), (3, 3, 32, 64), (2, 2), (1, 1), (14, 14), False),  # strided
@@ -133,10 +135,10 @@ def test_the_layers_run_winograd_where_the_rule_says_and_agree_with_blas(monkeyp
     """conv2 of the seed convnet at a batch the rule takes: forward, input gradient and the
     fused block on the engine (Winograd) against the im2col + BLAS backend."""
     rng = np.random.default_rng(0)
-    x = rng.uniform(-1, 1, (11, 14, 14, 32)).astype(np.float32)
+    x = rng.uniform(-1, 1, (32, 14, 14, 32)).astype(np.float32)
     w = rng.uniform(-0.2, 0.2, (3, 3, 32, 64)).astype(np.float32)
     b = rng.uniform(-0.2, 0.2, 64).astype(np.float32)
-    dy = rng.uniform(-1, 1, (11, 14, 14, 64)).astype(np.float32)
+    dy = rng.uniform(-1, 1, (32, 14, 14, 64)).astype(np.float32)
     same = ((1, 1), (1, 1))
     assert winograd.chosen(x.shape, w.shape, (1, 1), (1, 1), (14, 14))
     calls = []

@@ -33,7 +33,7 @@ from nbcnn.kernels._jit import kernel
 from nbcnn.kernels.microkernel import (
     ACCUMULATE,
     BIAS,
-    BIAS_RELU,
+    LINEAR,
     RELU_MAXPOOL,
     choose_pool_tile,
     choose_tile,
@@ -72,8 +72,11 @@ def _tiles_per_block(n_tiles, n_column_blocks):
 
 
 @kernel
-def _forward_tiles(config, xp, pixels, taps, wpack, bpack, y, n_pixels, n_filters, per_block):
-    """y[p, f] = act(sum_k xp[pixels[p] + taps[k]] * w[k, f] + b[f]) for p < n_pixels.
+def _forward_tiles(
+    config, xp, pixels, taps, wpack, bpack, y, n_pixels, n_filters, per_block, act
+):  # fmt: skip
+    """y[p, f] = act(sum_k xp[pixels[p] + taps[k]] * w[k, f] + b[f]) for p < n_pixels, act
+    the run-time activation code ``act`` (``microkernel.ACTIVATIONS``).
 
     xp : (*,) float32 flat padded input; pixels : (T * MR,) int64, padded with a valid
     offset; taps : (K,) int64; wpack : (F/NR, K, NR) float32; bpack : (F/NR * NR,) float32;
@@ -103,7 +106,7 @@ def _forward_tiles(config, xp, pixels, taps, wpack, bpack, y, n_pixels, n_filter
             out, at, ld = (scratch, 0, nr) if edge else (y, p0 * n_filters + f0, n_filters)
             tile_kernel(
                 numba.literally(config), xp, pixels, p0, taps, k_len, wb, bpack, f0, out, at, ld,
-                nr if edge else cols,
+                nr if edge else cols, act,
             )  # fmt: skip
             if edge:
                 for r in range(rows):
@@ -211,40 +214,45 @@ def _addressing(x, w_shape, strides, dilation, padding, out_hw, rows_to):
     return xp.reshape(-1), pixels, taps
 
 
-def conv_forward(x, w, b, strides, dilation, padding, out_hw, relu=False):
+def conv_forward(x, w, b, strides, dilation, padding, out_hw, act=LINEAR):
     """y2d (N*OH*OW, F) float32 = act(conv(x, w) + b) for checked, contiguous float32
-    x (N, H, W, C), w (KH, KW, C, F), b (F,) or None; geometry as ``conv.conv2d_forward``.
+    x (N, H, W, C), w (KH, KW, C, F), b (F,) or None; geometry as ``conv.conv2d_forward``;
+    ``act`` an activation code (``microkernel.ACTIVATIONS``).
+
     Winograd F(2x2, 3x3) where its measured rule chooses it (``winograd.chosen``), else the
     direct implicit GEMM."""
     if winograd.chosen(x.shape, w.shape, strides, dilation, out_hw):
-        y = winograd.conv_forward(x, w, b, padding, relu)
+        y = winograd.conv_forward(x, w, b, padding, act)
         return y.reshape(-1, w.shape[3])
-    return _direct_forward(x, w, b, strides, dilation, padding, out_hw, relu)
+    return _direct_forward(x, w, b, strides, dilation, padding, out_hw, act)
 
 
-def _direct_forward(x, w, b, strides, dilation, padding, out_hw, relu=False):
+def _direct_forward(x, w, b, strides, dilation, padding, out_hw, act=LINEAR):
     """``conv_forward`` as the implicit GEMM on the micro-kernel, whatever the shape."""
     kh, kw, channels, filters = w.shape
     n_pixels = x.shape[0] * out_hw[0] * out_hw[1]
     rows = choose_tile(filters).mr
     xp, pixels, taps = _addressing(x, w.shape, strides, dilation, padding, out_hw, rows)
-    return _gathered_product(xp, pixels, taps, w.reshape(-1, filters), n_pixels, b, relu)
+    return _gathered_product(xp, pixels, taps, w.reshape(-1, filters), n_pixels, b, act)
 
 
-def _gathered_product(xp, pixels, taps, w2d, n_pixels, b=None, relu=False):
+def _gathered_product(xp, pixels, taps, w2d, n_pixels, b=None, act=LINEAR):
     """y2d (P, F) float32: y[p, f] = act(sum_k xp[pixels[p] + taps[k]] * w2d[k, f] + b[f]) on
     the micro-kernel, for flat float32 xp, int64 pixels (a multiple of the tile's MR long,
     padded with valid offsets) and taps (K,), w2d (K, F), b (F,) or None."""
     filters = w2d.shape[1]
     tile = choose_tile(filters)
-    config = tile.config(BIAS_RELU if relu else BIAS)
+    config = tile.config(BIAS)
     wpack = pack_weights(w2d, tile.nr)
     bpack = np.zeros(wpack.shape[0] * tile.nr, dtype=np.float32)
     if b is not None:
         bpack[:filters] = b
     y = np.empty(n_pixels * filters, dtype=np.float32)
     per_block = _tiles_per_block(-(-n_pixels // tile.mr), wpack.shape[0])
-    launch(_forward_tiles, config, xp, pixels, taps, wpack, bpack, y, n_pixels, filters, per_block)
+    launch(
+        _forward_tiles, config, xp, pixels, taps, wpack, bpack, y, n_pixels, filters, per_block,
+        act,
+    )  # fmt: skip
     return y.reshape(n_pixels, filters)
 
 
@@ -374,7 +382,7 @@ def _weight_grad_tiles(config, xp, pixels, taps, dzpack, partial, n_pixels, m_bl
                 for mt in range(mb * m_per_block, min((mb + 1) * m_per_block, m_tiles)):
                     tile_kernel(
                         numba.literally(config), xp, taps, mt * mr, rows, end - start, b,
-                        out, 0, out, mt * mr * ldc + fb * nr, ldc, nr,
+                        out, 0, out, mt * mr * ldc + fb * nr, ldc, nr, 0,
                     )  # fmt: skip
 
 

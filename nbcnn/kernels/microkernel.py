@@ -5,6 +5,10 @@ One call computes an MR x NR tile of a product ``C = A @ B`` whose A rows are ga
     acc[r, j] = sum_k A[arow[row0 + r] + koff[k]] * B[k, j]        (r < MR, j < NR)
     C[c_off + r*ldc + j] = act(acc[r, j] + bias[bias_off + j])     (or C[...] += acc[r, j])
 
+with ``act`` chosen at run time (linear, ReLU, ReLU6: ``ACTIVATIONS``), so that one compiled
+tile serves every layer of its shape: each specialisation of a parallel kernel costs numba
+1.2-2.5 s to compile on a first run.
+
 The MR x NR accumulators are vector SSA values (``<VL x float>``) carried through the loop over
 k by phi nodes, so LLVM keeps the whole tile in vector registers; each step loads one A
 element per row, broadcasts it, and does MR * NR/VL fused multiply-adds with NR/VL vectors of
@@ -34,12 +38,18 @@ from numba.extending import intrinsic, register_jitable
 
 #: Bumped whenever the IR below changes: it is encoded in every tile configuration, which
 #: numba's cache keys on, so a stale compiled tile is never reused.
-GENERATOR_VERSION = 5
+GENERATOR_VERSION = 6
 
-#: Epilogues: C = tile + bias; C = max(tile + bias, 0); C += tile; and, for
-#: ``pool_tile_kernel``, max(tile + bias, 0) max-pooled over each window of ``cells``
-#: consecutive rows, with the winning row's index.
-BIAS, BIAS_RELU, ACCUMULATE, RELU_MAXPOOL = 0, 1, 2, 3
+#: Epilogues: C = act(tile + bias), the activation a run-time argument (below); C += tile;
+#: and, for ``pool_tile_kernel``, max(tile + bias, 0) max-pooled over each window of
+#: ``cells`` consecutive rows, with the winning row's index. (1 was BIAS_RELU, before the
+#: activation became a run-time argument: a second compiled kernel for the same tile.)
+BIAS, ACCUMULATE, RELU_MAXPOOL = 0, 2, 3
+
+#: The activations the BIAS epilogue applies, by the run-time code it takes: ``act`` of the
+#: tile kernels and of the Winograd output transform.
+LINEAR, RELU, RELU6 = 0, 1, 2
+ACTIVATIONS = {None: LINEAR, "linear": LINEAR, "relu": RELU, "relu6": RELU6}
 
 # CPUs by the vector width their default features give numba (LLVM's CPU names).
 _WIDTH_16 = (
@@ -67,7 +77,7 @@ class Tile:
         version, passed as a compile-time literal (see :func:`launch`), so each tile is
         compiled once and keyed, in numba's on-disk cache too, by its shape and the
         generator's version."""
-        if epilogue not in (BIAS, BIAS_RELU, ACCUMULATE, RELU_MAXPOOL):
+        if epilogue not in (BIAS, ACCUMULATE, RELU_MAXPOOL):
             raise ValueError(f"unknown epilogue {epilogue!r}")
         if not 1 <= cells <= 127 or self.mr % cells or (cells > 1 and epilogue != RELU_MAXPOOL):
             raise ValueError(f"a {self.mr}-row tile cannot pool windows of {cells} cells")
@@ -111,30 +121,20 @@ def decode(config: int) -> tuple[int, int, int, int, int]:
     return mr, nr, vl, epilogue, cells
 
 
-@dataclass(frozen=True)
-class Literal:
-    """An int argument of :func:`launch` passed as a compile-time literal, like ``config``."""
-
-    value: int
-
-
 def launch(dispatcher, config: int, *args):
-    """Call the numba kernel ``dispatcher(config, *args)`` with ``config`` (and any argument
-    wrapped in :class:`Literal`) as a literal.
+    """Call the numba kernel ``dispatcher(config, *args)`` with ``config`` as a literal (every
+    other argument is a run-time value: each literal is one more compiled specialisation).
 
     Calling a dispatcher with an int whose kernel asks for ``numba.literally`` re-dispatches
     through an exception and type inference on every call (~20 ms measured here); the compiled
     specialisation is looked up, or compiled (or loaded from the cache) once, and called
     directly instead."""
-    sig = (types.IntegerLiteral(config),) + tuple(
-        types.IntegerLiteral(a.value) if isinstance(a, Literal) else typeof(a) for a in args
-    )
+    sig = (types.IntegerLiteral(config),) + tuple(typeof(a) for a in args)
     compiled = dispatcher.overloads.get(sig)
     if compiled is None:
         dispatcher.compile(sig)
         compiled = dispatcher.overloads[sig]
-    values = (a.value if isinstance(a, Literal) else a for a in args)
-    return compiled.entry_point(config, *values)
+    return compiled.entry_point(config, *args)
 
 
 def pack_weights(w2d, nr):
@@ -345,9 +345,23 @@ def lanes_below(builder, count, vl):
     return builder.icmp_signed("<", lanes, splat)
 
 
+def activate(builder, value, act):
+    """``value`` (a float vector) through the activation whose run-time code (``ACTIVATIONS``)
+    is the i64 ``act``: two selects for ReLU, two more for ReLU6, none taken for LINEAR.
+    ReLU maps NaN to 0 (``v > 0`` or 0, as the kernels' gradients test it)."""
+    vec = value.type
+    zero = ir.Constant(vec, [0.0] * vec.count)
+    six = ir.Constant(vec, [6.0] * vec.count)
+    i64 = ir.IntType(64)
+    relu = builder.select(builder.fcmp_ordered(">", value, zero), value, zero)
+    value = builder.select(builder.icmp_signed(">=", act, ir.Constant(i64, RELU)), relu, value)
+    capped = builder.select(builder.fcmp_ordered("<", value, six), value, six)
+    return builder.select(builder.icmp_signed("==", act, ir.Constant(i64, RELU6)), capped, value)
+
+
 @intrinsic
 def tile_kernel(
-    typingctx, config, a, arow, row0, koff, k_len, b, bias, bias_off, c, c_off, ldc, cols
+    typingctx, config, a, arow, row0, koff, k_len, b, bias, bias_off, c, c_off, ldc, cols, act
 ):
     """The micro-kernel (see the module docstring); ``config`` (:meth:`Tile.config`) must be a
     literal.
@@ -356,19 +370,22 @@ def tile_kernel(
     b : (K, NR) float32 C-contiguous, bias : (*,) float32, c : (*,) float32 output. Only the
     first ``cols`` columns of the tile are stored (masked stores when cols < NR: a layer of
     6 filters stores 6 of its 8 lanes in place instead of going through a scratch tile);
-    the ACCUMULATE epilogue stores all NR.
+    the ACCUMULATE epilogue stores all NR. ``act`` : int64, the BIAS epilogue's activation
+    (``ACTIVATIONS``), a run-time value.
     """
     if not isinstance(config, types.IntegerLiteral):
         return None
     mr, nr, vl, epilogue, _ = decode(config.literal_value)
     if epilogue == RELU_MAXPOOL:
         return None
-    sig = types.void(config, a, arow, row0, koff, k_len, b, bias, bias_off, c, c_off, ldc, cols)
+    sig = types.void(
+        config, a, arow, row0, koff, k_len, b, bias, bias_off, c, c_off, ldc, cols, act
+    )
 
     def codegen(context, builder, signature, args):
         i64 = ir.IntType(64)
-        totals, vec, zero = _product(context, builder, signature, args, mr, nr, vl)
-        bias_v, boff_v, c_v, coff_v, ldc_v, cols_v = args[7:]
+        totals, vec, _ = _product(context, builder, signature, args, mr, nr, vl)
+        bias_v, boff_v, c_v, coff_v, ldc_v, cols_v, act_v = args[7:]
         bias_ptr = context.make_array(signature.args[7])(context, builder, bias_v).data
         c_ptr = context.make_array(signature.args[9])(context, builder, c_v).data
         values, targets = [], []
@@ -387,9 +404,7 @@ def tile_kernel(
                         builder.fadd(builder.load(target, align=4), totals[r][j]), target, align=4
                     )
                     continue
-                value = builder.fadd(totals[r][j], bias_vec)
-                if epilogue == BIAS_RELU:  # max(v, 0); NaN becomes 0, as `v > 0` elsewhere
-                    value = builder.select(builder.fcmp_ordered(">", value, zero), value, zero)
+                value = activate(builder, builder.fadd(totals[r][j], bias_vec), act_v)
                 values.append((j, value))
                 targets.append(target)
         if epilogue == ACCUMULATE:

@@ -41,8 +41,10 @@ from nbcnn.kernels._jit import kernel
 from nbcnn.kernels.microkernel import (
     ACCUMULATE,
     BIAS,
-    Literal,
+    LINEAR,
+    RELU,
     _vector_at,
+    activate,
     choose_tile,
     close_loop,
     counted_loop,
@@ -78,7 +80,13 @@ _G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], dtype=n
 #: 1.46 / 1.29; 14x14, 64 -> 10: 1.65 / 1.34; 14x14 32 -> 64 at batch 16: 1.38 / 1.04. Slower:
 #: C = 3 (0.36 / 0.37), C = 8 (0.62-1.10), 4x4 outputs (1.18 / 0.84), 2x2 (0.57 / 0.42),
 #: batch 1 (0.54 / 0.49): too few channels for the GEMMs or too few tiles for the transforms.
-MIN_CHANNELS, MIN_SIDE, MIN_TILES = 16, 8, 512
+#: Under ~1,500 tiles Winograd stopped paying on two threads (forward + weight gradient +
+#: input gradient, direct / Winograd, two runs): 8x8, 32 -> 32 at batch 32 (512 tiles, the
+#: digits convnet) 0.71-0.86, batch 64 0.96-1.04; 8x8, 64 -> 64 at batch 64 0.73-0.97;
+#: 14x14, 32 -> 64 at batch 16 (784 tiles) 0.95-0.96; at batch 32 (1,568) 1.12-1.13, 64
+#: 1.15-1.19; 8x8, 64 -> 64 at batch 128 (2,048) 1.07-1.17; 8x8, 32 -> 32 at 4,096 1.12-1.15.
+#: Left direct, such layers also spare a first run Winograd's compiles (~3 s).
+MIN_CHANNELS, MIN_SIDE, MIN_TILES = 16, 8, 1536
 
 #: And at most this many 2x2 tiles a sample (a 64x64 output): a thread's V and M hold whole
 #: samples, 16 x tiles x (C + F) floats (8 MB at 1,024 tiles and C + F = 128; a 224x224
@@ -179,34 +187,37 @@ def _input_transform(typingctx, config, x, base, col, row, v, v_off, v_step, n_v
 
 @intrinsic
 def _output_transform(
-    typingctx, config, mode, m, m_off, m_step, bias, out, out_off, col, row, rows, cols, filters,
-    code,
+    typingctx, config, act, pool, m, m_off, m_step, bias, out, out_off, col, row, rows, cols,
+    filters, code,
 ):  # fmt: skip
-    """Y = A^T M A (+ bias, then ReLU for mode >= 1) for one tile, VL filters at a time:
-    M[ij] is the vector at m[m_off + ij * m_step + q * VL], bias at bias[q * VL]; mode 0 and
-    1 store Y[a][b] (a < rows, b < cols) at out[out_off + a * row + b * col + q * VL], mode 2
-    stores the 2x2 block's maximum there and the index of its first maximal cell (a * 2 + b)
-    at code[out_off + q * VL]. Lanes past ``filters`` are never stored (masked stores).
-    VL is the vector width of the tile configuration ``config``; it and ``mode`` must be
-    literals."""
-    if not isinstance(config, types.IntegerLiteral) or not isinstance(mode, types.IntegerLiteral):
+    """Y = act(A^T M A + bias) for one tile, VL filters at a time, ``act`` a run-time
+    activation code (``microkernel.ACTIVATIONS``): M[ij] is the vector at m[m_off + ij *
+    m_step + q * VL], bias at bias[q * VL]. Without ``pool`` (a run-time bool) Y[a][b] (a <
+    rows, b < cols) is stored at out[out_off + a * row + b * col + q * VL]; with it, the 2x2
+    block's maximum there and the index of its first maximal cell (a * 2 + b) at
+    code[out_off + q * VL]. Lanes past ``filters`` are never stored (masked stores). VL is
+    the vector width of the tile configuration ``config``, which must be a literal; the
+    activation and the pooling are run-time choices so that one compiled kernel serves them
+    all (each specialisation of ``_winograd`` took numba 2.1-2.5 s to compile)."""
+    if not isinstance(config, types.IntegerLiteral):
         return None
-    vl, kind = decode(config.literal_value)[2], mode.literal_value
+    vl = decode(config.literal_value)[2]
     sig = types.void(
-        config, mode, m, m_off, m_step, bias, out, out_off, col, row, rows, cols, filters, code
-    )
+        config, act, pool, m, m_off, m_step, bias, out, out_off, col, row, rows, cols, filters,
+        code,
+    )  # fmt: skip
 
     def codegen(context, builder, signature, args):
         i64, i8 = ir.IntType(64), ir.IntType(8)
         vec = ir.VectorType(ir.FloatType(), vl)
         codes = ir.VectorType(i8, vl)
-        (_, _, m_v, moff_v, mstep_v, bias_v, out_v, ooff_v, col_v, row_v, rows_v, cols_v,
-         filters_v, code_v) = args  # fmt: skip
-        m_ptr = context.make_array(signature.args[2])(context, builder, m_v).data
-        bias_ptr = context.make_array(signature.args[5])(context, builder, bias_v).data
-        out_ptr = context.make_array(signature.args[6])(context, builder, out_v).data
-        code_ptr = context.make_array(signature.args[13])(context, builder, code_v).data
-        zero = ir.Constant(vec, [0.0] * vl)
+        (_, act_v, pool_v, m_v, moff_v, mstep_v, bias_v, out_v, ooff_v, col_v, row_v, rows_v,
+         cols_v, filters_v, code_v) = args  # fmt: skip
+        m_ptr = context.make_array(signature.args[3])(context, builder, m_v).data
+        bias_ptr = context.make_array(signature.args[6])(context, builder, bias_v).data
+        out_ptr = context.make_array(signature.args[7])(context, builder, out_v).data
+        code_ptr = context.make_array(signature.args[14])(context, builder, code_v).data
+        pooled = context.cast(builder, pool_v, signature.args[2], types.boolean)
         n_vec = builder.sdiv(builder.add(filters_v, ir.Constant(i64, vl - 1)), ir.Constant(i64, vl))
         q, _, _, done = counted_loop(builder, n_vec, "out")
         lane0 = builder.mul(q, ir.Constant(i64, vl))
@@ -235,40 +246,44 @@ def _output_transform(
         for b in range(2):
             top, bottom = at_(*(cols_t[i][b] for i in range(4)))
             for a, value in enumerate((top, bottom)):
-                value = builder.fadd(value, bias_vec)
-                if kind >= 1:  # ReLU: v > 0 or 0 (NaN becomes 0, as in the tiles)
-                    value = builder.select(builder.fcmp_ordered(">", value, zero), value, zero)
-                y[a][b] = value
+                y[a][b] = activate(builder, builder.fadd(value, bias_vec), act_v)
         out_at = builder.add(ooff_v, lane0)
-        if kind == 2:
-            best = y[0][0]
-            winner = ir.Constant(codes, [0] * vl)
-            for cell, value in ((1, y[0][1]), (2, y[1][0]), (3, y[1][1])):
-                take = builder.fcmp_ordered(">", value, best)
-                best = builder.select(take, value, best)
-                winner = builder.select(take, ir.Constant(codes, [cell] * vl), winner)
-            masked_store(builder, best, _vector_at(builder, out_ptr, out_at, vec), mask)
-            masked_store(builder, winner, _vector_at(builder, code_ptr, out_at, codes), mask)
-        else:
-            for a in range(2):
-                for b in range(2):
-                    inside = builder.and_(
-                        builder.icmp_signed(">", rows_v, ir.Constant(i64, a)),
-                        builder.icmp_signed(">", cols_v, ir.Constant(i64, b)),
-                    )
-                    with builder.if_then(inside):
-                        at = builder.add(
-                            out_at,
-                            builder.add(
-                                builder.mul(row_v, ir.Constant(i64, a)),
-                                builder.mul(col_v, ir.Constant(i64, b)),
-                            ),
-                        )
-                        masked_store(builder, y[a][b], _vector_at(builder, out_ptr, at, vec), mask)
+        with builder.if_else(pooled) as (pooling, plain):
+            with pooling:
+                best = y[0][0]
+                winner = ir.Constant(codes, [0] * vl)
+                for cell, value in ((1, y[0][1]), (2, y[1][0]), (3, y[1][1])):
+                    take = builder.fcmp_ordered(">", value, best)
+                    best = builder.select(take, value, best)
+                    winner = builder.select(take, ir.Constant(codes, [cell] * vl), winner)
+                masked_store(builder, best, _vector_at(builder, out_ptr, out_at, vec), mask)
+                masked_store(builder, winner, _vector_at(builder, code_ptr, out_at, codes), mask)
+            with plain:
+                _store_tile(builder, y, out_ptr, out_at, row_v, col_v, rows_v, cols_v, vec, mask)
         close_loop(builder, q, n_vec, done)
         return context.get_dummy_value()
 
     return sig, codegen
+
+
+def _store_tile(builder, y, out_ptr, out_at, row_v, col_v, rows_v, cols_v, vec, mask):
+    """Store the 2x2 output tile y[a][b] (a < rows, b < cols) at out_at + a * row + b * col."""
+    i64 = ir.IntType(64)
+    for a in range(2):
+        for b in range(2):
+            inside = builder.and_(
+                builder.icmp_signed(">", rows_v, ir.Constant(i64, a)),
+                builder.icmp_signed(">", cols_v, ir.Constant(i64, b)),
+            )
+            with builder.if_then(inside):
+                at = builder.add(
+                    out_at,
+                    builder.add(
+                        builder.mul(row_v, ir.Constant(i64, a)),
+                        builder.mul(col_v, ir.Constant(i64, b)),
+                    ),
+                )
+                masked_store(builder, y[a][b], _vector_at(builder, out_ptr, at, vec), mask)
 
 
 @numba.njit(inline="always")
@@ -288,7 +303,9 @@ def _transform_inputs(config, xf, n0, n1, tiles_hw, padded_hw, c_pad, v, plane):
 
 
 @kernel
-def _winograd(config, xp, upack, bias, rows, channel_offsets, tiles_hw, per_item, out, code, mode):
+def _winograd(
+    config, xp, upack, bias, rows, channel_offsets, tiles_hw, per_item, out, code, act, pool
+):  # fmt: skip
     """The forward over the batch: a prange over groups of ``per_item`` samples, each taken
     through the input transform, the 16 GEMMs and the output transform with its own V, M.
 
@@ -296,9 +313,10 @@ def _winograd(config, xp, upack, bias, rows, channel_offsets, tiles_hw, per_item
     more row or column where the output size is odd) and in channels to a multiple of VL;
     upack : (16, F/NR, C, NR) float32; bias : (F/NR * NR,) float32, zero past F; rows :
     (>= T_item,) int64 = t * C_pad (a multiple of MR long); channel_offsets : (C,) int64 =
-    arange(C); tiles_hw = (TH, TW). mode 0: out (N, OH, OW, F) = conv + bias; 1: the same
-    with ReLU; 2: out (N, OH//2, OW//2, F) = 2x2 max pool of relu(conv + bias) and code
-    (same shape, int8) the first winning cell, u * 2 + v. mode is a literal.
+    arange(C); tiles_hw = (TH, TW). out (N, OH, OW, F) = act(conv + bias), ``act`` an
+    activation code (``microkernel.ACTIVATIONS``); with ``pool``, out (N, OH//2, OW//2, F) =
+    the 2x2 max pool of act(conv + bias) and code (same shape, int8) the first winning cell,
+    u * 2 + v.
     """
     mr = tile_rows(config)
     nr = tile_cols(config)
@@ -334,12 +352,13 @@ def _winograd(config, xp, upack, bias, rows, channel_offsets, tiles_hw, per_item
                     tile_kernel(
                         numba.literally(config), vij, rows, rt * mr, channel_offsets, channels,
                         upack[ij, fb], zero_bias, 0, mij, rt * mr * f_pad + fb * nr, f_pad, nr,
+                        LINEAR,
                     )  # fmt: skip
         for n in range(n0, n1):
             for ti in range(th):
                 for tj in range(tw):
                     t = ((n - n0) * th + ti) * tw + tj
-                    if mode == 2:
+                    if pool:
                         if ti >= out_h or tj >= out_w:
                             continue  # a pooling floor: no whole window
                         at = ((n * out_h + ti) * out_w + tj) * n_filters
@@ -349,9 +368,9 @@ def _winograd(config, xp, upack, bias, rows, channel_offsets, tiles_hw, per_item
                         rows_left = min(2, out_h - 2 * ti)
                         cols_left = min(2, out_w - 2 * tj)
                     _output_transform(
-                        numba.literally(config), numba.literally(mode), m, t * f_pad, t_pad * f_pad,
-                        bias, outf, at, n_filters, out_w * n_filters, rows_left, cols_left,
-                        n_filters, codef,
+                        numba.literally(config), act, pool, m, t * f_pad, t_pad * f_pad, bias,
+                        outf, at, n_filters, out_w * n_filters, rows_left, cols_left, n_filters,
+                        codef,
                     )  # fmt: skip
 
 
@@ -466,7 +485,7 @@ def _winograd_weight_grad(config, xp, dzp, channel_rows, tiles_hw, per_item, par
                 for mt in range(m_pad // mr):
                     tile_kernel(
                         numba.literally(config), vij, channel_rows, mt * mr, taps, n_tiles, b,
-                        out, 0, out, ij * plane + mt * mr * f_pad + fb * nr, f_pad, nr,
+                        out, 0, out, ij * plane + mt * mr * f_pad + fb * nr, f_pad, nr, LINEAR,
                     )  # fmt: skip
 
 
@@ -517,7 +536,7 @@ def _samples_per_item(n_samples, tiles_per_sample):
     return min(per_item, max(1, -(-n_samples // (2 * numba.get_num_threads()))))
 
 
-def _run(x, w, b, padding, mode, out_shape):
+def _run(x, w, b, padding, act, pool, out_shape):
     """Shared set-up of ``conv_forward`` and ``conv_relu_maxpool``."""
     n_samples, height, width, channels = x.shape
     filters = w.shape[3]
@@ -536,21 +555,22 @@ def _run(x, w, b, padding, mode, out_shape):
     if b is not None:
         bias[:filters] = b
     out = np.empty(out_shape, dtype=np.float32)
-    code = np.empty(out_shape if mode == 2 else (1, 1, 1, 1), dtype=np.int8)
+    code = np.empty(out_shape if pool else (1, 1, 1, 1), dtype=np.int8)
     launch(
         _winograd, tile.config(BIAS), xp, upack, bias, rows, np.arange(channels, dtype=np.int64),
-        (th, tw), per_item, out, code, Literal(mode),
+        (th, tw), per_item, out, code, act, pool,
     )  # fmt: skip
     return out, code
 
 
-def conv_forward(x, w, b, padding, relu=False):
+def conv_forward(x, w, b, padding, act=LINEAR):
     """y (N, OH, OW, F) float32 = act(conv(x, w) + b) for a 3x3, stride-1, undilated
     convolution of checked, contiguous float32 x (N, H, W, C), w (3, 3, C, F), b (F,) or
-    None, zero padding ((top, bottom), (left, right))."""
+    None, zero padding ((top, bottom), (left, right)); ``act`` an activation code
+    (``microkernel.ACTIVATIONS``)."""
     (top, bottom), (left, right) = padding
     out_hw = (x.shape[1] + top + bottom - 2, x.shape[2] + left + right - 2)
-    out, _ = _run(x, w, b, padding, 1 if relu else 0, (x.shape[0], *out_hw, w.shape[3]))
+    out, _ = _run(x, w, b, padding, act, False, (x.shape[0], *out_hw, w.shape[3]))
     return out
 
 
@@ -561,4 +581,4 @@ def conv_relu_maxpool(x, w, b, padding):
     (top, bottom), (left, right) = padding
     out_hw = (x.shape[1] + top + bottom - 2, x.shape[2] + left + right - 2)
     shape = (x.shape[0], out_hw[0] // 2, out_hw[1] // 2, w.shape[3])
-    return _run(x, w, b, padding, 2, shape)
+    return _run(x, w, b, padding, RELU, True, shape)

@@ -159,12 +159,13 @@ class _Conv(Layer):
             self.grads["bias"] = db
 
     def forward(self, x, training=False):
-        from nbcnn.kernels.conv import conv2d_forward
+        from nbcnn.kernels.conv import FUSED_ACTIVATIONS, conv2d_forward
 
         x4 = self._as_4d(x)
-        # ReLU runs inside the kernel's bias pass, and its mask inside the backward's bias-
-        # gradient pass: two passes over the output fewer each way.
-        fused_relu = self.activation == "relu"
+        # ReLU and ReLU6 run inside the kernel (the engine: in the tile's epilogue), and their
+        # mask inside the backward's bias-gradient pass: two passes over the output fewer
+        # each way. Other activations run on the output in NumPy.
+        in_kernel = self.activation if self.activation in FUSED_ACTIVATIONS else None
         # A training forward keeps its im2col columns for the backward (see im2col_gemm).
         w, strides, dilation, pads = self._kernel_args()
         y, cols = conv2d_forward(
@@ -174,14 +175,14 @@ class _Conv(Layer):
             strides,
             dilation,
             pads,
-            relu=fused_relu,
+            activation=in_kernel,
             return_cols=True,
         )
         if training:
             self._x4, self._cols = x4, cols
-            self._y4 = y if fused_relu else None
+            self._y4 = y if in_kernel else None
         y = y.reshape(x.shape[0], *self.out_shape)
-        return y if fused_relu else self.activate(y, training)
+        return y if in_kernel else self.activate(y, training)
 
     def backward(self, dy):
         from nbcnn.kernels.conv import conv2d_backward
@@ -194,6 +195,7 @@ class _Conv(Layer):
             *self._kernel_args(),
             need_dx=self.input_grad_needed,
             relu_output=self._y4,
+            activation=self.activation if self._y4 is not None else "relu",
             cols=self._cols,
         )
         self._cols = None  # overwritten by the backward, and no longer needed
