@@ -47,7 +47,7 @@ def engine_cases(draw):
     x = rng.uniform(-2, 2, (n, *g.in_hw, c)).astype(np.float32)
     w = rng.uniform(-2, 2, (*g.kernel, c, f)).astype(np.float32)
     b = rng.uniform(-2, 2, f).astype(np.float32)
-    return g, x, w, b, draw(st.sampled_from(["linear", "relu", "relu6", "sigmoid", "tanh", "elu"]))
+    return g, x, w, b, draw(st.sampled_from(["linear", "relu", "relu6"]))
 
 
 @settings(max_examples=40, deadline=None)
@@ -235,14 +235,7 @@ SCRIPT = textwrap.dedent(
         padding = ((pad, pad), (pad, pad))
         linear = naive.conv2d_forward(x, w, b, (s, s), (1, 1), padding)
         want = np.maximum(linear, 0)
-        below = np.expm1(np.minimum(linear, 0))
-        curves = [
-            (microkernel.RELU, want), (microkernel.RELU6, np.clip(linear, 0, 6)),
-            (microkernel.TANH, np.tanh(linear)),
-            (microkernel.ELU, np.where(linear > 0, linear, below)),
-            (microkernel.SIGMOID, 0.5 * (1 + np.tanh(linear / 2))),
-        ]
-        for act, expected in curves:
+        for act, expected in ((microkernel.RELU, want), (microkernel.RELU6, np.clip(linear, 0, 6))):
             got = engine.conv_forward(x, w, b, (s, s), (1, 1), padding, want.shape[1:3], act)
             error = np.abs(got.reshape(want.shape) - expected).max() / max(np.abs(want).max(), 1)
             worst = max(worst, float(error))

@@ -25,7 +25,6 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from nbcnn.kernels import conv, pool
-from nbcnn.layers import activations
 
 # float32 kernels against float64 references: sums here have at most a few hundred terms of
 # size <= 4, so a relative 1e-4 (and the same relative to the largest value, for entries that
@@ -485,10 +484,10 @@ def test_threading_info_says_whether_openblas_saw_the_thread_timeout(imports, ex
     same=st.booleans(),
     seed=st.integers(0, 2**16),
 )
-@pytest.mark.parametrize("activation", ["relu", "relu6", "sigmoid", "tanh", "elu"])
+@pytest.mark.parametrize("activation", ["relu", "relu6"])
 def test_fused_activation_forward_and_backward(channels, stride, same, seed, activation):
-    """activation='relu' (or relu=True) equals max(conv, 0), 'relu6' clip(conv, 0, 6), the
-    others NumPy's; relu_output multiplies dy by the activation's derivative."""
+    """activation='relu' (or relu=True) equals max(conv, 0), 'relu6' clip(conv, 0, 6);
+    relu_output masks dy like the activation's derivative."""
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(2, 7, 6, channels)).astype(np.float32)
     w = rng.normal(size=(3, 3, channels, 4)).astype(np.float32) * 2  # some outputs past 6
@@ -497,13 +496,14 @@ def test_fused_activation_forward_and_backward(channels, stride, same, seed, act
     args = ((stride, stride), (1, 1), pads)
     y = conv.conv2d_forward(x, w, b, *args, activation=activation)
     linear = naive.conv2d_forward(x, w, b, *args)
-    np.testing.assert_allclose(y, activations.forward(activation, linear), rtol=1e-4, atol=1e-4)
+    expected = np.clip(linear, 0, 6 if activation == "relu6" else None)
+    np.testing.assert_allclose(y, expected, rtol=1e-4, atol=1e-4)
     if activation == "relu":
         np.testing.assert_array_equal(conv.conv2d_forward(x, w, b, *args, relu=True), y)
     dy = rng.normal(size=y.shape).astype(np.float32)
     dx, dw, db = conv.conv2d_backward(dy, x, w, *args, relu_output=y, activation=activation)
-    dz = activations.backward(activation, dy, linear, activations.forward(activation, linear))
-    ndx, ndw, ndb = naive.conv2d_backward(dz.astype(np.float32), x, w, *args)
+    mask = (y > 0) & (y < 6) if activation == "relu6" else y > 0
+    ndx, ndw, ndb = naive.conv2d_backward(dy * mask, x, w, *args)
     for got, want in ((dx, ndx), (dw, ndw), (db, ndb)):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 

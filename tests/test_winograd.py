@@ -44,10 +44,7 @@ def relative_error(got, want):
 
 
 @settings(max_examples=40, deadline=None)
-@given(
-    case=winograd_cases(),
-    activation=st.sampled_from(["linear", "relu", "relu6", "sigmoid", "tanh", "elu"]),
-)
+@given(case=winograd_cases(), activation=st.sampled_from(["linear", "relu", "relu6"]))
 def test_winograd_forward_matches_naive_within_its_bound(case, activation):
     x, w, b, padding = case
     want = activations.forward(activation, naive.conv2d_forward(x, w, b, (1, 1), (1, 1), padding))

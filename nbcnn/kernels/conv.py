@@ -221,15 +221,14 @@ def _columns(x, kernel_hw, strides, dilation, padding, out_hw):
     return cols
 
 
-#: Activations that ``conv2d_forward`` applies itself (the engine: in the tile's epilogue,
-#: while the tile is in registers; the im2col path: ReLU and ReLU6 in its bias pass, the others
-#: in NumPy after it) and whose derivative ``conv2d_backward`` reads off the output.
-FUSED_ACTIVATIONS = ("relu", "relu6", "sigmoid", "tanh", "elu")
+#: Activations that ``conv2d_forward`` applies in its own pass (the engine: in the tile's
+#: epilogue) and whose derivative ``conv2d_backward`` reads off the output.
+FUSED_ACTIVATIONS = ("relu", "relu6")
 
 
 def _activation_code(activation, relu):
     """The kernels' run-time activation code (microkernel.ACTIVATIONS) of ``activation``
-    (None, 'linear' or one of FUSED_ACTIVATIONS), or ReLU's for the older ``relu=True``."""
+    (None, 'linear', 'relu' or 'relu6'), or ReLU's for the older spelling ``relu=True``."""
     from nbcnn.kernels.microkernel import ACTIVATIONS
 
     if relu and activation not in (None, "relu"):
@@ -255,9 +254,8 @@ def conv2d_forward(
     strides : (sh, sw) ints >= 1
     dilation : (dil_h, dil_w) ints >= 1
     padding : ((top, bottom), (left, right)) ints >= 0
-    activation : None, 'linear' or one of ``FUSED_ACTIVATIONS`` ('relu', 'relu6', 'sigmoid',
-        'tanh', 'elu'), applied by the kernel (on the engine, while the output tile is in
-        registers)
+    activation : None, 'linear', 'relu' or 'relu6', applied in the same pass (on the engine,
+        while the output tile is in registers)
     relu : ``activation='relu'``, the older spelling
     return_cols : also return the im2col columns, for ``conv2d_backward(cols=...)``
 
@@ -286,10 +284,6 @@ def conv2d_forward(
     else:
         y2d, cols = im2col_gemm(x, w, strides, dilation, padding, (out_h, out_w))
         _bias_activation(y2d, b, act)
-        if activation not in (None, "linear", "relu", "relu6"):  # not in the bias pass
-            from nbcnn.layers.activations import forward
-
-            y2d = forward(activation, y2d)
     y = y2d.reshape(n_samples, out_h, out_w, filters)
     return (y, cols) if return_cols else y
 
@@ -334,11 +328,10 @@ def conv2d_backward(
     strides, dilation, padding : as in ``conv2d_forward``
     need_dx : False skips dx (the first layer has no use for it): one GEMM and col2im fewer.
     relu_output : (N, OH, OW, F) float32, the forward's output when it was computed with
-        an ``activation`` of ``FUSED_ACTIVATIONS``; dy is then the gradient w.r.t. that output
-        and is multiplied by the activation's derivative read off it (ReLU: y > 0, ReLU6:
-        0 < y < 6, in the same pass that sums the bias gradient; sigmoid y (1 - y), tanh
-        1 - y^2, ELU 1 or y + 1).
-    activation : which of ``FUSED_ACTIVATIONS`` ``relu_output`` came from.
+        a fused ``activation`` ('relu' or 'relu6'); dy is then the gradient w.r.t. that output
+        and is masked by the activation's derivative read off it (y > 0; 0 < y < 6) here, in
+        the same pass that sums the bias gradient.
+    activation : which fused activation ``relu_output`` came from: 'relu' or 'relu6'.
     cols : the columns ``conv2d_forward(..., return_cols=True)`` returned for this x, or None
         (they are rebuilt). They are overwritten: pass them to one backward only.
 
@@ -365,15 +358,9 @@ def conv2d_backward(
         _checks.same_shape("relu_output", relu_output, dy.shape)
         if activation not in FUSED_ACTIVATIONS:
             raise ValueError(f"relu_output given for activation {activation!r}")
-        if activation in ("relu", "relu6"):  # the mask and the bias sums in one pass
-            dz = np.empty_like(dy)
-            act = _activation_code(activation, False)
-            _gated_bias_grad(dy, relu_output, NO_CODE, 1, 1, act, dz, db_per_sample)
-        else:  # NumPy's vectorized passes
-            from nbcnn.layers.activations import backward_from_output
-
-            dz = np.ascontiguousarray(backward_from_output(activation, dy, relu_output))
-            _bias_grad(dz, db_per_sample)
+        dz = np.empty_like(dy)
+        act = _activation_code(activation, False)
+        _gated_bias_grad(dy, relu_output, NO_CODE, 1, 1, act, dz, db_per_sample)
         dy = dz
     db = db_per_sample.sum(axis=0).astype(np.float32)
     dx, dw = im2col_gemm_backward(dy, x, w, strides, dilation, padding, need_dx, cols)

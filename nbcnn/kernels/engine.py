@@ -35,7 +35,6 @@ from nbcnn.kernels.microkernel import (
     BIAS,
     LINEAR,
     RELU_MAXPOOL,
-    activate_rows,
     choose_pool_tile,
     choose_tile,
     launch,
@@ -109,8 +108,6 @@ def _forward_tiles(
                 numba.literally(config), xp, pixels, p0, taps, k_len, wb, bpack, f0, out, at, ld,
                 nr if edge else cols, act,
             )  # fmt: skip
-            # Sigmoid, tanh, ELU: applied to the tile just stored (nothing for the others).
-            activate_rows(numba.literally(config), out, at, ld, rows, cols, act)
             if edge:
                 for r in range(rows):
                     for j in range(cols):

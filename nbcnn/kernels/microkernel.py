@@ -36,11 +36,9 @@ from numba import typeof, types
 from numba.core import cgutils
 from numba.extending import intrinsic, register_jitable
 
-from nbcnn.kernels.vecmath import ELU, SIGMOID, TANH, call_activation
-
 #: Bumped whenever the IR below changes: it is encoded in every tile configuration, which
 #: numba's cache keys on, so a stale compiled tile is never reused.
-GENERATOR_VERSION = 7
+GENERATOR_VERSION = 6
 
 #: Epilogues: C = act(tile + bias), the activation a run-time argument (below); C += tile;
 #: and, for ``pool_tile_kernel``, max(tile + bias, 0) max-pooled over each window of
@@ -49,13 +47,9 @@ GENERATOR_VERSION = 7
 BIAS, ACCUMULATE, RELU_MAXPOOL = 0, 2, 3
 
 #: The activations the BIAS epilogue applies, by the run-time code it takes: ``act`` of the
-#: tile kernels and of the Winograd output transform. ReLU and ReLU6 are selects in line;
-#: sigmoid, tanh and ELU (codes from ``vecmath``) a call to the module's vector function.
+#: tile kernels and of the Winograd output transform.
 LINEAR, RELU, RELU6 = 0, 1, 2
-ACTIVATIONS = {
-    None: LINEAR, "linear": LINEAR, "relu": RELU, "relu6": RELU6, "sigmoid": SIGMOID,
-    "tanh": TANH, "elu": ELU,
-}  # fmt: skip
+ACTIVATIONS = {None: LINEAR, "linear": LINEAR, "relu": RELU, "relu6": RELU6}
 
 # CPUs by the vector width their default features give numba (LLVM's CPU names).
 _WIDTH_16 = (
@@ -351,85 +345,18 @@ def lanes_below(builder, count, vl):
     return builder.icmp_signed("<", lanes, splat)
 
 
-def activate(builder, value, act, curves=True):
+def activate(builder, value, act):
     """``value`` (a float vector) through the activation whose run-time code (``ACTIVATIONS``)
-    is the i64 ``act``: selects for ReLU and ReLU6 (LINEAR takes none), and for sigmoid, tanh
-    and ELU, with ``curves``, a branch (the same way for a whole layer, so predicted) to a call
-    of ``vecmath``'s function; without ``curves`` those codes leave ``value`` as it is (the
-    tiles apply them after their store, see ``activate_rows``). ReLU maps NaN to 0 (``v > 0``
-    or 0, as the kernels' gradients test it)."""
+    is the i64 ``act``: two selects for ReLU, two more for ReLU6, none taken for LINEAR.
+    ReLU maps NaN to 0 (``v > 0`` or 0, as the kernels' gradients test it)."""
     vec = value.type
     zero = ir.Constant(vec, [0.0] * vec.count)
     six = ir.Constant(vec, [6.0] * vec.count)
     i64 = ir.IntType(64)
-    capped = builder.icmp_signed("==", act, ir.Constant(i64, RELU6))
-    rectified = builder.or_(builder.icmp_signed("==", act, ir.Constant(i64, RELU)), capped)
     relu = builder.select(builder.fcmp_ordered(">", value, zero), value, zero)
-    value = builder.select(rectified, relu, value)
-    value = builder.select(
-        capped, builder.select(builder.fcmp_ordered("<", value, six), value, six), value
-    )
-    if not curves:
-        return value
-    before = builder.block
-    with builder.if_then(builder.icmp_signed(">=", act, ir.Constant(i64, SIGMOID)), likely=False):
-        curved = call_activation(builder, value, act)
-        after = builder.block
-    result = builder.phi(vec)
-    result.add_incoming(value, before)
-    result.add_incoming(curved, after)
-    return result
-
-
-def _masked_load(builder, ptr, mask):
-    """llvm.masked.load of a float vector: the lanes where ``mask`` is true, zeros elsewhere."""
-    vec = ptr.type.pointee
-    fn = cgutils.get_or_insert_function(
-        builder.module,
-        ir.FunctionType(vec, [vec.as_pointer(), ir.IntType(32), mask.type, vec]),
-        f"llvm.masked.load.v{vec.count}f32.p0v{vec.count}f32",
-    )
-    zero = ir.Constant(vec, [0.0] * vec.count)
-    return builder.call(fn, [ptr, ir.Constant(ir.IntType(32), 1), mask, zero])
-
-
-@intrinsic
-def activate_rows(typingctx, config, c, c_off, ldc, rows, cols, act):
-    """c[c_off + r * ldc + j] = act(c[...]) in place for r < rows, j < cols: the curved
-    activations (sigmoid, tanh, ELU: ``act`` >= SIGMOID; others do nothing) of a tile the
-    caller has just stored, still in L1, a vector at a time (masked past ``cols``) through
-    ``vecmath``'s function. Called from inside the tile, that function made LLVM spill and
-    reload the tile's accumulators around every call (conv2 of the seed convnet with tanh,
-    one thread: 9.5 ms linear, 11.4-14.2 with the calls in the tile). ``config`` (a literal)
-    gives the vector width."""
-    if not isinstance(config, types.IntegerLiteral):
-        return None
-    vl = decode(config.literal_value)[2]
-    sig = types.void(config, c, c_off, ldc, rows, cols, act)
-
-    def codegen(context, builder, signature, args):
-        i64 = ir.IntType(64)
-        vec = ir.VectorType(ir.FloatType(), vl)
-        _, c_v, coff_v, ldc_v, rows_v, cols_v, act_v = args
-        c_ptr = context.make_array(signature.args[1])(context, builder, c_v).data
-        curved = builder.icmp_signed(">=", act_v, ir.Constant(i64, SIGMOID))
-        with builder.if_then(curved, likely=False):
-            n_vec = builder.sdiv(
-                builder.add(cols_v, ir.Constant(i64, vl - 1)), ir.Constant(i64, vl)
-            )
-            r, _, _, rows_done = counted_loop(builder, rows_v, "act_rows")
-            line = builder.add(coff_v, builder.mul(r, ldc_v))
-            q, _, _, row_done = counted_loop(builder, n_vec, "act_cols")
-            lane0 = builder.mul(q, ir.Constant(i64, vl))
-            mask = lanes_below(builder, builder.sub(cols_v, lane0), vl)
-            ptr = _vector_at(builder, c_ptr, builder.add(line, lane0), vec)
-            value = call_activation(builder, _masked_load(builder, ptr, mask), act_v)
-            masked_store(builder, value, ptr, mask)
-            close_loop(builder, q, n_vec, row_done)
-            close_loop(builder, r, rows_v, rows_done)
-        return context.get_dummy_value()
-
-    return sig, codegen
+    value = builder.select(builder.icmp_signed(">=", act, ir.Constant(i64, RELU)), relu, value)
+    capped = builder.select(builder.fcmp_ordered("<", value, six), value, six)
+    return builder.select(builder.icmp_signed("==", act, ir.Constant(i64, RELU6)), capped, value)
 
 
 @intrinsic
@@ -477,7 +404,7 @@ def tile_kernel(
                         builder.fadd(builder.load(target, align=4), totals[r][j]), target, align=4
                     )
                     continue
-                value = activate(builder, builder.fadd(totals[r][j], bias_vec), act_v, False)
+                value = activate(builder, builder.fadd(totals[r][j], bias_vec), act_v)
                 values.append((j, value))
                 targets.append(target)
         if epilogue == ACCUMULATE:

@@ -47,29 +47,6 @@ def forward(name: str | None, z: np.ndarray) -> np.ndarray:
     raise ValueError(f"unknown activation {name!r}")
 
 
-#: Activations whose derivative is a function of their output alone: a kernel that applies one
-#: in its own pass keeps only the output, and the backward reads the derivative off it.
-FROM_OUTPUT = ("linear", "relu", "relu6", "sigmoid", "tanh", "elu")
-
-
-def backward_from_output(name: str | None, dy: np.ndarray, a: np.ndarray) -> np.ndarray:
-    """Gradient w.r.t. ``z`` given ``dy`` and only ``a = forward(name, z)``, for a name in
-    ``FROM_OUTPUT`` (or None): ReLU's z > 0 is a > 0, ELU's too."""
-    if name in (None, "linear"):
-        return dy
-    if name == "relu":
-        return dy * (a > 0)
-    if name == "relu6":
-        return dy * ((a > 0) & (a < 6))
-    if name == "sigmoid":
-        return dy * a * (1 - a)
-    if name == "tanh":
-        return dy * (1 - a * a)
-    if name == "elu":
-        return dy * np.where(a > 0, 1, a + 1).astype(np.float32)
-    raise ValueError(f"activation {name!r} needs its input for its derivative")
-
-
 def backward(name: str | None, dy: np.ndarray, z: np.ndarray, a: np.ndarray) -> np.ndarray:
     """Gradient w.r.t. ``z`` given ``dy`` = gradient w.r.t. ``a = forward(name, z)``."""
     if name in (None, "linear"):
