@@ -120,6 +120,29 @@ def test_depthwise_matches_naive(case):
     check_against_naive(*case)
 
 
+@pytest.mark.parametrize("channels", [16, 19, 64])  # whole vectors and a remainder
+@pytest.mark.parametrize("mult", [1, 2])
+@pytest.mark.parametrize(
+    "g",
+    [
+        Geometry((9, 8), (3, 3), (1, 1), (1, 1), ((1, 1), (1, 1)), (9, 8)),  # 'same'
+        Geometry((9, 9), (3, 3), (2, 2), (1, 1), ((1, 1), (1, 1)), (5, 5)),  # strided
+        Geometry((9, 8), (3, 3), (1, 1), (2, 2), ((2, 2), (2, 2)), (9, 8)),  # dilated
+        Geometry((7, 9), (2, 3), (1, 2), (1, 1), ((0, 1), (1, 1)), (7, 5)),  # not 3x3
+    ],
+    ids=["same", "strided", "dilated", "2x3"],
+)
+def test_wide_channels_match_naive(g, mult, channels):
+    """Channel counts that fill vectors (the kernels' vector loops and the 3x3 interior
+    columns summed in registers; the Hypothesis cases above have at most 4 channels)."""
+    rng = np.random.default_rng(channels * 10 + mult)
+    x = rng.uniform(-2, 2, (2, *g.in_hw, channels)).astype(np.float32)
+    w = rng.uniform(-2, 2, (*g.kernel, channels, mult)).astype(np.float32)
+    b = rng.uniform(-2, 2, channels * mult).astype(np.float32)
+    dy = rng.uniform(-2, 2, (2, *g.out_hw, channels * mult)).astype(np.float32)
+    check_against_naive(g, x, w, b, dy)
+
+
 FD_GEOMETRIES = [
     Geometry((5, 5), (3, 3), (1, 1), (1, 1), ((1, 1), (1, 1)), (5, 5)),  # 'same', overlapping
     Geometry((6, 5), (2, 3), (2, 2), (1, 1), ((0, 0), (0, 0)), (3, 2)),  # rectangular, strided
