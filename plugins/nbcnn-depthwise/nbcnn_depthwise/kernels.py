@@ -155,6 +155,29 @@ def _backward(dy, x, w, sh, sw, dil_h, dil_w, top, left, need_dx, dx, dw_per_sam
                     lo, hi = _columns(out_w, width, sw, offset)
                     taps = w[a, e]
                     dtaps = dw_per_sample[n, a, e]
+                    if mult == 1 and not need_dx:
+                        # Four columns a pass: the tap's sums are loaded and stored once per
+                        # four products instead of once per product (the same sums, in the
+                        # same order). 32x56x56x64, one thread: dw 15.4-17.0 -> 11.9-12.4 ms.
+                        while lo + 4 <= hi:
+                            s0 = x[n, h, lo * sw + offset]
+                            s1 = x[n, h, (lo + 1) * sw + offset]
+                            s2 = x[n, h, (lo + 2) * sw + offset]
+                            s3 = x[n, h, (lo + 3) * sw + offset]
+                            g0, g1, g2, g3 = (
+                                dy[n, i, lo],
+                                dy[n, i, lo + 1],
+                                dy[n, i, lo + 2],
+                                dy[n, i, lo + 3],
+                            )
+                            for k in range(channels):
+                                total = dtaps[k]
+                                total += s0[k] * g0[k]
+                                total += s1[k] * g1[k]
+                                total += s2[k] * g2[k]
+                                total += s3[k] * g3[k]
+                                dtaps[k] = total
+                            lo += 4
                     for j in range(lo, hi):
                         source = x[n, h, j * sw + offset]
                         grad = dy[n, i, j]
