@@ -9,6 +9,10 @@ same sums and tie rule; tests/test_fusion.py checks it), so fusion is invisible 
 A convolution without activation followed by a BatchNormalization runs as one
 :class:`ConvBatchNorm` step: at inference the normalization is folded into the convolution's
 weights and bias (one convolution instead of a convolution and a normalization pass); in
+training the two layers run as they are. A convolution (linear, ReLU or ReLU6) followed by
+an average pooling whose windows tile its output runs as one :class:`ConvAvgPool` step: at
+inference on the engine the windows are averaged in the micro-kernel's epilogue (the same
+sums in the same order as the two layers), and the convolution's output is never stored; in
 training the two layers run as they are.
 
 Layers from plugins are never fused; calling a layer's own forward (feature maps, the testing
@@ -23,9 +27,10 @@ from typing import Any
 from nbcnn.layers.base import Layer
 from nbcnn.layers.conv import Conv1D, Conv2D
 from nbcnn.layers.normalization import BatchNormalization
-from nbcnn.layers.pooling import MaxPooling1D, MaxPooling2D
+from nbcnn.layers.pooling import AveragePooling1D, AveragePooling2D, MaxPooling1D, MaxPooling2D
 
 _POOL_OF = {Conv2D: MaxPooling2D, Conv1D: MaxPooling1D}
+_AVERAGE_OF = {Conv2D: AveragePooling2D, Conv1D: AveragePooling1D}
 
 
 def fusable(conv: Layer, pool: Layer) -> bool:
@@ -155,9 +160,70 @@ class ConvBatchNorm:
         return self.conv.backward(self.norm.backward(dy))
 
 
+def averageable(conv: Layer, pool: Layer) -> bool:
+    """Whether ``conv`` then ``pool`` (built layers) can run as one ConvAvgPool step: a
+    built-in convolution whose activation the tile applies (none, ReLU, ReLU6), then the
+    built-in average pooling of its rank with windows that tile the input (strides =
+    pool_size, no padding)."""
+    from nbcnn.kernels.fused import MAX_WINDOW
+
+    return (
+        type(conv) in _AVERAGE_OF
+        and type(pool) is _AVERAGE_OF[type(conv)]
+        and conv.activation in (None, "linear", "relu", "relu6")
+        and tuple(pool.strides) == tuple(pool.pool_size)
+        and not any(any(side) for side in pool._pads)
+        and math.prod(pool.pool_size) <= MAX_WINDOW
+    )
+
+
+class ConvAvgPool:
+    """``conv`` then ``pool`` (average) as one step.
+
+    At inference, on the engine, ``engine.conv_avgpool`` averages each window while the
+    convolution's tile is in registers: only the pooled output is stored, and it equals the
+    two layers' output bit for bit (the same products, activation, sums in window order and
+    scale; tests/test_fusion.py). Where no tile holds a whole window, with ``NBCNN_CONV=blas``
+    and in training (the backward of a ReLU needs every cell's output), the two layers run
+    one after the other, and the backward is theirs.
+    """
+
+    def __init__(self, index: int, conv: Layer, pool: Layer):
+        self.index, self.conv, self.pool = index, conv, pool
+        self.layers = (conv, pool)
+
+    def forward(self, x: Any, training: bool = False) -> Any:
+        from nbcnn.kernels import _checks, engine
+        from nbcnn.kernels.microkernel import ACTIVATIONS
+
+        pooled = None
+        if not training and engine.backend() == "engine":
+            conv = self.conv
+            x4 = _checks.float32_array("x", conv._as_4d(x), 4)
+            w, strides, dilation, pads = conv._kernel_args()
+            w = _checks.float32_array("w", w, 4)
+            strides, dilation, pads, out_hw = _checks.conv_geometry(
+                x4.shape, w.shape, strides, dilation, pads
+            )
+            pool = self.pool._as_2d(self.pool.pool_size)
+            pooled_hw = (out_hw[0] // pool[0], out_hw[1] // pool[1])
+            bias = conv.params.get("bias")
+            pooled = engine.conv_avgpool(
+                x4, w, bias, strides, dilation, pads, pool, pooled_hw,
+                ACTIVATIONS[conv.activation],
+            )  # fmt: skip
+        if pooled is None:
+            return self.pool.forward(self.conv.forward(x, training), training)
+        return pooled.reshape(x.shape[0], *self.pool.out_shape)
+
+    def backward(self, dy: Any) -> Any:
+        return self.conv.backward(self.pool.backward(dy))
+
+
 def plan(layers: list[Layer]) -> list[tuple[int, Any]]:
     """The steps a model runs: ``(index of the step's first layer, step)``, where a step is a
-    layer or a :class:`ConvReluMaxPool` or :class:`ConvBatchNorm` standing for two."""
+    layer or a :class:`ConvReluMaxPool`, :class:`ConvBatchNorm` or :class:`ConvAvgPool`
+    standing for two."""
     steps: list[tuple[int, Any]] = []
     i = 0
     while i < len(layers):
@@ -166,6 +232,9 @@ def plan(layers: list[Layer]) -> list[tuple[int, Any]]:
             i += 2
         elif i + 1 < len(layers) and foldable(layers[i], layers[i + 1]):
             steps.append((i, ConvBatchNorm(i, layers[i], layers[i + 1])))
+            i += 2
+        elif i + 1 < len(layers) and averageable(layers[i], layers[i + 1]):
+            steps.append((i, ConvAvgPool(i, layers[i], layers[i + 1])))
             i += 2
         else:
             steps.append((i, layers[i]))

@@ -24,7 +24,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_kernels import RTOL, assert_close, geometries
 
-from nbcnn.kernels import conv, engine, fused, microkernel
+from nbcnn.kernels import conv, engine, fused, microkernel, winograd
+from nbcnn.kernels import pool as pool_kernels
 from nbcnn.layers import activations
 
 TESTS = Path(__file__).resolve().parent
@@ -100,6 +101,33 @@ def test_engine_pooling_epilogue_matches_naive(case, pool):
     windows = windows.transpose(0, 1, 3, 2, 4, 5).reshape(x.shape[0], oh, ow, ph * pw, -1)
     np.testing.assert_array_equal(got, windows.max(axis=3))
     np.testing.assert_array_equal(code, windows.argmax(axis=3))
+
+
+@settings(max_examples=30, deadline=None)
+@given(case=engine_cases(), pool=st.tuples(st.integers(1, 3), st.integers(1, 3)))
+def test_engine_average_pooling_epilogue_matches_naive(case, pool):
+    """Conv + bias + activation averaged over non-overlapping windows in the tile's
+    epilogue: against the naive chain, and bit for bit the engine's own convolution then the
+    average pooling kernel (the same sums in the same order)."""
+    g, x, w, b, activation = case
+    pooled_hw = (g.out_hw[0] // pool[0], g.out_hw[1] // pool[1])
+    if min(pooled_hw) < 1:
+        pool, pooled_hw = (1, 1), g.out_hw
+    act = microkernel.ACTIVATIONS[activation]
+    got = engine.conv_avgpool(x, w, b, g.strides, g.dilation, g.padding, pool, pooled_hw, act)
+    if got is None:  # no tile holds a whole window (3x3 windows of AVX-512's 8-row tiles)
+        assert microkernel.choose_pool_tile(w.shape[3], pool[0] * pool[1]) is None
+        return
+    conv_out = activations.forward(
+        activation, naive.conv2d_forward(x, w, b, g.strides, g.dilation, g.padding)
+    )
+    (ph, pw), (oh, ow) = pool, pooled_hw
+    windows = conv_out[:, : oh * ph, : ow * pw].reshape(x.shape[0], oh, ph, ow, pw, -1)
+    assert_close(got, windows.mean(axis=(2, 4)), "engine averaged")
+    y = engine_forward(x, w, b, g, activation)
+    if not winograd.chosen(x.shape, w.shape, g.strides, g.dilation, g.out_hw):
+        want = pool_kernels.avg_pool2d_forward(y, pool, pool, ((0, 0), (0, 0)))
+        np.testing.assert_array_equal(got, want)
 
 
 @settings(max_examples=25, deadline=None)
@@ -243,6 +271,11 @@ SCRIPT = textwrap.dedent(
         pooled, _ = engine.conv_relu_maxpool(x, w, b, (s, s), (1, 1), padding, (2, 2), hw)
         windows = want[:, : 2 * hw[0], : 2 * hw[1]].reshape(n, hw[0], 2, hw[1], 2, f)
         error = np.abs(pooled - windows.max(axis=(2, 4))).max() / max(np.abs(want).max(), 1)
+        worst = max(worst, float(error))
+        averaged = engine.conv_avgpool(
+            x, w, b, (s, s), (1, 1), padding, (2, 2), hw, microkernel.RELU
+        )
+        error = np.abs(averaged - windows.mean(axis=(2, 4))).max() / max(np.abs(want).max(), 1)
         worst = max(worst, float(error))
     if {winograd}:  # its transforms and masked stores at this width
         from nbcnn.kernels import winograd

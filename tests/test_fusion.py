@@ -17,7 +17,7 @@ from test_kernels import HYPOTHESIS, assert_close, geometries, values
 
 import nbcnn
 from nbcnn.errors import NbcnnError
-from nbcnn.fusion import ConvBatchNorm, ConvReluMaxPool
+from nbcnn.fusion import ConvAvgPool, ConvBatchNorm, ConvReluMaxPool
 from nbcnn.kernels import conv, fused, pool
 from nbcnn.model import Sequential
 from nbcnn.spec import parse_spec
@@ -295,3 +295,98 @@ def test_batch_normalization_folds_into_the_convolution_at_inference(conv, folds
         np.testing.assert_array_equal(got_grad, want_grad)
     for name in stats:
         np.testing.assert_array_equal(stats[name], ref_stats[name])
+
+
+def averaged_pairs(model):
+    return [(s.conv.name, s.pool.name) for _, s in model.steps() if isinstance(s, ConvAvgPool)]
+
+
+@pytest.mark.parametrize(
+    ("conv", "pooling", "fuses"),
+    [
+        ({"type": "Conv2D", "padding": "same"}, {"pool_size": 2}, True),
+        ({"type": "Conv2D", "activation": "relu", "filters": 19}, {"pool_size": [2, 3]}, True),
+        ({"type": "Conv2D", "activation": "relu6", "strides": 2}, {"pool_size": 2}, True),
+        ({"type": "Conv2D", "dilation_rate": 2, "use_bias": False}, {"pool_size": [2, 4]}, True),
+        ({"type": "Conv2D", "activation": "tanh"}, {"pool_size": 2}, False),  # not in the tile
+        ({"type": "Conv2D"}, {"pool_size": 2, "strides": 1}, False),  # overlapping windows
+        ({"type": "Conv2D"}, {"pool_size": 2, "padding": "same"}, False),  # padded windows
+        ({"type": "Conv1D", "activation": "relu"}, {"pool_size": 2}, True),
+    ],
+)
+def test_average_pooling_runs_in_the_tiles_epilogue_at_inference(conv, pooling, fuses, monkeypatch):
+    """Inference: the pooled output, made in the tile's epilogue, equals the two layers' bit
+    for bit (the same products, activation, window sums and scale) and matches the naive
+    chain; training and its backward: the two layers as they are."""
+    from nbcnn.kernels import engine
+
+    made = []
+    real = engine.conv_avgpool
+    monkeypatch.setattr(
+        engine, "conv_avgpool", lambda *a, **k: made.append(real(*a, **k)) or made[-1]
+    )
+    rank1 = conv["type"] == "Conv1D"
+    pool_type = "AveragePooling1D" if rank1 else "AveragePooling2D"
+    if rank1 and isinstance(pooling["pool_size"], list):
+        pooling = {**pooling, "pool_size": pooling["pool_size"][0]}
+    model = build(
+        {"filters": 5, "kernel_size": 3, **conv},
+        {"type": pool_type, **pooling},
+        {"type": "Flatten"},
+        input_shape=(13, 3) if rank1 else (13, 11, 3),
+    ).initialize(0)
+    assert bool(averaged_pairs(model)) == fuses
+    rng = np.random.default_rng(5)
+    layer = model.layers[0]
+    for name in layer.params:  # weights that take outputs past ReLU6's cap and below 0
+        layer.params[name] = rng.uniform(-2, 2, layer.params[name].shape).astype(np.float32)
+    x = rng.uniform(-2, 2, (4, *model.input_shape)).astype(np.float32)
+    model.fuse = False
+    want = model.forward(x)
+    model.fuse = True
+    got = model.forward(x)
+    np.testing.assert_array_equal(got, want)
+    assert len(made) == fuses and all(m is not None for m in made)  # the epilogue ran
+    if fuses and not rank1:  # against the naive chain (conv, activation, average pooling)
+        w, strides, dilation, pads = layer._kernel_args()
+        z = naive.conv2d_forward(x, w, layer.params.get("bias"), strides, dilation, pads)
+        a = np.clip(z, 0, 6) if layer.activation == "relu6" else z
+        a = np.maximum(a, 0) if layer.activation in ("relu", "relu6") else a
+        ph, pw = model.layers[1]._as_2d(model.layers[1].pool_size)
+        oh, ow = a.shape[1] // ph, a.shape[2] // pw
+        windows = a[:, : oh * ph, : ow * pw].reshape(4, oh, ph, ow, pw, -1).mean(axis=(2, 4))
+        assert_close(got.reshape(windows.shape), windows, "averaged in the epilogue")
+    results = []
+    for fuse in (True, False):
+        model.fuse = fuse
+        out = model.forward(x, training=True)
+        dx = model.backward(np.linspace(-1, 1, out.size, dtype=np.float32).reshape(out.shape))
+        results.append((out, dx, [g.copy() for _, g in sorted(layer.grads.items())]))
+    for fused_result, layered in zip(*results, strict=True):
+        for a_, b_ in zip(
+            fused_result if isinstance(fused_result, list) else [fused_result],
+            layered if isinstance(layered, list) else [layered],
+            strict=True,
+        ):
+            np.testing.assert_array_equal(a_, b_)
+
+
+def test_average_pooling_epilogue_with_windows_no_tile_holds():
+    """Windows of more cells than any pooling tile has rows: the step runs the layers."""
+    model = build(
+        {"type": "Conv2D", "filters": 3, "kernel_size": 1},
+        {"type": "AveragePooling2D", "pool_size": 11},
+        {"type": "Flatten"},
+        input_shape=(11, 11, 2),
+    ).initialize(0)
+    assert averaged_pairs(model)
+    x = np.random.default_rng(0).uniform(-1, 1, (2, 11, 11, 2)).astype(np.float32)
+    model.fuse = False
+    want = model.forward(x)
+    model.fuse = True
+    np.testing.assert_array_equal(model.forward(x), want)
+    from nbcnn.kernels import engine, microkernel
+
+    assert microkernel.choose_pool_tile(3, 121) is None
+    assert engine.conv_avgpool(x, np.ones((1, 1, 2, 3), np.float32), None, (1, 1), (1, 1),
+                               ((0, 0), (0, 0)), (11, 11), (1, 1)) is None  # fmt: skip

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nbcnn.kernels import conv, engine, fused, microkernel, winograd
+from nbcnn.kernels import conv, engine, fused, microkernel, pool, winograd
 from nbcnn.layers import activations
 
 
@@ -86,6 +86,24 @@ def test_winograd_pooling_transform_matches_its_own_forward(case):
     want = np.maximum(naive.conv2d_forward(x, w, b, (1, 1), (1, 1), padding), 0)
     want, _ = naive.max_pool2d_forward(want, (2, 2), (2, 2), ((0, 0), (0, 0)))
     assert relative_error(pooled, want) < winograd.WINOGRAD_RTOL
+
+
+@settings(max_examples=30, deadline=None)
+@given(case=winograd_cases(), activation=st.sampled_from(["linear", "relu", "relu6"]))
+def test_winograd_average_pooling_transform_matches_its_own_forward(case, activation):
+    """The 2x2 average pool made in the output transform: bit for bit the average pooling
+    kernel on Winograd's own forward; against naive within the bound."""
+    x, w, b, padding = case
+    act = microkernel.ACTIVATIONS[activation]
+    y = winograd.conv_forward(x, w, b, padding, act)
+    if y.shape[1] < 2 or y.shape[2] < 2:
+        return
+    got = winograd.conv_avgpool(x, w, b, padding, act)
+    np.testing.assert_array_equal(got, pool.avg_pool2d_forward(y, (2, 2), (2, 2), ((0, 0),) * 2))
+    want = activations.forward(activation, naive.conv2d_forward(x, w, b, (1, 1), (1, 1), padding))
+    ph, pw = y.shape[1] // 2, y.shape[2] // 2
+    want = want[:, : 2 * ph, : 2 * pw].reshape(x.shape[0], ph, 2, pw, 2, -1).mean(axis=(2, 4))
+    assert relative_error(got, want) < winograd.WINOGRAD_RTOL
 
 
 def test_winograd_error_is_close_to_the_direct_engines():

@@ -32,8 +32,10 @@ from nbcnn.kernels import winograd
 from nbcnn.kernels._jit import kernel
 from nbcnn.kernels.microkernel import (
     ACCUMULATE,
+    AVG_POOL,
     BIAS,
     LINEAR,
+    RELU,
     RELU_MAXPOOL,
     choose_pool_tile,
     choose_tile,
@@ -42,6 +44,7 @@ from nbcnn.kernels.microkernel import (
     pool_tile_kernel,
     tile_cells,
     tile_cols,
+    tile_epilogue,
     tile_kernel,
     tile_rows,
 )
@@ -260,15 +263,20 @@ def _gathered_product(xp, pixels, taps, w2d, n_pixels, b=None, act=LINEAR):
 
 
 @kernel
-def _pooled_tiles(config, xp, pixels, taps, wpack, bpack, pooled, code, n_windows, per_block):
+def _pooled_tiles(
+    config, xp, pixels, taps, wpack, bpack, pooled, code, n_windows, per_block, act
+):  # fmt: skip
     """pooled[q, f] = max over the cells s of window q of relu(conv + b)[q * S + s, f] and
-    code[q, f] = the first s reaching it, computed in the micro-kernel's RELU_MAXPOOL
-    epilogue (``pool_tile_kernel``): the convolution's output never leaves the registers.
+    code[q, f] = the first s reaching it (the RELU_MAXPOOL epilogue), or the mean over them
+    of act(conv + b) (AVG_POOL, ``act`` a run-time activation code; code is not touched),
+    computed in the micro-kernel's epilogue (``pool_tile_kernel``): the convolution's output
+    never leaves the registers.
 
     A tile is MR / S whole windows. pixels : (n_tiles * MR,) int64 from
     ``_window_pixel_offsets``; pooled : (n_windows * F,) float32; code : (n_windows * F,)
-    int8; the rest as ``_forward_tiles``.
+    int8 (any length for AVG_POOL); the rest as ``_forward_tiles``.
     """
+    coded = tile_epilogue(config) == RELU_MAXPOOL
     mr = tile_rows(config)
     nr = tile_cols(config)
     k_len = taps.shape[0]
@@ -294,13 +302,14 @@ def _pooled_tiles(config, xp, pixels, taps, wpack, bpack, pooled, code, n_window
                 out, out_code, at, ld = pooled, code, q0 * n_filters + f0, n_filters
             pool_tile_kernel(
                 numba.literally(config), xp, pixels, t * mr, taps, k_len, wb, bpack, f0, out,
-                at, ld, out_code,
+                at, ld, out_code, act,
             )  # fmt: skip
             if edge:
                 for r in range(rows):
                     for j in range(cols):
                         pooled[(q0 + r) * n_filters + f0 + j] = scratch[r * nr + j]
-                        code[(q0 + r) * n_filters + f0 + j] = scratch_code[r * nr + j]
+                        if coded:
+                            code[(q0 + r) * n_filters + f0 + j] = scratch_code[r * nr + j]
 
 
 def conv_relu_maxpool(x, w, b, strides, dilation, padding, pool, pooled_hw):
@@ -338,10 +347,54 @@ def conv_relu_maxpool(x, w, b, strides, dilation, padding, pool, pooled_hw):
     per_block = _tiles_per_block(n_tiles, wpack.shape[0])
     launch(
         _pooled_tiles, tile.config(RELU_MAXPOOL, cells), xp.reshape(-1), pixels, taps, wpack,
-        bpack, pooled, code, n_windows, per_block,
+        bpack, pooled, code, n_windows, per_block, RELU,
     )  # fmt: skip
     shape = (n_samples, *pooled_hw, filters)
     return pooled.reshape(shape), code.reshape(shape)
+
+
+def conv_avgpool(x, w, b, strides, dilation, padding, pool, pooled_hw, act=LINEAR):
+    """pooled (N, PH, PW, F) float32: act(conv(x, w) + b) averaged over non-overlapping
+    ``pool`` = (ph, pw) windows (PH = OH // ph, PW = OW // pw) in the tile's epilogue (the
+    same sums, in the same order, as the convolution then ``pool.avg_pool2d_forward``), with
+    2x2 windows in Winograd's output transform where its rule takes the convolution, or
+    None when no tile holds a whole window (the caller pools apart). ``act`` an activation
+    code (``microkernel.ACTIVATIONS``); arguments otherwise as ``conv_relu_maxpool``'s."""
+    kh, kw, channels, filters = w.shape
+    n_samples = x.shape[0]
+    out_hw = (pooled_hw[0] * pool[0], pooled_hw[1] * pool[1])  # the part the windows cover
+    if tuple(pool) == (2, 2) and winograd.chosen(x.shape, w.shape, strides, dilation, out_hw):
+        return winograd.conv_avgpool(x, w, b, padding, act)
+    cells = pool[0] * pool[1]
+    tile = choose_pool_tile(filters, cells)
+    if tile is None:
+        return None
+    n_windows = n_samples * pooled_hw[0] * pooled_hw[1]
+    if n_windows == 0:  # an empty batch
+        return np.empty((n_samples, *pooled_hw, filters), np.float32)
+    xp = padded(x, padding)
+    _, padded_h, padded_w, _ = xp.shape
+    n_tiles = -(-n_windows * cells // tile.mr)
+    pixels = _window_pixel_offsets(
+        n_samples, tuple(pooled_hw), tuple(pool), tuple(strides), (padded_h, padded_w),
+        channels, tile.mr,
+    )  # fmt: skip
+    taps = _tap_offsets((kh, kw), tuple(dilation), padded_w, channels)
+    wpack = pack_weights(w.reshape(kh * kw * channels, filters), tile.nr)
+    bpack = np.zeros(wpack.shape[0] * tile.nr, dtype=np.float32)
+    if b is not None:
+        bpack[:filters] = b
+    pooled = np.empty(n_windows * filters, dtype=np.float32)
+    per_block = _tiles_per_block(n_tiles, wpack.shape[0])
+    launch(
+        _pooled_tiles, tile.config(AVG_POOL, cells), xp.reshape(-1), pixels, taps, wpack,
+        bpack, pooled, _NO_CODE, n_windows, per_block, act,
+    )  # fmt: skip
+    return pooled.reshape(n_samples, *pooled_hw, filters)
+
+
+#: ``code`` of the AVG_POOL tiles, which write none.
+_NO_CODE = np.empty(1, dtype=np.int8)
 
 
 # ------------------------------------------------------------------------------- backward

@@ -38,13 +38,14 @@ from numba.extending import intrinsic, register_jitable
 
 #: Bumped whenever the IR below changes: it is encoded in every tile configuration, which
 #: numba's cache keys on, so a stale compiled tile is never reused.
-GENERATOR_VERSION = 6
+GENERATOR_VERSION = 7
 
 #: Epilogues: C = act(tile + bias), the activation a run-time argument (below); C += tile;
 #: and, for ``pool_tile_kernel``, max(tile + bias, 0) max-pooled over each window of
-#: ``cells`` consecutive rows, with the winning row's index. (1 was BIAS_RELU, before the
-#: activation became a run-time argument: a second compiled kernel for the same tile.)
-BIAS, ACCUMULATE, RELU_MAXPOOL = 0, 2, 3
+#: ``cells`` consecutive rows, with the winning row's index, or act(tile + bias) averaged
+#: over each window (AVG_POOL).
+BIAS, AVG_POOL, ACCUMULATE, RELU_MAXPOOL = 0, 1, 2, 3
+POOLS = (AVG_POOL, RELU_MAXPOOL)
 
 #: The activations the BIAS epilogue applies, by the run-time code it takes: ``act`` of the
 #: tile kernels and of the Winograd output transform.
@@ -77,9 +78,9 @@ class Tile:
         version, passed as a compile-time literal (see :func:`launch`), so each tile is
         compiled once and keyed, in numba's on-disk cache too, by its shape and the
         generator's version."""
-        if epilogue not in (BIAS, ACCUMULATE, RELU_MAXPOOL):
+        if epilogue not in (BIAS, AVG_POOL, ACCUMULATE, RELU_MAXPOOL):
             raise ValueError(f"unknown epilogue {epilogue!r}")
-        if not 1 <= cells <= 127 or self.mr % cells or (cells > 1 and epilogue != RELU_MAXPOOL):
+        if not 1 <= cells <= 127 or self.mr % cells or (cells > 1 and epilogue not in POOLS):
             raise ValueError(f"a {self.mr}-row tile cannot pool windows of {cells} cells")
         head = (GENERATOR_VERSION * 128 + cells) * 64 + self.mr
         return ((head * 256 + self.nr) * 32 + self.vl) * 4 + epilogue
@@ -101,6 +102,12 @@ def tile_cols(config):
 def tile_width(config):
     """VL, the vector width, of a tile configuration (inside numba kernels)."""
     return (config // 4) % 32
+
+
+@register_jitable
+def tile_epilogue(config):
+    """The epilogue of a tile configuration (inside numba kernels)."""
+    return config % 4
 
 
 @register_jitable
@@ -207,7 +214,7 @@ def choose_tile(filters: int, width: int | None = None) -> Tile:
 
 
 def choose_pool_tile(filters: int, cells: int, width: int | None = None) -> Tile | None:
-    """The tile for the RELU_MAXPOOL epilogue: MR a multiple of the pooling window's
+    """The tile for the pooling epilogues: MR a multiple of the pooling window's
     ``cells`` (whole windows per tile), within ``choose_tile``'s register budget and row cap;
     None when no tile holds a whole window. Of the candidates, the one wasting the fewest
     columns past the filters, then with the most accumulators, then the most rows: for 64
@@ -428,13 +435,16 @@ def tile_kernel(
 
 @intrinsic
 def pool_tile_kernel(
-    typingctx, config, a, arow, row0, koff, k_len, b, bias, bias_off, c, c_off, ldc, code
+    typingctx, config, a, arow, row0, koff, k_len, b, bias, bias_off, c, c_off, ldc, code, act
 ):
-    """The micro-kernel with the RELU_MAXPOOL epilogue: the tile's rows are MR / cells
-    pooling windows of ``cells`` consecutive rows each (the caller orders the rows so), and
-    while the tile is still in registers each window's ``max(tile + bias, 0)`` is reduced to
-    one row of C and the index of its first maximal row (the layers' tie rule: a later cell
-    wins only when strictly greater) to the same place in ``code``.
+    """The micro-kernel with a pooling epilogue: the tile's rows are MR / cells pooling
+    windows of ``cells`` consecutive rows each (the caller orders the rows so), and while
+    the tile is still in registers each window is reduced to one row of C. RELU_MAXPOOL:
+    the window's ``max(tile + bias, 0)``, and the index of its first maximal row (the layers'
+    tie rule: a later cell wins only when strictly greater) to the same place in ``code``.
+    AVG_POOL: ``act(tile + bias)`` (``act`` a run-time activation code, ``ACTIVATIONS``)
+    summed over the window's rows in order and times float32(1 / cells), as the average
+    pooling kernel computes it; ``code`` is not written.
 
     Arguments as ``tile_kernel``'s, with C's row g (window g of the tile) at ``c_off + g *
     ldc``; code : (*,) int8, indexed as C.
@@ -442,15 +452,18 @@ def pool_tile_kernel(
     if not isinstance(config, types.IntegerLiteral):
         return None
     mr, nr, vl, epilogue, cells = decode(config.literal_value)
-    if epilogue != RELU_MAXPOOL:
+    if epilogue not in POOLS:
         return None
-    sig = types.void(config, a, arow, row0, koff, k_len, b, bias, bias_off, c, c_off, ldc, code)
+    sig = types.void(
+        config, a, arow, row0, koff, k_len, b, bias, bias_off, c, c_off, ldc, code, act
+    )  # fmt: skip
+    inverse = float(np.float32(1) / np.float32(cells))
 
     def codegen(context, builder, signature, args):
         i64, i8 = ir.IntType(64), ir.IntType(8)
         codes = ir.VectorType(i8, vl)
         totals, vec, zero = _product(context, builder, signature, args, mr, nr, vl)
-        bias_v, boff_v, c_v, coff_v, ldc_v, code_v = args[7:]
+        bias_v, boff_v, c_v, coff_v, ldc_v, code_v, act_v = args[7:]
         bias_ptr = context.make_array(signature.args[7])(context, builder, bias_v).data
         c_ptr = context.make_array(signature.args[9])(context, builder, c_v).data
         code_ptr = context.make_array(signature.args[12])(context, builder, code_v).data
@@ -462,6 +475,18 @@ def pool_tile_kernel(
             at = builder.add(boff_v, ir.Constant(i64, j * vl))
             bias_vec = builder.load(_vector_at(builder, bias_ptr, at, vec), align=4)
             for g in range(mr // cells):
+                at = builder.add(
+                    coff_v,
+                    builder.add(builder.mul(ldc_v, ir.Constant(i64, g)), ir.Constant(i64, j * vl)),
+                )
+                if epilogue == AVG_POOL:
+                    total = activate(builder, builder.fadd(totals[g * cells][j], bias_vec), act_v)
+                    for cell in range(1, cells):
+                        value = builder.fadd(totals[g * cells + cell][j], bias_vec)
+                        total = builder.fadd(total, activate(builder, value, act_v))
+                    total = builder.fmul(total, ir.Constant(vec, [inverse] * vl))
+                    builder.store(total, _vector_at(builder, c_ptr, at, vec), align=4)
+                    continue
                 best = relu(builder.fadd(totals[g * cells][j], bias_vec))
                 winner = ir.Constant(codes, [0] * vl)
                 for cell in range(1, cells):
@@ -469,10 +494,6 @@ def pool_tile_kernel(
                     take = builder.fcmp_ordered(">", value, best)
                     best = builder.select(take, value, best)
                     winner = builder.select(take, ir.Constant(codes, [cell] * vl), winner)
-                at = builder.add(
-                    coff_v,
-                    builder.add(builder.mul(ldc_v, ir.Constant(i64, g)), ir.Constant(i64, j * vl)),
-                )
                 builder.store(best, _vector_at(builder, c_ptr, at, vec), align=4)
                 builder.store(winner, _vector_at(builder, code_ptr, at, codes), align=1)
         return context.get_dummy_value()

@@ -59,6 +59,10 @@ from nbcnn.kernels.microkernel import (
     tile_width,
 )
 
+#: The pooling of the output transform (``pool``, a run-time argument): none, 2x2 max with
+#: the winner's code, 2x2 average.
+NO_POOL, MAX_POOL, AVG_POOL = 0, 1, 2
+
 #: Largest relative error (to the largest |output|) the tests allow against the float64
 #: reference, on values in [-2, 2] with up to 64 channels: the direct engine stays near 1e-6.
 WINOGRAD_RTOL = 2e-5
@@ -192,10 +196,12 @@ def _output_transform(
 ):  # fmt: skip
     """Y = act(A^T M A + bias) for one tile, VL filters at a time, ``act`` a run-time
     activation code (``microkernel.ACTIVATIONS``): M[ij] is the vector at m[m_off + ij *
-    m_step + q * VL], bias at bias[q * VL]. Without ``pool`` (a run-time bool) Y[a][b] (a <
-    rows, b < cols) is stored at out[out_off + a * row + b * col + q * VL]; with it, the 2x2
-    block's maximum there and the index of its first maximal cell (a * 2 + b) at
-    code[out_off + q * VL]. Lanes past ``filters`` are never stored (masked stores). VL is
+    m_step + q * VL], bias at bias[q * VL]. With ``pool`` (a run-time int) NO_POOL, Y[a][b]
+    (a < rows, b < cols) is stored at out[out_off + a * row + b * col + q * VL]; MAX_POOL: the
+    2x2 block's maximum there and the index of its first maximal cell (a * 2 + b) at
+    code[out_off + q * VL]; AVG_POOL: the block's mean there (its four values summed in
+    row-major order, times 1/4, as the average pooling kernel computes it). Lanes past
+    ``filters`` are never stored (masked stores). VL is
     the vector width of the tile configuration ``config``, which must be a literal; the
     activation and the pooling are run-time choices so that one compiled kernel serves them
     all (each specialisation of ``_winograd`` took numba 2.1-2.5 s to compile)."""
@@ -217,7 +223,8 @@ def _output_transform(
         bias_ptr = context.make_array(signature.args[6])(context, builder, bias_v).data
         out_ptr = context.make_array(signature.args[7])(context, builder, out_v).data
         code_ptr = context.make_array(signature.args[14])(context, builder, code_v).data
-        pooled = context.cast(builder, pool_v, signature.args[2], types.boolean)
+        pooled = builder.icmp_signed("!=", pool_v, ir.Constant(i64, NO_POOL))
+        maximum = builder.icmp_signed("==", pool_v, ir.Constant(i64, MAX_POOL))
         n_vec = builder.sdiv(builder.add(filters_v, ir.Constant(i64, vl - 1)), ir.Constant(i64, vl))
         q, _, _, done = counted_loop(builder, n_vec, "out")
         lane0 = builder.mul(q, ir.Constant(i64, vl))
@@ -249,15 +256,23 @@ def _output_transform(
                 y[a][b] = activate(builder, builder.fadd(value, bias_vec), act_v)
         out_at = builder.add(ooff_v, lane0)
         with builder.if_else(pooled) as (pooling, plain):
-            with pooling:
-                best = y[0][0]
-                winner = ir.Constant(codes, [0] * vl)
-                for cell, value in ((1, y[0][1]), (2, y[1][0]), (3, y[1][1])):
-                    take = builder.fcmp_ordered(">", value, best)
-                    best = builder.select(take, value, best)
-                    winner = builder.select(take, ir.Constant(codes, [cell] * vl), winner)
-                masked_store(builder, best, _vector_at(builder, out_ptr, out_at, vec), mask)
-                masked_store(builder, winner, _vector_at(builder, code_ptr, out_at, codes), mask)
+            with pooling, builder.if_else(maximum) as (maxing, averaging):
+                with maxing:
+                    best = y[0][0]
+                    winner = ir.Constant(codes, [0] * vl)
+                    for cell, value in ((1, y[0][1]), (2, y[1][0]), (3, y[1][1])):
+                        take = builder.fcmp_ordered(">", value, best)
+                        best = builder.select(take, value, best)
+                        winner = builder.select(take, ir.Constant(codes, [cell] * vl), winner)
+                    target = _vector_at(builder, code_ptr, out_at, codes)
+                    masked_store(builder, best, _vector_at(builder, out_ptr, out_at, vec), mask)
+                    masked_store(builder, winner, target, mask)
+                with averaging:
+                    total = builder.fadd(builder.fadd(y[0][0], y[0][1]), y[1][0])
+                    total = builder.fmul(
+                        builder.fadd(total, y[1][1]), ir.Constant(vec, [0.25] * vl)
+                    )
+                    masked_store(builder, total, _vector_at(builder, out_ptr, out_at, vec), mask)
             with plain:
                 _store_tile(builder, y, out_ptr, out_at, row_v, col_v, rows_v, cols_v, vec, mask)
         close_loop(builder, q, n_vec, done)
@@ -314,9 +329,9 @@ def _winograd(
     upack : (16, F/NR, C, NR) float32; bias : (F/NR * NR,) float32, zero past F; rows :
     (>= T_item,) int64 = t * C_pad (a multiple of MR long); channel_offsets : (C,) int64 =
     arange(C); tiles_hw = (TH, TW). out (N, OH, OW, F) = act(conv + bias), ``act`` an
-    activation code (``microkernel.ACTIVATIONS``); with ``pool``, out (N, OH//2, OW//2, F) =
-    the 2x2 max pool of act(conv + bias) and code (same shape, int8) the first winning cell,
-    u * 2 + v.
+    activation code (``microkernel.ACTIVATIONS``); with ``pool`` MAX_POOL, out (N, OH//2,
+    OW//2, F) = the 2x2 max pool of act(conv + bias) and code (same shape, int8) the first
+    winning cell, u * 2 + v; AVG_POOL: out the 2x2 average pool (code not written).
     """
     mr = tile_rows(config)
     nr = tile_cols(config)
@@ -555,7 +570,7 @@ def _run(x, w, b, padding, act, pool, out_shape):
     if b is not None:
         bias[:filters] = b
     out = np.empty(out_shape, dtype=np.float32)
-    code = np.empty(out_shape if pool else (1, 1, 1, 1), dtype=np.int8)
+    code = np.empty(out_shape if pool == MAX_POOL else (1, 1, 1, 1), dtype=np.int8)
     launch(
         _winograd, tile.config(BIAS), xp, upack, bias, rows, np.arange(channels, dtype=np.int64),
         (th, tw), per_item, out, code, act, pool,
@@ -570,7 +585,7 @@ def conv_forward(x, w, b, padding, act=LINEAR):
     (``microkernel.ACTIVATIONS``)."""
     (top, bottom), (left, right) = padding
     out_hw = (x.shape[1] + top + bottom - 2, x.shape[2] + left + right - 2)
-    out, _ = _run(x, w, b, padding, act, False, (x.shape[0], *out_hw, w.shape[3]))
+    out, _ = _run(x, w, b, padding, act, NO_POOL, (x.shape[0], *out_hw, w.shape[3]))
     return out
 
 
@@ -581,4 +596,14 @@ def conv_relu_maxpool(x, w, b, padding):
     (top, bottom), (left, right) = padding
     out_hw = (x.shape[1] + top + bottom - 2, x.shape[2] + left + right - 2)
     shape = (x.shape[0], out_hw[0] // 2, out_hw[1] // 2, w.shape[3])
-    return _run(x, w, b, padding, RELU, True, shape)
+    return _run(x, w, b, padding, RELU, MAX_POOL, shape)
+
+
+def conv_avgpool(x, w, b, padding, act=LINEAR):
+    """pooled (N, OH // 2, OW // 2, F) float32: act(conv(x, w) + b) averaged over 2x2
+    windows in the output transform, as ``engine.conv_avgpool`` with ``pool=(2, 2)``, for a
+    3x3, stride-1, undilated convolution."""
+    (top, bottom), (left, right) = padding
+    out_hw = (x.shape[1] + top + bottom - 2, x.shape[2] + left + right - 2)
+    shape = (x.shape[0], out_hw[0] // 2, out_hw[1] // 2, w.shape[3])
+    return _run(x, w, b, padding, act, AVG_POOL, shape)[0]
