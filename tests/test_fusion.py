@@ -390,3 +390,27 @@ def test_average_pooling_epilogue_with_windows_no_tile_holds():
     assert microkernel.choose_pool_tile(3, 121) is None
     assert engine.conv_avgpool(x, np.ones((1, 1, 2, 3), np.float32), None, (1, 1), (1, 1),
                                ((0, 0), (0, 0)), (11, 11), (1, 1)) is None  # fmt: skip
+
+
+@pytest.mark.parametrize("pool_type", ["AveragePooling2D", "MaxPooling2D"])
+def test_a_pooled_step_asks_winograds_rule_about_the_whole_output(pool_type):
+    """An odd output (15x15, whose last row and column no window covers) at a batch where
+    the whole output has enough tiles for Winograd (24 x 64 = 1,536) and the covered part
+    would not (24 x 49): the fused step runs Winograd like the convolution alone, so the two
+    agree bit for bit."""
+    from nbcnn.kernels import winograd
+
+    model = build(
+        {"type": "Conv2D", "filters": 8, "kernel_size": 3, "padding": "same", "activation": "relu"},
+        {"type": pool_type, "pool_size": 2},
+        {"type": "Flatten"},
+        input_shape=(15, 15, 16),
+    ).initialize(0)
+    assert winograd.chosen((24, 15, 15, 16), (3, 3, 16, 8), (1, 1), (1, 1), (15, 15))
+    assert not winograd.chosen((24, 15, 15, 16), (3, 3, 16, 8), (1, 1), (1, 1), (14, 14))
+    x = np.random.default_rng(2).uniform(-1, 1, (24, 15, 15, 16)).astype(np.float32)
+    model.fuse = False
+    want = model.forward(x)
+    model.fuse = True
+    assert len(model.steps()) == 2  # the pair is one step
+    np.testing.assert_array_equal(model.forward(x), want)

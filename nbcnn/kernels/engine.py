@@ -312,6 +312,16 @@ def _pooled_tiles(
                             code[(q0 + r) * n_filters + f0 + j] = scratch_code[r * nr + j]
 
 
+def _output_hw(x_shape, w_shape, strides, dilation, padding):
+    """The convolution's whole output size (OH, OW), pooling floors included."""
+    return tuple(
+        (size + before + after - d * (k - 1) - 1) // s + 1
+        for size, (before, after), d, k, s in zip(
+            x_shape[1:3], padding, dilation, w_shape[:2], strides, strict=True
+        )
+    )
+
+
 def conv_relu_maxpool(x, w, b, strides, dilation, padding, pool, pooled_hw):
     """``pooled, code`` (N, PH, PW, F) float32 and int8 of relu(conv(x, w) + b) max-pooled by
     non-overlapping ``pool`` = (ph, pw) windows (PH = OH // ph, PW = OW // pw), or None when
@@ -320,8 +330,8 @@ def conv_relu_maxpool(x, w, b, strides, dilation, padding, pool, pooled_hw):
     ``conv.conv2d_forward``."""
     kh, kw, channels, filters = w.shape
     n_samples = x.shape[0]
-    out_hw = (pooled_hw[0] * pool[0], pooled_hw[1] * pool[1])  # the part the windows cover
-    if tuple(pool) == (2, 2) and winograd.chosen(x.shape, w.shape, strides, dilation, out_hw):
+    whole_hw = _output_hw(x.shape, w.shape, strides, dilation, padding)  # as for the conv alone
+    if tuple(pool) == (2, 2) and winograd.chosen(x.shape, w.shape, strides, dilation, whole_hw):
         return winograd.conv_relu_maxpool(x, w, b, padding)
     cells = pool[0] * pool[1]
     tile = choose_pool_tile(filters, cells)
@@ -362,8 +372,8 @@ def conv_avgpool(x, w, b, strides, dilation, padding, pool, pooled_hw, act=LINEA
     code (``microkernel.ACTIVATIONS``); arguments otherwise as ``conv_relu_maxpool``'s."""
     kh, kw, channels, filters = w.shape
     n_samples = x.shape[0]
-    out_hw = (pooled_hw[0] * pool[0], pooled_hw[1] * pool[1])  # the part the windows cover
-    if tuple(pool) == (2, 2) and winograd.chosen(x.shape, w.shape, strides, dilation, out_hw):
+    whole_hw = _output_hw(x.shape, w.shape, strides, dilation, padding)  # as for the conv alone
+    if tuple(pool) == (2, 2) and winograd.chosen(x.shape, w.shape, strides, dilation, whole_hw):
         return winograd.conv_avgpool(x, w, b, padding, act)
     cells = pool[0] * pool[1]
     tile = choose_pool_tile(filters, cells)
