@@ -383,7 +383,7 @@ def tile_kernel(
     if not isinstance(config, types.IntegerLiteral):
         return None
     mr, nr, vl, epilogue, _ = decode(config.literal_value)
-    if epilogue == RELU_MAXPOOL:
+    if epilogue in POOLS:  # those are pool_tile_kernel's
         return None
     sig = types.void(
         config, a, arow, row0, koff, k_len, b, bias, bias_off, c, c_off, ldc, cols, act

@@ -201,10 +201,10 @@ def _output_transform(
     2x2 block's maximum there and the index of its first maximal cell (a * 2 + b) at
     code[out_off + q * VL]; AVG_POOL: the block's mean there (its four values summed in
     row-major order, times 1/4, as the average pooling kernel computes it). Lanes past
-    ``filters`` are never stored (masked stores). VL is
-    the vector width of the tile configuration ``config``, which must be a literal; the
-    activation and the pooling are run-time choices so that one compiled kernel serves them
-    all (each specialisation of ``_winograd`` took numba 2.1-2.5 s to compile)."""
+    ``filters`` are never stored (masked stores). VL is the vector width of the tile
+    configuration ``config``, which must be a literal; the activation and the pooling are
+    run-time choices so that one compiled kernel serves them all (each specialisation of
+    ``_winograd`` took numba 2.1-2.5 s to compile)."""
     if not isinstance(config, types.IntegerLiteral):
         return None
     vl = decode(config.literal_value)[2]
