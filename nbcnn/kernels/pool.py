@@ -48,10 +48,14 @@ def _max_forward(x, ph, pw, sh, sw, top, left, y, argmax):
                     for wi in range(w_lo, w_hi):
                         base = (h * width + wi) * channels
                         for c in range(channels):
+                            # Both stores every time, the choice a select: the loop vectorizes
+                            # (a branch around them kept it scalar; 28x28x6 at batch 128, one
+                            # thread: 2.45 -> 1.26-1.52 ms; 28x28x32 1.74 -> 1.65).
                             v = x[n, h, wi, c]
-                            if v > y[n, i, j, c]:
-                                y[n, i, j, c] = v
-                                argmax[n, i, j, c] = base + c
+                            best = y[n, i, j, c]
+                            take = v > best
+                            y[n, i, j, c] = v if take else best
+                            argmax[n, i, j, c] = base + c if take else argmax[n, i, j, c]
 
 
 @kernel
