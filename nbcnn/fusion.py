@@ -193,24 +193,15 @@ class ConvAvgPool:
         self.layers = (conv, pool)
 
     def forward(self, x: Any, training: bool = False) -> Any:
-        from nbcnn.kernels import _checks, engine
-        from nbcnn.kernels.microkernel import ACTIVATIONS
+        from nbcnn.kernels.fused import conv_avgpool_forward
 
         pooled = None
-        if not training and engine.backend() == "engine":
+        if not training:
             conv = self.conv
-            x4 = _checks.float32_array("x", conv._as_4d(x), 4)
             w, strides, dilation, pads = conv._kernel_args()
-            w = _checks.float32_array("w", w, 4)
-            strides, dilation, pads, out_hw = _checks.conv_geometry(
-                x4.shape, w.shape, strides, dilation, pads
-            )
-            pool = self.pool._as_2d(self.pool.pool_size)
-            pooled_hw = (out_hw[0] // pool[0], out_hw[1] // pool[1])
-            bias = conv.params.get("bias")
-            pooled = engine.conv_avgpool(
-                x4, w, bias, strides, dilation, pads, pool, pooled_hw,
-                ACTIVATIONS[conv.activation],
+            pooled = conv_avgpool_forward(
+                conv._as_4d(x), w, conv.params.get("bias"), strides, dilation, pads,
+                self.pool._as_2d(self.pool.pool_size), conv.activation,
             )  # fmt: skip
         if pooled is None:
             return self.pool.forward(self.conv.forward(x, training), training)

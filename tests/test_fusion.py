@@ -361,14 +361,9 @@ def test_average_pooling_runs_in_the_tiles_epilogue_at_inference(conv, pooling, 
         model.fuse = fuse
         out = model.forward(x, training=True)
         dx = model.backward(np.linspace(-1, 1, out.size, dtype=np.float32).reshape(out.shape))
-        results.append((out, dx, [g.copy() for _, g in sorted(layer.grads.items())]))
-    for fused_result, layered in zip(*results, strict=True):
-        for a_, b_ in zip(
-            fused_result if isinstance(fused_result, list) else [fused_result],
-            layered if isinstance(layered, list) else [layered],
-            strict=True,
-        ):
-            np.testing.assert_array_equal(a_, b_)
+        results.append([out, dx, *(g.copy() for _, g in sorted(layer.grads.items()))])
+    for fused_array, layered_array in zip(*results, strict=True):
+        np.testing.assert_array_equal(fused_array, layered_array)
 
 
 def test_average_pooling_epilogue_with_windows_no_tile_holds():

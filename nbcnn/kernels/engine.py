@@ -28,7 +28,7 @@ import os
 import numba
 import numpy as np
 
-from nbcnn.kernels import winograd
+from nbcnn.kernels import _checks, winograd
 from nbcnn.kernels._jit import kernel
 from nbcnn.kernels.microkernel import (
     ACCUMULATE,
@@ -312,76 +312,29 @@ def _pooled_tiles(
                             code[(q0 + r) * n_filters + f0 + j] = scratch_code[r * nr + j]
 
 
-def _output_hw(x_shape, w_shape, strides, dilation, padding):
-    """The convolution's whole output size (OH, OW), pooling floors included."""
-    return tuple(
-        (size + before + after - d * (k - 1) - 1) // s + 1
-        for size, (before, after), d, k, s in zip(
-            x_shape[1:3], padding, dilation, w_shape[:2], strides, strict=True
-        )
-    )
+def _pooled_on_winograd(x, w, strides, dilation, padding, pool):
+    """Whether a convolution + 2x2 pooling runs in Winograd's output transform: its rule asked
+    about the convolution's whole output, as for the convolution alone (the same sums)."""
+    whole_hw = _checks.conv_geometry(x.shape, w.shape, strides, dilation, padding)[3]
+    return tuple(pool) == (2, 2) and winograd.chosen(x.shape, w.shape, strides, dilation, whole_hw)
 
 
-def conv_relu_maxpool(x, w, b, strides, dilation, padding, pool, pooled_hw):
-    """``pooled, code`` (N, PH, PW, F) float32 and int8 of relu(conv(x, w) + b) max-pooled by
-    non-overlapping ``pool`` = (ph, pw) windows (PH = OH // ph, PW = OW // pw), or None when
-    no tile holds a whole window (``choose_pool_tile``; the caller pools apart). Checked,
-    contiguous float32 x (N, H, W, C), w (KH, KW, C, F), b (F,); geometry as
-    ``conv.conv2d_forward``."""
+def _pooled_tiles_of(x, w, b, strides, dilation, padding, pool, pooled_hw, epilogue, act):
+    """``pooled, code`` (N, PH, PW, F) float32 and int8 (code None for AVG_POOL) of the
+    convolution pooled in the tiles' ``epilogue`` (RELU_MAXPOOL or AVG_POOL, ``act`` its
+    activation code), or None when no tile holds a whole window."""
     kh, kw, channels, filters = w.shape
     n_samples = x.shape[0]
-    whole_hw = _output_hw(x.shape, w.shape, strides, dilation, padding)  # as for the conv alone
-    if tuple(pool) == (2, 2) and winograd.chosen(x.shape, w.shape, strides, dilation, whole_hw):
-        return winograd.conv_relu_maxpool(x, w, b, padding)
     cells = pool[0] * pool[1]
     tile = choose_pool_tile(filters, cells)
     if tile is None:
         return None
-    xp = padded(x, padding)
-    _, padded_h, padded_w, _ = xp.shape
-    n_windows = n_samples * pooled_hw[0] * pooled_hw[1]
-    if n_windows == 0:  # an empty batch
-        shape = (n_samples, *pooled_hw, filters)
-        return np.empty(shape, np.float32), np.empty(shape, np.int8)
-    n_tiles = -(-n_windows * cells // tile.mr)
-    pixels = _window_pixel_offsets(
-        n_samples, tuple(pooled_hw), tuple(pool), tuple(strides), (padded_h, padded_w),
-        channels, tile.mr,
-    )  # fmt: skip
-    taps = _tap_offsets((kh, kw), tuple(dilation), padded_w, channels)
-    wpack = pack_weights(w.reshape(kh * kw * channels, filters), tile.nr)
-    bpack = np.zeros(wpack.shape[0] * tile.nr, dtype=np.float32)
-    bpack[:filters] = b
-    pooled = np.empty(n_windows * filters, dtype=np.float32)
-    code = np.empty(n_windows * filters, dtype=np.int8)
-    per_block = _tiles_per_block(n_tiles, wpack.shape[0])
-    launch(
-        _pooled_tiles, tile.config(RELU_MAXPOOL, cells), xp.reshape(-1), pixels, taps, wpack,
-        bpack, pooled, code, n_windows, per_block, RELU,
-    )  # fmt: skip
     shape = (n_samples, *pooled_hw, filters)
-    return pooled.reshape(shape), code.reshape(shape)
-
-
-def conv_avgpool(x, w, b, strides, dilation, padding, pool, pooled_hw, act=LINEAR):
-    """pooled (N, PH, PW, F) float32: act(conv(x, w) + b) averaged over non-overlapping
-    ``pool`` = (ph, pw) windows (PH = OH // ph, PW = OW // pw) in the tile's epilogue (the
-    same sums, in the same order, as the convolution then ``pool.avg_pool2d_forward``), with
-    2x2 windows in Winograd's output transform where its rule takes the convolution, or
-    None when no tile holds a whole window (the caller pools apart). ``act`` an activation
-    code (``microkernel.ACTIVATIONS``); arguments otherwise as ``conv_relu_maxpool``'s."""
-    kh, kw, channels, filters = w.shape
-    n_samples = x.shape[0]
-    whole_hw = _output_hw(x.shape, w.shape, strides, dilation, padding)  # as for the conv alone
-    if tuple(pool) == (2, 2) and winograd.chosen(x.shape, w.shape, strides, dilation, whole_hw):
-        return winograd.conv_avgpool(x, w, b, padding, act)
-    cells = pool[0] * pool[1]
-    tile = choose_pool_tile(filters, cells)
-    if tile is None:
-        return None
+    pooled = np.empty(shape, dtype=np.float32)
+    code = np.empty(shape, dtype=np.int8) if epilogue == RELU_MAXPOOL else None
     n_windows = n_samples * pooled_hw[0] * pooled_hw[1]
     if n_windows == 0:  # an empty batch
-        return np.empty((n_samples, *pooled_hw, filters), np.float32)
+        return pooled, code
     xp = padded(x, padding)
     _, padded_h, padded_w, _ = xp.shape
     n_tiles = -(-n_windows * cells // tile.mr)
@@ -394,13 +347,38 @@ def conv_avgpool(x, w, b, strides, dilation, padding, pool, pooled_hw, act=LINEA
     bpack = np.zeros(wpack.shape[0] * tile.nr, dtype=np.float32)
     if b is not None:
         bpack[:filters] = b
-    pooled = np.empty(n_windows * filters, dtype=np.float32)
-    per_block = _tiles_per_block(n_tiles, wpack.shape[0])
     launch(
-        _pooled_tiles, tile.config(AVG_POOL, cells), xp.reshape(-1), pixels, taps, wpack,
-        bpack, pooled, _NO_CODE, n_windows, per_block, act,
+        _pooled_tiles, tile.config(epilogue, cells), xp.reshape(-1), pixels, taps, wpack,
+        bpack, pooled.reshape(-1), _NO_CODE if code is None else code.reshape(-1), n_windows,
+        _tiles_per_block(n_tiles, wpack.shape[0]), act,
     )  # fmt: skip
-    return pooled.reshape(n_samples, *pooled_hw, filters)
+    return pooled, code
+
+
+def conv_relu_maxpool(x, w, b, strides, dilation, padding, pool, pooled_hw):
+    """``pooled, code`` (N, PH, PW, F) float32 and int8 of relu(conv(x, w) + b) max-pooled by
+    non-overlapping ``pool`` = (ph, pw) windows (PH = OH // ph, PW = OW // pw), or None when
+    no tile holds a whole window (``choose_pool_tile``; the caller pools apart). Checked,
+    contiguous float32 x (N, H, W, C), w (KH, KW, C, F), b (F,); geometry as
+    ``conv.conv2d_forward``."""
+    if _pooled_on_winograd(x, w, strides, dilation, padding, pool):
+        return winograd.conv_relu_maxpool(x, w, b, padding)
+    return _pooled_tiles_of(
+        x, w, b, strides, dilation, padding, pool, pooled_hw, RELU_MAXPOOL, RELU
+    )
+
+
+def conv_avgpool(x, w, b, strides, dilation, padding, pool, pooled_hw, act=LINEAR):
+    """pooled (N, PH, PW, F) float32: act(conv(x, w) + b) averaged over non-overlapping
+    ``pool`` = (ph, pw) windows (PH = OH // ph, PW = OW // pw) in the tile's epilogue (the
+    same sums, in the same order, as the convolution then ``pool.avg_pool2d_forward``), with
+    2x2 windows in Winograd's output transform where its rule takes the convolution, or
+    None when no tile holds a whole window (the caller pools apart). ``act`` an activation
+    code (``microkernel.ACTIVATIONS``); arguments otherwise as ``conv_relu_maxpool``'s."""
+    if _pooled_on_winograd(x, w, strides, dilation, padding, pool):
+        return winograd.conv_avgpool(x, w, b, padding, act)
+    done = _pooled_tiles_of(x, w, b, strides, dilation, padding, pool, pooled_hw, AVG_POOL, act)
+    return None if done is None else done[0]
 
 
 #: ``code`` of the AVG_POOL tiles, which write none.

@@ -166,6 +166,26 @@ def conv_relu_maxpool_forward(x, w, b, strides, dilation, padding, pool_size, *,
     return (pooled, code, cols) if return_cols else (pooled, code)
 
 
+def conv_avgpool_forward(x, w, b, strides, dilation, padding, pool_size, activation=None):
+    """activation(conv2d(x, w) + b) averaged over windows of ``pool_size`` with equal strides,
+    in the engine's tiles (``engine.conv_avgpool``), or None where they cannot (the
+    ``NBCNN_CONV=blas`` backend, no tile holding a whole window): the caller runs the two
+    layers. Arguments as ``conv_relu_maxpool_forward``'s; ``activation`` None, 'linear',
+    'relu' or 'relu6'. Returns pooled (N, OH // ph, OW // pw, F) float32 or None."""
+    from nbcnn.kernels.microkernel import ACTIVATIONS
+
+    if engine.backend() != "engine":
+        return None
+    x, w, strides, dilation, padding, _, pool, pooled_hw = _geometry(
+        x, w, strides, dilation, padding, pool_size
+    )
+    if b is not None:
+        b = _checks.float32_array("b", b, 1)
+        _checks.same_shape("b", b, (w.shape[3],))
+    act = ACTIVATIONS[activation]
+    return engine.conv_avgpool(x, w, b, strides, dilation, padding, pool, pooled_hw, act)
+
+
 def conv_relu_maxpool_backward(
     dpooled, x, w, pooled, code, strides, dilation, padding, pool_size, *, need_dx=True, cols=None
 ):

@@ -195,7 +195,7 @@ class _Conv(Layer):
             *self._kernel_args(),
             need_dx=self.input_grad_needed,
             relu_output=self._y4,
-            activation=self.activation if self._y4 is not None else "relu",
+            activation=self.activation,
             cols=self._cols,
         )
         self._cols = None  # overwritten by the backward, and no longer needed
