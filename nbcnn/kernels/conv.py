@@ -30,6 +30,7 @@ import numpy as np
 from nbcnn.kernels import _checks, engine
 from nbcnn.kernels._jit import kernel
 from nbcnn.kernels.engine import padded
+from nbcnn.kernels.microkernel import LINEAR
 
 # ------------------------------------------------------------------------------------ kernels
 
@@ -119,25 +120,15 @@ def _bias_activation(y2d, b, act):
 
 
 @kernel
-def _bias_grad(dy, db_per_sample):
-    """db_per_sample[n, f] = sum over (i, j) of dy[n, i, j, f], accumulated in float64.
-
-    One row per sample keeps the prange race-free; float64 keeps the long batch sum accurate.
-    """
-    n_samples, out_h, out_w, filters = dy.shape
-    for n in numba.prange(n_samples):
-        for i in range(out_h):
-            for j in range(out_w):
-                for f in range(filters):
-                    db_per_sample[n, f] += dy[n, i, j, f]
-
-
-@kernel
 def _gated_bias_grad(dout, out, code, ph, pw, act, dz, db_per_sample):
-    """dz (N, OH, OW, F): the gradient w.r.t. the pre-activation of a convolution whose
-    ReLU or ReLU6 (``act``: 1 or 2) ran in its forward, or whose ReLU and max pooling by
-    (ph, pw) windows did (the one pooling fused; ``act`` is then ReLU's); db_per_sample
-    (N, F) float64 (zeroed) its per-sample sums.
+    """dz (N, OH, OW, L): the gradient w.r.t. the pre-activation of a convolution given
+    the gradient w.r.t. its activation's output, the activation's derivative read off that
+    output (``act``, a code of ``GATES``: ReLU y > 0, ReLU6 0 < y < 6, tanh 1 - y^2, sigmoid
+    y (1 - y), linear 1, each as ``layers.activations.backward`` rounds it), or of a
+    convolution whose ReLU and max pooling by (ph, pw) windows ran in its forward (the one
+    pooling fused; ``act`` is then ReLU's); db_per_sample (N, F) float64 (zeroed) its
+    per-sample sums. L >= F lanes: those past F are zeroed (the weight gradient reads rows
+    of ``engine.gradient_lanes(F)`` floats without repacking them).
 
     dout, out : (N, OH // ph, OW // pw, F) float32, the gradient w.r.t. the (pooled) output
     and that output; code : the same shape, int8, each window's winning cell (read only for
@@ -152,25 +143,71 @@ def _gated_bias_grad(dout, out, code, ph, pw, act, dz, db_per_sample):
     n_samples, out_h, out_w, filters = dout.shape
     single = ph * pw == 1  # one cell a window: code is never read
     uncapped = act != 2  # ReLU: open for y > 0; ReLU6: for 0 < y < 6
+    linear = act == 0  # always open (out is not needed: pass dout)
+    tanh, sigmoid = act == 3, act == 4
+    one = np.float32(1.0)
+    lanes = dz.shape[3]
     # Bitwise & and | with a loop-invariant flag, not branches, keep the loop vectorized (a
     # branchy form measured 1.05 -> 1.39 ms on the seed convnet's conv1 at batch 128).
+    row_len = out_w * filters
     for n in numba.prange(n_samples):
         for i in range(out_h * ph, dz.shape[1]):
             dz[n, i] = 0.0
         for i in range(out_h * ph):
             for j in range(out_w * pw, dz.shape[2]):
                 dz[n, i, j] = 0.0
+        if single and filters >= 16:  # the activation's derivative alone; code not read
+            for pi in range(out_h):
+                for pj in range(out_w):
+                    row = dz[n, pi, pj]
+                    if tanh or sigmoid:  # apart: the selects cost ReLU's loop 16% (64 filters)
+                        for f in range(filters):
+                            y, d = out[n, pi, pj, f], dout[n, pi, pj, f]
+                            g = d * (one - y * y) if tanh else d * y * (one - y)
+                            row[f] = g
+                            db_per_sample[n, f] += g
+                    else:
+                        for f in range(filters):
+                            y = out[n, pi, pj, f]
+                            take = ((y > 0.0) & ((y < 6.0) | uncapped)) | linear
+                            g = dout[n, pi, pj, f] if take else np.float32(0.0)
+                            row[f] = g
+                            db_per_sample[n, f] += g
+                    for f in range(filters, lanes):
+                        row[f] = 0.0
+            continue
+        if single:
+            # Few filters: a whole output row at a time, its pixels' filters as one flat
+            # loop, the bias gradient summed per (pixel, filter) over the rows (a loop over
+            # 6 filters was too short to vectorize: LeNet-5's first layer 1.48 -> 0.86 ms,
+            # one thread, batch 128; with 32 filters the flat form measured 1.06 -> 1.47).
+            sums = np.zeros(row_len, dtype=np.float64)
+            grads = np.empty(row_len, dtype=np.float32)
+            for pi in range(out_h):
+                d_row = dout[n, pi].reshape(row_len)
+                y_row = out[n, pi].reshape(row_len)
+                for q in range(row_len):
+                    y, d = y_row[q], d_row[q]
+                    take = ((y > 0.0) & ((y < 6.0) | uncapped)) | linear
+                    g = d if take else np.float32(0.0)
+                    g = d * (one - y * y) if tanh else g
+                    g = d * y * (one - y) if sigmoid else g
+                    grads[q] = g
+                    sums[q] += g
+                z_row = dz[n, pi].reshape(out_w * lanes)
+                if lanes == filters:
+                    z_row[: out_w * lanes] = grads
+                else:  # rows NR wide for the weight gradient, zeros past the filters
+                    for pj in range(out_w):
+                        for f in range(lanes):
+                            at = pj * filters + min(f, filters - 1)
+                            z_row[pj * lanes + f] = grads[at] if f < filters else 0.0
+            for pj in range(out_w):
+                for f in range(filters):
+                    db_per_sample[n, f] += sums[pj * filters + f]
+            continue
         for pi in range(out_h):
             for pj in range(out_w):
-                if single:  # the activation's mask alone, one pass; code is not read
-                    row = dz[n, pi, pj]
-                    for f in range(filters):
-                        y = out[n, pi, pj, f]
-                        take = (y > 0.0) & ((y < 6.0) | uncapped)
-                        g = dout[n, pi, pj, f] if take else np.float32(0.0)
-                        row[f] = g
-                        db_per_sample[n, f] += g
-                    continue
                 for f in range(filters):  # pooled: ReLU's windows (the one fused pooling)
                     if out[n, pi, pj, f] > 0.0:
                         db_per_sample[n, f] += dout[n, pi, pj, f]
@@ -181,6 +218,8 @@ def _gated_bias_grad(dout, out, code, ph, pw, act, dz, db_per_sample):
                         for f in range(filters):
                             won = code[n, pi, pj, f] == cell and out[n, pi, pj, f] > 0.0
                             row[f] = dout[n, pi, pj, f] if won else np.float32(0.0)
+                        for f in range(filters, lanes):
+                            row[f] = 0.0
 
 
 #: ``code`` for ``_gated_bias_grad`` without pooling (never read).
@@ -224,6 +263,13 @@ def _columns(x, kernel_hw, strides, dilation, padding, out_hw):
 #: Activations that ``conv2d_forward`` applies in its own pass (the engine: in the tile's
 #: epilogue) and whose derivative ``conv2d_backward`` reads off the output.
 FUSED_ACTIVATIONS = ("relu", "relu6")
+
+#: The activations whose derivative ``conv2d_backward`` reads off their output in its
+#: bias-gradient pass (``relu_output``), and their codes in ``_gated_bias_grad``: the fused
+#: ones, and tanh and sigmoid applied apart (NumPy's tanh is faster than the tile's, see
+#: docs/speed.md; their derivative is not: LeNet-5's first layer's tanh gradient, 600,000
+#: values, took NumPy 0.40 ms on one thread, one more pass over dz).
+GATES = {"linear": LINEAR, "relu": 1, "relu6": 2, "tanh": 3, "sigmoid": 4}
 
 
 def _activation_code(activation, relu):
@@ -327,11 +373,12 @@ def conv2d_backward(
     w : (KH, KW, C, F) float32
     strides, dilation, padding : as in ``conv2d_forward``
     need_dx : False skips dx (the first layer has no use for it): one GEMM and col2im fewer.
-    relu_output : (N, OH, OW, F) float32, the forward's output when it was computed with
-        a fused ``activation`` ('relu' or 'relu6'); dy is then the gradient w.r.t. that output
-        and is masked by the activation's derivative read off it (y > 0; 0 < y < 6) here, in
-        the same pass that sums the bias gradient.
-    activation : which fused activation ``relu_output`` came from: 'relu' or 'relu6'.
+    relu_output : (N, OH, OW, F) float32, the output of the convolution's ``activation``
+        ('relu' or 'relu6' fused in ``conv2d_forward``, or 'tanh' or 'sigmoid' applied
+        after it); dy is then the gradient w.r.t. that output and is multiplied by the
+        activation's derivative read off it (y > 0; 0 < y < 6; 1 - y^2; y (1 - y)) here,
+        in the same pass that sums the bias gradient.
+    activation : which activation ``relu_output`` came from (a key of ``GATES``).
     cols : the columns ``conv2d_forward(..., return_cols=True)`` returned for this x, or None
         (they are rebuilt). They are overwritten: pass them to one backward only.
 
@@ -352,25 +399,27 @@ def conv2d_backward(
 
     db_per_sample = np.zeros((n_samples, filters), dtype=np.float64)
     if relu_output is None:
-        _bias_grad(dy, db_per_sample)
+        out, act = dy, LINEAR
     else:
         relu_output = _checks.float32_array("relu_output", relu_output, 4)
         _checks.same_shape("relu_output", relu_output, dy.shape)
-        if activation not in FUSED_ACTIVATIONS:
+        if activation not in GATES:
             raise ValueError(f"relu_output given for activation {activation!r}")
-        dz = np.empty_like(dy)
-        act = _activation_code(activation, False)
-        _gated_bias_grad(dy, relu_output, NO_CODE, 1, 1, act, dz, db_per_sample)
-        dy = dz
+        out, act = relu_output, GATES[activation]
+    # One pass: the activation's derivative (none when linear), the bias gradient and dz in
+    # the rows the weight gradient reads as they are (engine.gradient_lanes).
+    dz = np.empty((*dy.shape[:3], engine.gradient_lanes(filters)), dtype=np.float32)
+    _gated_bias_grad(dy, out, NO_CODE, 1, 1, act, dz, db_per_sample)
     db = db_per_sample.sum(axis=0).astype(np.float32)
-    dx, dw = im2col_gemm_backward(dy, x, w, strides, dilation, padding, need_dx, cols)
+    dx, dw = im2col_gemm_backward(dz, x, w, strides, dilation, padding, need_dx, cols)
     return dx, dw, db
 
 
 def im2col_gemm_backward(dz, x, w, strides, dilation, padding, need_dx, cols=None):
     """dx (N, H, W, C) or None, and dw (KH, KW, C, F), of ``im2col_gemm`` given dz (N, OH, OW, F).
 
-    dz is the gradient after any activation; inputs are checked, contiguous float32. cols, if
+    dz is the gradient after any activation; inputs are checked, contiguous float32. On the
+    engine dz may be (N, OH, OW, ``engine.gradient_lanes(F)``), zeros past F. cols, if
     given, are the forward's columns of the whole batch (checked here, then overwritten).
     """
     if engine.backend() == "engine":
@@ -379,6 +428,7 @@ def im2col_gemm_backward(dz, x, w, strides, dilation, padding, need_dx, cols=Non
         dw = engine.conv_weight_grad(dz, x, w.shape, strides, dilation, padding)
         dx = None
         if need_dx:
+            dz = np.ascontiguousarray(dz[..., : w.shape[3]])
             dx = engine.conv_input_grad(dz, w, x.shape, dilation, padding, strides)
         return dx, dw
     n_samples, height, width, channels = x.shape

@@ -28,7 +28,7 @@ import os
 import numba
 import numpy as np
 
-from nbcnn.kernels import _checks, winograd
+from nbcnn.kernels import _checks, borders, winograd
 from nbcnn.kernels._jit import kernel
 from nbcnn.kernels.microkernel import (
     ACCUMULATE,
@@ -214,7 +214,9 @@ def _addressing(x, w_shape, strides, dilation, padding, out_hw, rows_to):
         x.shape[0], tuple(out_hw), tuple(strides), (padded_h, padded_w), channels, rows_to
     )
     taps = _tap_offsets((kh, kw), tuple(dilation), padded_w, channels)
-    return xp.reshape(-1), pixels, taps
+    # Contiguous: the micro-kernel reads its arrays as flat memory (a reshaped view of a
+    # strided array would keep its strides).
+    return np.ascontiguousarray(xp).reshape(-1), pixels, taps
 
 
 def conv_forward(x, w, b, strides, dilation, padding, out_hw, act=LINEAR):
@@ -234,6 +236,8 @@ def _direct_forward(x, w, b, strides, dilation, padding, out_hw, act=LINEAR):
     """``conv_forward`` as the implicit GEMM on the micro-kernel, whatever the shape."""
     kh, kw, channels, filters = w.shape
     n_pixels = x.shape[0] * out_hw[0] * out_hw[1]
+    if borders.chosen(w.shape, padding):  # padding: only the taps inside the input
+        return borders.conv_forward(x, w, b, strides, dilation, padding, out_hw, act)
     rows = choose_tile(filters).mr
     xp, pixels, taps = _addressing(x, w.shape, strides, dilation, padding, out_hw, rows)
     return _gathered_product(xp, pixels, taps, w.reshape(-1, filters), n_pixels, b, act)
@@ -427,29 +431,46 @@ def _weight_grad_tiles(config, xp, pixels, taps, dzpack, partial, n_pixels, m_bl
                     )  # fmt: skip
 
 
+def gradient_lanes(filters: int) -> int:
+    """The width of the rows in which ``conv_weight_grad`` reads dz without repacking it:
+    the weight gradient's tile width NR when one tile covers the filters (6 filters on
+    AVX-512: 8), else ``filters``. The backward's gating pass writes dz that wide, zeros past
+    the filters, so the weight gradient reads it as it is: repacking LeNet-5's first
+    layer's dz (100,352 rows of 6 floats into rows of 8) took NumPy 0.5 ms, 40% of that
+    weight gradient (one thread, batch 128)."""
+    nr = choose_tile(filters).nr
+    return nr if filters < nr and backend() == "engine" else filters
+
+
 def conv_weight_grad(dz, x, w_shape, strides, dilation, padding):
-    """dw (KH, KW, C, F) float32 of the convolution, given dz (N, OH, OW, F) (the gradient
-    after any activation) and the checked, contiguous float32 forward input x (N, H, W, C).
-    Winograd where its rule chooses it for the forward (``winograd.chosen``)."""
+    """dw (KH, KW, C, F) float32 of the convolution, given dz (N, OH, OW, L) (the gradient
+    after any activation; L = F, or ``gradient_lanes(F)`` with zeros past F) and the
+    checked, contiguous float32 forward input x (N, H, W, C). Winograd where its rule
+    chooses it for the forward (``winograd.chosen``)."""
+    filters = w_shape[3]
     if winograd.chosen(x.shape, w_shape, strides, dilation, dz.shape[1:3]):
-        return winograd.conv_weight_grad(np.ascontiguousarray(dz), x, padding)
+        return winograd.conv_weight_grad(np.ascontiguousarray(dz[..., :filters]), x, padding)
     n_pixels = dz.shape[0] * dz.shape[1] * dz.shape[2]
     xp, pixels, taps = _addressing(x, w_shape, strides, dilation, padding, dz.shape[1:3], 1)
-    return _weight_grad(dz.reshape(n_pixels, w_shape[3]), xp, pixels, taps, w_shape)
+    return _weight_grad(dz.reshape(n_pixels, dz.shape[3]), xp, pixels, taps, w_shape)
 
 
 def _weight_grad(dz2d, xp, pixels, taps, w_shape):
     """dw (KH, KW, C, F) = sum over rows p of xp[pixels[p] + taps[k]] * dz2d[p, f], for
-    dz2d (P, F) float32 and pixels (>= P,) int64: the weight gradient of any pixel order."""
+    dz2d (P, F) float32, or (P, NR) with zeros past F (``gradient_lanes``), and pixels
+    (>= P,) int64: the weight gradient of any pixel order."""
     kh, kw, channels, filters = w_shape
     tile = choose_tile(filters)
     k = kh * kw * channels
     m_pad = -(-k // tile.mr) * tile.mr
     n_pixels = dz2d.shape[0]
     taps = np.concatenate([taps, np.full(m_pad - k, taps[-1], np.int64)])  # a writable copy
-    # With one NR block exactly as wide as the filters, dz is already that block: no copy
-    # (the seed convnet's 64 filters: 1.0 ms of its 11 ms weight gradient was this repack).
-    dzpack = dz2d[np.newaxis] if filters == tile.nr else pack_weights(dz2d, tile.nr)
+    # With one NR block as wide as dz's rows, dz is already that block: no copy (the seed
+    # convnet's 64 filters: 1.0 ms of its 11 ms weight gradient was this repack).
+    if dz2d.shape[1] == tile.nr and filters <= tile.nr:
+        dzpack = np.ascontiguousarray(dz2d)[np.newaxis]
+    else:
+        dzpack = pack_weights(dz2d[:, :filters], tile.nr)
     threads = numba.get_num_threads()
     chunks = max(1, min(threads, -(-n_pixels // _PIXELS_PER_BLOCK)))
     m_blocks = 1 if chunks == threads else min(m_pad // tile.mr, 4 * threads)

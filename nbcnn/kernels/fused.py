@@ -227,7 +227,7 @@ def conv_relu_maxpool_backward(
         )  # fmt: skip
         dw = dw_per_sample.sum(axis=0, dtype=np.float64).astype(np.float32)
         return None, dw, db_per_sample.sum(axis=0).astype(np.float32)
-    dz = np.empty((x.shape[0], *out_hw, filters), dtype=np.float32)
+    dz = np.empty((x.shape[0], *out_hw, engine.gradient_lanes(filters)), dtype=np.float32)
     _gated_bias_grad(dpooled, pooled, code, ph, pw, RELU, dz, db_per_sample)
     dx, dw = im2col_gemm_backward(dz, x, w, strides, dilation, padding, need_dx, cols)
     return dx, dw, db_per_sample.sum(axis=0).astype(np.float32)

@@ -366,6 +366,20 @@ def activate(builder, value, act):
     return builder.select(builder.icmp_signed("==", act, ir.Constant(i64, RELU6)), capped, value)
 
 
+def _require_contiguous(kernel_name, **arrays):
+    """Typing-time check: the tile reads every array through its data pointer as flat
+    memory, so a strided view (layout 'A', e.g. a reshape of a sliced array) would be read
+    wrongly; refuse it at compile time instead."""
+    from numba.core.errors import TypingError
+
+    for name, array in arrays.items():
+        if isinstance(array, types.Array) and array.layout != "C":
+            raise TypingError(
+                f"{kernel_name}: {name} must be a C-contiguous array, got layout "
+                f"{array.layout!r} (pass np.ascontiguousarray(...))"
+            )
+
+
 @intrinsic
 def tile_kernel(
     typingctx, config, a, arow, row0, koff, k_len, b, bias, bias_off, c, c_off, ldc, cols, act
@@ -385,6 +399,7 @@ def tile_kernel(
     mr, nr, vl, epilogue, _ = decode(config.literal_value)
     if epilogue in POOLS:  # those are pool_tile_kernel's
         return None
+    _require_contiguous("tile_kernel", a=a, arow=arow, koff=koff, b=b, bias=bias, c=c)
     sig = types.void(
         config, a, arow, row0, koff, k_len, b, bias, bias_off, c, c_off, ldc, cols, act
     )
@@ -454,6 +469,9 @@ def pool_tile_kernel(
     mr, nr, vl, epilogue, cells = decode(config.literal_value)
     if epilogue not in POOLS:
         return None
+    _require_contiguous(
+        "pool_tile_kernel", a=a, arow=arow, koff=koff, b=b, bias=bias, c=c, code=code
+    )  # fmt: skip
     sig = types.void(
         config, a, arow, row0, koff, k_len, b, bias, bias_off, c, c_off, ldc, code, act
     )  # fmt: skip
