@@ -211,20 +211,31 @@ class ConvAvgPool:
         return self.conv.backward(self.pool.backward(dy))
 
 
-def plan(layers: list[Layer]) -> list[tuple[int, Any]]:
+def plan(layers: list[Layer], inputs: list[tuple[int, ...]] | None = None) -> list[tuple[int, Any]]:
     """The steps a model runs: ``(index of the step's first layer, step)``, where a step is a
     layer or a :class:`ConvReluMaxPool`, :class:`ConvBatchNorm` or :class:`ConvAvgPool`
-    standing for two."""
+    standing for two. In a graph (``inputs``, nbcnn.graph) two layers fuse only when the
+    second takes the first's output and no other layer does."""
     steps: list[tuple[int, Any]] = []
+    inputs = [(i - 1,) for i in range(len(layers))] if inputs is None else inputs
+    uses = [0] * len(layers)
+    for producers in inputs:
+        for j in producers:
+            if j >= 0:
+                uses[j] += 1
+
+    def pair(i: int) -> bool:
+        return i + 1 < len(layers) and inputs[i + 1] == (i,) and uses[i] == 1
+
     i = 0
     while i < len(layers):
-        if i + 1 < len(layers) and fusable(layers[i], layers[i + 1]):
+        if pair(i) and fusable(layers[i], layers[i + 1]):
             steps.append((i, ConvReluMaxPool(i, layers[i], layers[i + 1])))
             i += 2
-        elif i + 1 < len(layers) and foldable(layers[i], layers[i + 1]):
+        elif pair(i) and foldable(layers[i], layers[i + 1]):
             steps.append((i, ConvBatchNorm(i, layers[i], layers[i + 1])))
             i += 2
-        elif i + 1 < len(layers) and averageable(layers[i], layers[i + 1]):
+        elif pair(i) and averageable(layers[i], layers[i + 1]):
             steps.append((i, ConvAvgPool(i, layers[i], layers[i + 1])))
             i += 2
         else:

@@ -12,11 +12,12 @@ import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from nbcnn import graph
 from nbcnn.errors import ConfigError, DataError, NbcnnError
 from nbcnn.layers.args import MAX_INT, TOO_LARGE, is_int, is_number, show, show_some
 from nbcnn.layers.base import Layer, ParamSpec, Shape, ShapeError, format_shape
 from nbcnn.registry import Registry, describe, quote, registry
-from nbcnn.spec import check_model_name
+from nbcnn.spec import INPUT_NAME, check_inputs, check_model_name
 
 if TYPE_CHECKING:
     import numpy as np
@@ -52,6 +53,7 @@ class Sequential:
         name: str = "model",
         distributions: list[str] | None = None,
         spec: ModelSpec | None = None,
+        inputs: list[Any] | None = None,
     ):
         layers = [] if layers is None else layers
         if not isinstance(layers, (list, tuple)):
@@ -75,7 +77,16 @@ class Sequential:
             self.input_shape = check_shape(input_shape, "Sequential(input_shape)")
         self.shapes: list[tuple[Shape, Shape]] = []
         self._param_specs: list[list[ParamSpec]] = []
-        self._set_layers(list(layers), distributions, "Sequential")
+        #: Each layer's producers (nbcnn.graph): (i - 1,) for a chain, INPUT (-1) the input.
+        self.inputs: list[tuple[int, ...]] = []
+        if inputs is not None and (
+            not isinstance(inputs, (list, tuple)) or len(inputs) != len(layers)
+        ):
+            raise ConfigError(
+                f"expected one inputs entry per layer ({len(layers)}), got {show(inputs)}",
+                where="Sequential(inputs)",
+            )
+        self._set_layers(list(layers), distributions, "Sequential", inputs)
         self.built = False
         self.rng = None
         self.compiled = None  # set by nbcnn.train.compile
@@ -128,7 +139,9 @@ class Sequential:
                 )
             layers.append(layer)
             dists.append(entry.distribution)
-        return cls(layers, spec.input_shape, spec.name, dists, spec)
+        return cls(
+            layers, spec.input_shape, spec.name, dists, spec, [s.inputs for s in spec.layers]
+        )
 
     def add(self, layer: Layer) -> None:
         """Append ``layer`` (Keras's ``Sequential.add``), shape-checked at once when the input
@@ -140,12 +153,21 @@ class Sequential:
                 "Sequential to change its layers",
                 where="add(layer)",
             )
-        self._set_layers([*self.layers, layer], [*self.distributions, None], "add")
+        written = [*graph.written_inputs(self.inputs, self.layers), None]
+        self._set_layers([*self.layers, layer], [*self.distributions, None], "add", written)
 
-    def _set_layers(self, layers: list[Any], distributions: list[Any] | None, what: str) -> None:
-        """Check ``layers`` (Layer objects, each once), name the unnamed ones, take the input
-        shape from the first layer's ``input_shape=`` if the model has none, and infer every
-        shape; on error, the model keeps its previous layers."""
+    def _set_layers(
+        self,
+        layers: list[Any],
+        distributions: list[Any] | None,
+        what: str,
+        written: list[Any] | None = None,
+    ) -> None:
+        """Check ``layers`` (Layer objects, each once), name the unnamed ones, resolve where
+        each takes its input from (``written``, each layer's ``inputs`` as a config writes
+        it; None: the previous layer), take the input shape from the first layer's
+        ``input_shape=`` if the model has none, and infer every shape; on error, the model
+        keeps its previous layers."""
         for i, layer in enumerate(layers):
             where = f"{what}(layers[{i}])" if what == "Sequential" else f"{what}(layer)"
             if not isinstance(layer, Layer):
@@ -183,12 +205,19 @@ class Sequential:
             for layer, d in zip(layers, distributions or [None] * len(layers))
         ]
         _name_layers(layers)
-        previous = (self.layers, self.distributions, self.input_shape)
+        if written is not None:
+            written = [
+                check_inputs(w, f"layers[{i}].inputs") if w is not None else None
+                for i, w in enumerate(written)
+            ]
+        inputs = graph.resolve(layers, written or [None] * len(layers))
+        previous = (self.layers, self.distributions, self.input_shape, self.inputs)
         self.layers, self.distributions, self.input_shape = layers, dists, input_shape
+        self.inputs = inputs
         try:
             self._infer_shapes()
         except BaseException:
-            self.layers, self.distributions, self.input_shape = previous
+            self.layers, self.distributions, self.input_shape, self.inputs = previous
             raise
 
     def _set_input_shape(self, input_shape: Shape) -> None:
@@ -216,12 +245,15 @@ class Sequential:
         """Each layer's ``(input shape, output shape)`` and weights, from the calculators;
         nothing to infer before the input shape is known. On error the model keeps the
         previous ones."""
-        shapes: list[tuple[Shape, Shape]] = []
-        shape = self.input_shape
-        if shape is None:
+        shapes: list[tuple[Any, Shape]] = []
+        if self.input_shape is None:
             self.shapes, self._param_specs = [], []
             return
+        outputs: dict[int, Shape] = {graph.INPUT: self.input_shape}
         for i, layer in enumerate(self.layers):
+            # A merging layer's calculators take the list of its inputs' shapes.
+            given = [outputs[j] for j in self.inputs[i]]
+            shape = given if graph.takes_many(layer) else given[0]
             out = self.calculate(i, "output_shape", shape)
             if not out or min(out) < 1:
                 raise ConfigError(
@@ -229,9 +261,24 @@ class Sequential:
                     where=layer_label(i, layer),
                 )
             shapes.append((shape, out))
-            shape = out
+            outputs[i] = out
         specs = [self.calculate(i, "param_shapes", s_in) for i, (s_in, _) in enumerate(shapes)]
         self.shapes, self._param_specs = shapes, specs
+
+    @property
+    def is_graph(self) -> bool:
+        """Whether some layer takes another input than the previous layer's output."""
+        return not graph.is_chain(self.inputs)
+
+    def input_text(self, i: int) -> str:
+        """Layer ``i``'s input shapes and where they come from, for messages:
+        ``(8, 8, 16) from 'conv2d_1', (8, 8, 32) from 'conv2d_3'``."""
+        parts = []
+        for j in self.inputs[i]:
+            source = INPUT_NAME if j == graph.INPUT else self.layers[j].name
+            shape = self.input_shape if j == graph.INPUT else self.shapes[j][1]
+            parts.append(f"{format_shape(shape)} from {source!r}")
+        return ", ".join(parts)
 
     @property
     def output_shape(self) -> Shape:
@@ -253,6 +300,13 @@ class Sequential:
         try:
             result = getattr(layer, method)(*args)
         except ShapeError as err:
+            if graph.takes_many(layer):
+                given = ", ".join(
+                    f"{format_shape(shape)} from "
+                    f"{INPUT_NAME if j == graph.INPUT else self.layers[j].name!r}"
+                    for j, shape in zip(self.inputs[i], args[0])
+                )
+                raise ConfigError(f"{err} (inputs {given})", where=layer_label(i, layer)) from None
             raise ConfigError(
                 f"{err} (input {format_shape(args[0])})", where=layer_label(i, layer)
             ) from None
@@ -332,15 +386,18 @@ class Sequential:
 
         self._require_built()
         if self.fuse:
-            return plan(self.layers)
+            return plan(self.layers, self.inputs)
         return list(enumerate(self.layers))
 
     def forward(self, x: np.ndarray, training: bool = False, upto: int | None = None) -> np.ndarray:
         """``x : (N, *input_shape) float32`` -> ``(N, *output_shape) float32``.
 
-        ``upto``: stop after layer ``upto`` and return its output (feature maps), running
-        the layers one by one, unfused, so that this layer's own output exists. Each step's
-        result is checked against the contract (a float32 array of the layer's output shape).
+        Layers run in their order (a topological order of the graph, nbcnn.graph), each on
+        its inputs' outputs (a merging layer on the list of them); an output is dropped as
+        soon as the last layer taking it has run. ``upto``: stop after layer ``upto`` and
+        return its output (feature maps), running the layers one by one, unfused, so that
+        this layer's own output exists. Each step's result is checked against the contract
+        (a float32 array of the layer's output shape).
         """
         import numpy as np
 
@@ -351,33 +408,90 @@ class Sequential:
             steps = list(enumerate(self.layers[: upto + 1]))
         # The layer each step ends with (a fused step ends with the layer before the next).
         ends = [j - 1 for j, _ in steps[1:]] + [len(self.layers) - 1 if upto is None else upto]
+        last_use = {j: last for (i, _), last in zip(steps, ends) for j in self.inputs[i]}
+        values = {graph.INPUT: x}
         for (i, step), last in zip(steps, ends):
-            y = self.guarded(i, "forward", step.forward, x, training=training)
+            given = [values[j] for j in self.inputs[i]]
+            arg = given if graph.takes_many(self.layers[i]) else given[0]
+            y = self.guarded(i, "forward", step.forward, arg, training=training)
             want = (len(x), *self.shapes[last][1])
             if not (isinstance(y, np.ndarray) and y.dtype == np.float32 and y.shape == want):
                 raise layer_failure(
                     self, i, "forward", f"returned {_array_text(y)}; expected float32 {want}"
                 )
-            x = y
+            values[last] = y
+            for j in self.inputs[i]:  # no later layer takes it: free it now
+                if last_use.get(j) == last:
+                    values.pop(j, None)
         if training:
-            self._steps = steps  # backward runs the same steps
-        return x
+            self._steps = list(zip(steps, ends))  # backward runs the same steps
+        return values[ends[-1]]
 
     def backward(self, dy: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
         """Back-propagate ``dy`` (gradient w.r.t. the output of the last training forward);
         fills each layer's ``grads``; returns the gradient w.r.t. the input, or None with
-        ``input_grad=False`` (training has no use for it, and the first layer then skips it).
+        ``input_grad=False`` (training has no use for it, and the layers taking the model's
+        input then skip it). Steps run in reverse; an output taken by several layers gets
+        the sum of their gradients, and each gradient is dropped once its producer has run.
         """
         if not self._steps:
             raise RuntimeError("backward needs a forward with training=True first")
-        first = self.layers[0]
-        first.input_grad_needed = input_grad
+        # Layers taking only the model's input may skip their input gradient (a merge that
+        # also takes a layer's output must still return that one).
+        takers = [
+            self.layers[i]
+            for (i, _), _ in self._steps
+            if all(j == graph.INPUT for j in self.inputs[i])
+        ]
+        for layer in takers:
+            layer.input_grad_needed = input_grad
+        grads = {self._steps[-1][1]: dy}
         try:
-            for i, step in reversed(self._steps):
-                dy = self.guarded(i, "backward", step.backward, dy)
+            for (i, step), last in reversed(self._steps):
+                g = grads.pop(last)
+                out = self.guarded(i, "backward", step.backward, g)
+                producers = self.inputs[i]
+                parts = self._merge_gradients(i, out, len(g)) if len(producers) > 1 or (
+                    graph.takes_many(self.layers[i])
+                ) else [out]  # fmt: skip
+                for j, part in zip(producers, parts):
+                    if part is None:  # a gradient nobody needs (the model's input)
+                        continue
+                    # A new array: a layer may keep the one it returned.
+                    grads[j] = grads[j] + part if j in grads else part
         finally:
-            first.input_grad_needed = True
-        return dy if input_grad else None
+            for layer in takers:
+                layer.input_grad_needed = True
+        return grads.get(graph.INPUT) if input_grad else None
+
+    def _merge_gradients(self, i: int, out: Any, batch: int) -> list[Any]:
+        """A merging layer's backward result checked against the contract: a list or tuple
+        with one gradient per input, each a float32 array of that input's shape (None only
+        for the model's input when its gradient is not needed); a TrainingError naming the
+        layer otherwise (the forward checks each step's output the same way)."""
+        import numpy as np
+
+        producers = self.inputs[i]
+        if not isinstance(out, (list, tuple)) or len(out) != len(producers):
+            got = f"{len(out)} gradients" if isinstance(out, (list, tuple)) else _array_text(out)
+            raise layer_failure(
+                self, i, "backward",
+                f"returned {got}; expected a list of {len(producers)} gradients, one per input",
+            )  # fmt: skip
+        for k, (j, part) in enumerate(zip(producers, out)):
+            shape = self.input_shape if j == graph.INPUT else self.shapes[j][1]
+            want = (batch, *shape)
+            if part is None and j == graph.INPUT and not self.layers[i].input_grad_needed:
+                continue
+            if not (
+                isinstance(part, np.ndarray) and part.dtype == np.float32 and part.shape == want
+            ):
+                raise layer_failure(
+                    self, i, "backward",
+                    f"returned {_array_text(part)} as the gradient of input {k}; expected "
+                    f"float32 {want}",
+                )  # fmt: skip
+        return list(out)
 
     def trainable_weights(self) -> tuple[list[np.ndarray], list[tuple[Layer, str]]]:
         """The arrays the optimizer updates, and ``(layer, name)`` of each."""
@@ -470,10 +584,14 @@ class Sequential:
         import copy
 
         self.require_shapes()
+        layers = [layer.get_config() for layer in self.layers]
+        for entry, written in zip(layers, graph.written_inputs(self.inputs, self.layers)):
+            if written is not None:  # a graph: where the layer takes its input from
+                entry["inputs"] = written
         config: dict[str, Any] = {
             "name": self.name,
             "input_shape": list(self.input_shape),
-            "layers": [layer.get_config() for layer in self.layers],
+            "layers": layers,
         }
         if self.spec is not None and self.spec.train is not None:
             config["train"] = copy.deepcopy(self.spec.train)

@@ -138,6 +138,8 @@ def _optimizer_type(optimizer: Any) -> str:
 def _layer_memory(index: int, layer, s_in, s_out) -> LayerMemory:
     from nbcnn.layers.conv import Conv1D, Conv2D
 
+    if isinstance(s_in, list):  # a merging layer: the list of its inputs' shapes
+        return LayerMemory(sum(math.prod(s) for s in s_in), math.prod(s_out))
     sizes = (math.prod(s_in), math.prod(s_out))
     if not isinstance(layer, (Conv1D, Conv2D)):
         return LayerMemory(*sizes)

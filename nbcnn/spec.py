@@ -133,12 +133,56 @@ def parse_yaml(text: str | bytes, file: str | None = None) -> Any:
 
 @dataclass
 class LayerSpec:
-    """One entry of ``layers``: its type, optional name and Keras keyword arguments."""
+    """One entry of ``layers``: its type, optional name, Keras keyword arguments and where
+    its input comes from (``inputs``, as written: None for the previous layer; see
+    :func:`check_inputs`)."""
 
     index: int
     type: str
     name: str | None
     kwargs: dict[str, Any]
+    inputs: Any = None
+
+
+#: The name by which a layer's ``inputs`` refers to the model's input (Keras 3's name for a
+#: functional model's InputLayer); no layer may take it.
+INPUT_NAME = "input_layer"
+
+#: Most inputs one layer may list (a Concatenate of many branches stays far below).
+MAX_INPUTS = 64
+
+
+def check_inputs(value: Any, where: str) -> Any:
+    """A layer's ``inputs``: a layer name, a relative index (-1 the previous layer, -2 the
+    one before...), or a non-empty list of them (layers that merge several inputs);
+    ConfigError otherwise. Names and indices are resolved against the model's layers
+    later (nbcnn.graph), where unknown names and forward references are refused."""
+
+    def one(item: Any, at: str) -> Any:
+        if isinstance(item, str) and item:
+            return item
+        if isinstance(item, int) and not isinstance(item, bool):
+            if item < 0:
+                return item
+            raise ConfigError(
+                f"a relative index counts back from this layer: -1 is the previous layer, "
+                f"-2 the one before; got {item} (name the layer instead to refer to it "
+                "wherever it is)",
+                where=at,
+            )
+        raise ConfigError(
+            f"expected a layer name or a negative relative index (-1 the previous layer), "
+            f"got {show(item)}",
+            where=at,
+        )
+
+    if isinstance(value, list):
+        if not value:
+            raise ConfigError("expected at least one input, got an empty list", where=where)
+        if len(value) > MAX_INPUTS:
+            raise ConfigError(f"at most {MAX_INPUTS} inputs, got {len(value)}", where=where)
+        return [one(item, f"{where}[{k}]") for k, item in enumerate(value)]
+    return one(value, where)
 
 
 @dataclass
@@ -263,11 +307,20 @@ def _parse_layer(index: int, entry: Any) -> LayerSpec:
     name = entry.get("name")
     if name is not None:
         check_layer_name(name, f"{where}.name")
-    kwargs = {k: v for k, v in entry.items() if k not in ("type", "name")}
+        if name == INPUT_NAME:
+            raise ConfigError(
+                f"{INPUT_NAME!r} names the model's input (a layer's inputs refer to it by "
+                "that name); choose another name",
+                where=f"{where}.name",
+            )
+    inputs = None
+    if "inputs" in entry:
+        inputs = check_inputs(entry["inputs"], f"{where}.inputs")
+    kwargs = {k: v for k, v in entry.items() if k not in ("type", "name", "inputs")}
     bad_keys = [k for k in kwargs if not isinstance(k, str)]
     if bad_keys:
         raise ConfigError(f"argument names must be strings, got {show(bad_keys[0])}", where=where)
-    return LayerSpec(index=index, type=type_name, name=name, kwargs=kwargs)
+    return LayerSpec(index=index, type=type_name, name=name, kwargs=kwargs, inputs=inputs)
 
 
 def _kind(value: Any) -> str:

@@ -1,7 +1,8 @@
 """The layer test kit (nbcnn.testing) over every built-in layer, and against broken layers.
 
-``EXAMPLES`` is the one table: a built-in type is one row of (arguments, input shape). A new
-built-in layer without a row fails ``test_every_builtin_has_an_example``. Activations in the
+``EXAMPLES`` is the one table: a built-in type is one row of (arguments, input shape; a list
+of shapes for a merging layer). A new built-in layer without a row fails
+``test_every_builtin_has_an_example``. Activations in the
 rows are smooth (tanh) or the kit skips the few entries at a ReLU kink.
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -19,15 +21,18 @@ from nbcnn.layers.args import Arg, positive_int
 from nbcnn.layers.base import Layer
 from nbcnn.layers.conv import Conv2D
 from nbcnn.layers.core import Dense
+from nbcnn.layers.merging import Add, Average, Multiply, Subtract
+from nbcnn.model import Sequential
 from nbcnn.registry import registry
 from nbcnn.testing import (
     check_calculator,
     check_config_round_trip,
     check_layer,
     check_lazy_imports,
+    check_model_gradients,
 )
 
-EXAMPLES: dict[str, list[tuple[dict, tuple[int, ...]]]] = {
+EXAMPLES: dict[str, list[tuple[dict, Any]]] = {
     "Conv2D": [
         ({"filters": 3, "kernel_size": 3, "padding": "same", "activation": "tanh"}, (5, 5, 2)),
         ({"filters": 2, "kernel_size": [2, 3], "strides": 2}, (6, 7, 1)),
@@ -66,6 +71,20 @@ EXAMPLES: dict[str, list[tuple[dict, tuple[int, ...]]]] = {
     "Cropping2D": [({"cropping": [[1, 0], [0, 2]]}, (4, 5, 2))],
     "UpSampling2D": [({"size": [2, 3]}, (2, 2, 2))],
     "Reshape": [({"target_shape": [-1, 2]}, (2, 3, 2))],
+    # Merging layers take a list of input shapes; the second rows broadcast (Keras's rule:
+    # shapes aligned at their last axis, an axis of 1 or a missing one stretches).
+    "Add": [({}, [(3, 3, 2), (3, 3, 2)]), ({}, [(3, 3, 2), (3, 1, 2), (2,)])],
+    "Subtract": [({}, [(3, 3, 2), (3, 3, 2)]), ({}, [(4, 3), (1, 3)])],
+    "Multiply": [({}, [(3, 3, 2), (3, 3, 2), (3, 3, 2)]), ({}, [(4, 3), (4, 1)])],
+    "Average": [({}, [(3, 3, 2), (3, 3, 2)]), ({}, [(2, 3), (2, 3), (1, 3)])],
+    "Maximum": [({}, [(3, 3, 2), (3, 3, 2)]), ({}, [(4, 3), (4, 3), (1, 3)])],
+    "Minimum": [({}, [(3, 3, 2), (3, 3, 2)]), ({}, [(4, 3), (4, 3), (4, 1)])],
+    "Concatenate": [
+        ({}, [(3, 3, 2), (3, 3, 1)]),
+        ({"axis": 1}, [(2, 3, 2), (1, 3, 2), (3, 3, 2)]),
+        ({"axis": -2}, [(3, 2, 2), (3, 1, 2)]),
+        ({"axis": 1}, [(4, 3)]),
+    ],
 }
 
 
@@ -270,3 +289,203 @@ def test_the_guides_minimal_plugin_passes_the_kit(kwargs, input_shape):
     scale = guide_example_class()
     assert scale.api_version == nbcnn.PLUGIN_API_VERSION
     check_layer(scale, kwargs, input_shape)
+
+
+# ------------------------------------------------------------- layers with several inputs
+
+
+def guide_multi_input_class() -> type:
+    """The ``WeightedSum`` class of docs/plugins.md's section on layers with several inputs,
+    executed as written."""
+    guide = (Path(__file__).resolve().parents[1] / "docs" / "plugins.md").read_text()
+    section = guide.split("## Layers with several inputs", 1)[1]
+    source = re.search(r"```python\n(.*?)```", section, re.DOTALL).group(1)
+    namespace: dict = {}
+    exec(compile(source, "docs/plugins.md", "exec"), namespace)
+    return namespace["WeightedSum"]
+
+
+@pytest.mark.parametrize("shapes", [[(4, 4, 3), (4, 4, 3)], [(5, 2), (5, 2), (5, 2)], [(3,)]])
+def test_the_guides_multi_input_plugin_passes_the_kit(shapes):
+    weighted_sum = guide_multi_input_class()
+    assert weighted_sum.multi_input and weighted_sum.api_version == nbcnn.PLUGIN_API_VERSION
+    layer = check_layer(weighted_sum, {}, shapes)
+    assert layer.input_shape == tuple(shapes)
+
+
+def test_the_guides_multi_input_plugin_runs_in_a_graph():
+    """The guide's layer in a model, as its YAML fragment wires it: shapes, a training step
+    whose gradients reach both branches, and a one-line error naming both inputs."""
+    weighted_sum = guide_multi_input_class()
+    conv = {"filters": 8, "padding": "same"}
+    model = Sequential(
+        [Conv2D(kernel_size=3, name="left", **conv), Conv2D(kernel_size=1, **conv), weighted_sum()],
+        input_shape=(6, 6, 2),
+        inputs=[None, "input_layer", ["left", -1]],
+    ).initialize(0)
+    assert model.shapes[2] == ([(6, 6, 8), (6, 6, 8)], (6, 6, 8))
+    x = np.random.default_rng(0).normal(size=(2, 6, 6, 2)).astype(np.float32)
+    y = model.forward(x, training=True)
+    model.backward(np.ones_like(y))
+    w = model.layers[2].params["w"]
+    for k, branch in enumerate(model.layers[:2]):  # dL/d(bias) = w[k] * N * H * W
+        np.testing.assert_allclose(branch.grads["bias"], w[k] * 2 * 6 * 6, rtol=1e-5)
+    with pytest.raises(
+        ConfigError, match=r"inputs \(None, 6, 6, 8\) from 'left', \(None, 6, 6, 4\)"
+    ):
+        Sequential(
+            [Conv2D(kernel_size=3, name="left", **conv), Conv2D(4, 1), weighted_sum()],
+            input_shape=(6, 6, 2),
+            inputs=[None, "input_layer", ["left", -1]],
+        )
+
+
+class SwappedSubtract(Subtract):
+    """Returns the two gradients in the wrong order."""
+
+    def backward(self, dy):
+        return super().backward(dy)[::-1]
+
+
+class OneGradient(Add):
+    """Returns one array, as a single-input layer would."""
+
+    def backward(self, dy):
+        return super().backward(dy)[0]
+
+
+class TooFewGradients(Add):
+    def backward(self, dy):
+        return super().backward(dy)[:1]
+
+
+class NoUnbroadcast(Add):
+    """Forgets to sum the gradient of a broadcast input back to its shape."""
+
+    def backward(self, dy):
+        return [dy.copy() for _ in self.input_shape]
+
+
+class DropsTheSecondGradient(Multiply):
+    def backward(self, dy):
+        grads = super().backward(dy)
+        return [grads[0], np.zeros_like(grads[1])]
+
+
+class NoneThoughNeeded(Add):
+    def backward(self, dy):
+        return [super().backward(dy)[0], None]
+
+
+class WritesIntoAnInput(Add):
+    def forward(self, x, training=False):
+        x[1][0] += 1.0
+        return super().forward(x, training)
+
+
+class SkipsWhenAllowed(Add):
+    """Skips every input gradient when none is needed: allowed by the contract."""
+
+    def backward(self, dy):
+        grads = super().backward(dy)
+        return grads if self.input_grad_needed else [None] * len(grads)
+
+
+SAME = [(3, 2), (3, 2)]
+
+
+@pytest.mark.parametrize(
+    "cls, shapes, message",
+    [
+        (SwappedSubtract, SAME, r"gradient of the input x\[0\]"),
+        (OneGradient, SAME, "backward returned ndarray; a multi-input layer returns a list"),
+        (TooFewGradients, SAME, "backward returned 1 gradients for 2 inputs"),
+        (NoUnbroadcast, [(3, 2), (1, 2)], r"gradient of x\[1\] has shape \(2, 3, 2\)"),
+        (DropsTheSecondGradient, SAME, r"gradient of the input x\[1\] at"),
+        (NoneThoughNeeded, SAME, r"gradient of x\[1\] returned NoneType"),
+        (WritesIntoAnInput, SAME, r"modified x\[1\]"),
+    ],
+)
+def test_check_layer_catches_multi_input_bugs(cls, shapes, message):
+    with pytest.raises(AssertionError, match=message) as info:
+        check_layer(cls, {}, shapes)
+    assert str(info.value).startswith(f"{cls.__name__}() on inputs [(3, 2), ")
+
+
+def test_check_layer_catches_a_wrong_weight_gradient_of_a_multi_input_plugin():
+    weighted_sum = guide_multi_input_class()
+
+    def backward(self, dy):
+        dx = weighted_sum.backward(self, dy)
+        self.grads["w"] = self.grads["w"][::-1].copy()  # each input's weight gets the other's
+        return dx
+
+    def build(self, input_shape, rng):
+        weighted_sum.build(self, input_shape, rng)
+        self.params["w"] = np.array([0.5, 2.0], np.float32)
+
+    wrong = type("SwappedWeights", (weighted_sum,), {"backward": backward, "build": build})
+    with pytest.raises(AssertionError, match="gradient of weight 'w'"):
+        check_layer(wrong, {}, [(4, 2), (4, 2)])
+
+
+def test_a_multi_input_layer_may_skip_gradients_nobody_needs():
+    check_layer(SkipsWhenAllowed, {}, SAME)
+
+
+def test_the_kit_says_how_to_give_input_shapes():
+    with pytest.raises(AssertionError, match=r"give input_shape as a list of shapes"):
+        check_layer(Add, {}, (3, 2))
+    with pytest.raises(AssertionError, match=r"Dense\(units=2\) on inputs .*takes one input"):
+        check_layer(Dense, {"units": 2}, SAME)
+
+
+def test_every_builtin_merge_is_checked_with_several_inputs():
+    """The merging layers' rows in EXAMPLES give lists of shapes (what check_layer runs by
+    test_builtin_fits_the_contract), at least one with more than two inputs or broadcasting."""
+    merges = {name for name, cls in builtin_types().items() if getattr(cls, "multi_input", False)}
+    assert merges == {"Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum", "Concatenate"}
+    for name in merges:
+        shapes = [shape for _, shape in EXAMPLES[name]]
+        assert all(isinstance(s, list) for s in shapes), name
+        assert any(len(s) > 2 or len(set(s)) > 1 for s in shapes), name
+
+
+@pytest.mark.parametrize("cls", [Add, Average])
+def test_add_and_average_broadcast_an_input_after_the_second(cls):
+    check_layer(cls, {}, [(3, 1), (3, 1), (3, 2)])
+
+
+# ------------------------------------------------------------ a whole model's gradients
+
+
+def weighted_sum_graph(merge: Layer) -> Sequential:
+    """Two Conv2D branches off the input, merged by ``merge``, then a Dense."""
+    conv = {"filters": 3, "kernel_size": 3, "padding": "same", "activation": "tanh"}
+    return Sequential(
+        [Conv2D(name="left", **conv), Conv2D(name="right", **conv), merge, Dense(2)],
+        input_shape=(5, 5, 2),
+        inputs=[None, "input_layer", ["left", "right"], None],
+    ).initialize(0)
+
+
+def test_check_model_gradients_passes_the_guides_plugin_in_a_graph():
+    model = weighted_sum_graph(guide_multi_input_class()())
+    x = np.random.default_rng(0).uniform(-1, 1, (2, 5, 5, 2)).astype(np.float32)
+    checked = check_model_gradients(model, x, max_entries=16)
+    assert set(checked) == {"x", *model.weight_names()}
+    assert checked["weighted_sum/w"] == 2 and checked["x"] >= 8
+
+
+@pytest.mark.parametrize(
+    "merge, message",
+    [
+        (SwappedSubtract, r"gradient of (the input x|weight '\w+' of layers\[[01]\])"),
+        (DropsTheSecondGradient, r"gradient of (the input x|weight '\w+' of layers\[1\] 'right')"),
+    ],
+)
+def test_check_model_gradients_catches_a_wrong_merge_in_a_graph(merge, message):
+    model = weighted_sum_graph(merge())
+    x = np.random.default_rng(0).uniform(-1, 1, (2, 5, 5, 2)).astype(np.float32)
+    with pytest.raises(AssertionError, match=f"^model 'model': {message}"):
+        check_model_gradients(model, x, max_entries=16)

@@ -120,7 +120,9 @@ class Layer:
         given those before it. ``None`` when outputs no longer map to input windows (Flatten,
         global pooling). The default keeps both for layers that keep the spatial rank.
         """
-        if len(self.output_shape(input_shape)) == len(input_shape):
+        # A merging layer (``multi_input``) gets the list of its inputs' shapes.
+        rank = len(input_shape[0]) if getattr(self, "multi_input", False) else len(input_shape)
+        if len(self.output_shape(input_shape)) == rank:
             return rf, jump
         return None
 
