@@ -17,8 +17,17 @@ Choices made for exact outputs:
   given) statistics as constants, so the exported model takes raw inputs as nbcnn's does;
 * Dropout is the identity; UpSampling2D repeats rows and columns with Reshape/Expand/Reshape.
 
+Graph models (nbcnn/graph.py) export as the same graph: each layer's nodes read the output
+tensors of the layers its ``inputs`` name (``input`` for the model's input), and a merging
+layer's exporter receives the list of their names. Add, Subtract and Multiply become chains of
+the binary ONNX op, Average ``Mean``, Maximum ``Max``, Minimum ``Min``; Concatenate is a
+``Concat`` along nbcnn's own axis, the layout being channels-last. Keras's broadcasting aligns
+sample shapes at their last axis, ONNX's whole tensors, batch axis included, so an input of
+lower rank first gets its axes of 1 after the batch axis (``Unsqueeze``), as nbcnn does.
+
 Plugins export their own layers by defining ``to_onnx(self, builder, input_name) ->
-output_name`` on the layer class (see :class:`OnnxBuilder` and docs/onnx.md).
+output_name`` on the layer class (``input_names``, a list, for a merging layer; see
+:class:`OnnxBuilder` and docs/onnx.md).
 """
 
 from __future__ import annotations
@@ -30,7 +39,8 @@ from typing import Any
 import numpy as np
 
 from nbcnn.errors import DataError
-from nbcnn.layers import conv, core, normalization, pooling, preprocessing, reshaping
+from nbcnn.graph import INPUT, takes_many
+from nbcnn.layers import conv, core, merging, normalization, pooling, preprocessing, reshaping
 
 #: Default opset: 17 has every op used here with the attribute forms used here.
 OPSET = 17
@@ -53,7 +63,8 @@ class OnnxBuilder:
     A layer exporter (built-in, or a plugin's ``to_onnx(self, builder, input_name)``) reads its
     input tensor by name, adds nodes and constant tensors through this builder and returns the
     name of its output tensor. Tensors between layers are channels-last, shaped ``(N,
-    *layer.input_shape)`` and ``(N, *layer.out_shape)``.
+    *layer.input_shape)`` and ``(N, *layer.out_shape)``; a merging layer reads a list of
+    names, one per input, shaped ``(N, *layer.input_shape[k])``.
 
     Methods
     -------
@@ -238,7 +249,47 @@ def _upsampling(layer: reshaping.UpSampling2D, b: OnnxBuilder, x: str) -> str:
     return _reshape_to(b, y, layer.out_shape)
 
 
-Exporter = Callable[[Any, OnnxBuilder, str], str]
+#: ``(layer, builder, input) -> output name``; ``input`` is a list of names for merging layers.
+Exporter = Callable[[Any, OnnxBuilder, Any], str]
+
+
+def _ranked(layer: merging._Elementwise, b: OnnxBuilder, xs: Sequence[str]) -> list[str]:
+    """Each input with axes of 1 after its batch axis up to the output's rank: Keras's
+    alignment at the last axis (merging.py), which ONNX's would do at the batch axis."""
+    rank = len(layer.out_shape)
+    ranked = []
+    for x, shape in zip(xs, layer.input_shape):
+        missing = rank - len(shape)
+        if missing:
+            axes = b.constant(np.arange(1, 1 + missing, dtype=np.int64), "axes")
+            x = b.node("Unsqueeze", [x, axes])
+        ranked.append(x)
+    return ranked
+
+
+def _fold(op: str) -> Exporter:
+    """An elementwise merge as a chain of a binary op, in nbcnn's order: ((x0 op x1) op x2)."""
+
+    def export(layer: merging._Elementwise, b: OnnxBuilder, xs: Sequence[str]) -> str:
+        ranked = _ranked(layer, b, xs)
+        out = ranked[0]
+        for x in ranked[1:]:
+            out = b.node(op, [out, x])
+        return out
+
+    return export
+
+
+def _variadic(op: str) -> Exporter:
+    """An elementwise merge as one ONNX op taking every input (Mean, Max, Min)."""
+    return lambda layer, b, xs: b.node(op, _ranked(layer, b, xs))
+
+
+def _concatenate(layer: merging.Concatenate, b: OnnxBuilder, xs: Sequence[str]) -> str:
+    # Tensors are channels-last as in nbcnn, so the axis is nbcnn's own (batch axis included).
+    axis = 1 + layer._sample_axis(len(layer.out_shape))
+    return b.node("Concat", list(xs), axis=axis)
+
 
 #: Exporters of the built-in layer classes (exact classes: a subclass may compute otherwise,
 #: so it brings its own ``to_onnx``).
@@ -264,6 +315,13 @@ EXPORTERS: dict[type, Exporter] = {
     reshaping.Cropping2D: _cropping,
     reshaping.UpSampling2D: _upsampling,
     reshaping.Reshape: lambda layer, b, x: _reshape_to(b, x, layer.out_shape),
+    merging.Add: _fold("Add"),
+    merging.Subtract: _fold("Sub"),
+    merging.Multiply: _fold("Mul"),
+    merging.Average: _variadic("Mean"),
+    merging.Maximum: _variadic("Max"),
+    merging.Minimum: _variadic("Min"),
+    merging.Concatenate: _concatenate,
 }
 
 
@@ -295,10 +353,12 @@ def to_onnx(model: Any, opset: int = OPSET) -> Any:
             "input_name) (see docs/onnx.md)"
         )
     b = OnnxBuilder(opset)
-    x = "input"
+    tensors = {INPUT: "input"}  # each layer's output tensor, by layer index
     for i, layer in enumerate(model.layers):
         b.prefix = layer.name
         hook = getattr(type(layer), "to_onnx", None)
+        given = [tensors[j] for j in model.inputs[i]]
+        x = given if takes_many(layer) else given[0]
         try:
             if hook is None:
                 out = EXPORTERS[type(layer)](layer, b, x)
@@ -312,9 +372,10 @@ def to_onnx(model: Any, opset: int = OPSET) -> Any:
             raise layer_failure(
                 model, i, "to_onnx", f"returned {quote(out)}; expected its output tensor's name"
             )
-        x = out
+        tensors[i] = out
     b.prefix = ""
-    b.nodes.append(helper.make_node("Identity", [x], ["output"], name="output"))
+    last = tensors[len(model.layers) - 1]
+    b.nodes.append(helper.make_node("Identity", [last], ["output"], name="output"))
     graph = helper.make_graph(
         b.nodes,
         model.name,

@@ -3,15 +3,25 @@
 Two HDF5 layouts are read (h5py, an optional extra, is imported only here):
 
 * **Keras 3** ``.weights.h5`` (``keras/src/saving/saving_lib.py``, ``H5IOStore``): each layer of
-  a Sequential model stores its variables as ``layers/<key>/vars/0``, ``/1``... in the layer's
-  own order (kernel, bias; gamma, beta, moving_mean, moving_variance). The key is not the
-  layer's name but its class in snake case numbered per class in model order (``conv2d``,
-  ``max_pooling2d``, ``conv2d_1``...), so layers are matched by class and position. A
-  ``.keras`` archive is read through the ``model.weights.h5`` it holds.
+  a Sequential or functional model stores its variables as ``layers/<key>/vars/0``, ``/1``...
+  in the layer's own order (kernel, bias; gamma, beta, moving_mean, moving_variance). The key
+  is not the layer's name but its class in snake case numbered per class in the order of
+  ``model.layers`` (``conv2d``, ``max_pooling2d``, ``conv2d_1``...), so layers are matched by
+  class and position in that order (:func:`keras_layer_order`). A ``.keras`` archive is read
+  through the ``model.weights.h5`` it holds.
 * **Keras 2 / tf.keras** ``.h5`` (``legacy/saving/legacy_h5_format.py``): the root (or its
   ``model_weights`` group, in files from ``model.save``) lists ``layer_names``; each layer
   group lists ``weight_names`` such as ``conv2d/kernel:0``. Layers are matched by name when
-  every nbcnn layer with weights finds its name, else in order among layers with weights.
+  every nbcnn layer with weights finds its name, else in ``model.layers`` order among layers
+  with weights.
+
+For a graph model (nbcnn/graph.py) that order is not the config's. Keras's functional
+``model.layers`` (``map_graph`` in keras/src/ops/function.py; tf.keras's
+``_map_graph_network`` sorts the same way) lists the layers by decreasing depth, a layer's
+depth being the longest path from it to the output; layers of equal depth come in the order a
+depth-first walk from the output first reaches them, each layer's inputs walked in the order
+it takes them. Neither the order the layers were created in nor their names count: a
+projection shortcut created first still comes after the longer branch beside it.
 
 nbcnn keeps Keras's weight layouts (kernel ``(kh, kw, C, F)``, Dense ``(in, units)``), so
 arrays are copied as they are; every count and shape is checked, naming the layer.
@@ -29,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from nbcnn.errors import DataError
+from nbcnn.graph import INPUT
 from nbcnn.io import READ_ERRORS, check_room, open_zip, refuse_special_file
 from nbcnn.layers.base import to_snake_case
 
@@ -133,15 +144,40 @@ def read_legacy(h5: Any, file: str) -> list[SavedLayer]:
     return layers
 
 
+def keras_layer_order(inputs: list[tuple[int, ...]]) -> list[int]:
+    """The indices of a model's layers in the order of Keras's ``model.layers`` for the same
+    architecture (see the module docstring); ``inputs`` as ``Sequential.inputs``. A chain
+    keeps its order. The model's input (Keras's InputLayer, deepest of all) is left out."""
+    # Depth: 0 for the output (the last layer); every consumer comes later in the list, so
+    # walking backwards settles a layer's depth before it is passed to its producers.
+    depth = [0] * len(inputs)
+    for i in reversed(range(len(inputs))):
+        for j in inputs[i]:
+            if j != INPUT:
+                depth[j] = max(depth[j], depth[i] + 1)
+    # First reach in a depth-first walk from the output, inputs in order (pre-order); a
+    # stack, not recursion, for deep models.
+    reached: dict[int, int] = {}
+    stack = [len(inputs) - 1] if inputs else []
+    while stack:
+        i = stack.pop()
+        if i in reached:
+            continue
+        reached[i] = len(reached)
+        stack.extend(j for j in reversed(inputs[i]) if j != INPUT)
+    return sorted(range(len(inputs)), key=lambda i: (-depth[i], reached[i]))
+
+
 def _keras3_keys(model: Any) -> list[str]:
-    """The key Keras 3 gives each layer of this model: class in snake case, numbered."""
+    """The key Keras 3 gives each layer of this model: class in snake case, numbered in the
+    order of Keras's ``model.layers``."""
     counts: dict[str, int] = {}
-    keys = []
-    for layer in model.layers:
-        base = to_snake_case(type(layer).__name__)
+    keys = [""] * len(model.layers)
+    for i in keras_layer_order(model.inputs):
+        base = to_snake_case(type(model.layers[i]).__name__)
         n = counts.get(base, 0)
         counts[base] = n + 1
-        keys.append(base if n == 0 else f"{base}_{n}")
+        keys[i] = base if n == 0 else f"{base}_{n}"
     return keys
 
 
@@ -187,7 +223,8 @@ def _match_layers(model: Any, file: str) -> list[tuple[int, SavedLayer]]:
             if all(n in by_name for n in names):
                 pairs = [(i, by_name[n]) for i, n in zip(wanted, names)]
             elif len(saved_list) == len(wanted):
-                pairs = list(zip(wanted, saved_list))
+                in_keras_order = [i for i in keras_layer_order(model.inputs) if specs[i]]
+                pairs = sorted(zip(in_keras_order, saved_list), key=lambda pair: pair[0])
             else:
                 raise DataError(
                     f"the file has {len(saved_list)} layers with weights "

@@ -409,7 +409,8 @@ def find_layer(model, name: str | None, accept: Callable, what: str) -> int:
 
 def layer_output(model, x: np.ndarray, index: int) -> np.ndarray:
     """The output of ``model.layers[index]`` for ``x : (N, *input_shape)``, inference mode;
-    through the model's forward, which turns a plugin's failure into one TrainingError."""
+    through the model's forward, which turns a plugin's failure into one TrainingError and,
+    in a graph, runs each layer on the outputs its ``inputs`` name (a merging layer too)."""
     return model.forward(model.check_input(x), training=False, upto=index)
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+import textwrap
+
 import numpy as np
 import onnx
 import pytest
@@ -108,7 +111,7 @@ def test_every_builtin_layer_exports(write_config):
         {"type": "Dense", "units": 3, "activation": "tanh"},
         input_shape=(10, 9, 2),
     )
-    model = load_model(write_config(doc)).initialize(4)
+    first = model = load_model(write_config(doc)).initialize(4)
     assert_onnx_matches(model)
     # The remaining built-ins, in a second model.
     doc = model_doc(
@@ -121,8 +124,125 @@ def test_every_builtin_layer_exports(write_config):
     )
     model = load_model(write_config(doc)).initialize(5)
     assert_onnx_matches(model)
+    exported = {type(layer) for m in (first, model) for layer in m.layers}
+    # The merging layers, and the input scaling layers, in a graph.
+    model = load_model(write_config(merges_doc())).initialize(6)
+    assert_onnx_matches(model)
+    exported |= {type(layer) for layer in model.layers}
     builtin = {e.cls for e in registry().entries() if e.distribution == "nbcnn"}
     assert builtin <= set(EXPORTERS)
+    assert builtin <= exported, "a built-in layer that no model above exports"
+
+
+def merges_doc():
+    """A graph with every merging layer: more than two inputs, an input taken twice, the model
+    input taken again, Keras's broadcasting of a (C,) input over (H, W, C), Concatenate along
+    the channels and along the width."""
+    return {
+        "input_shape": [6, 5, 2],
+        "layers": [
+            {"type": "Rescaling", "scale": 0.5, "offset": 0.25, "name": "scaled"},
+            {"type": "Normalization", "mean": [0.1, 0.3], "variance": [1.0, 2.0]},
+            {"type": "Conv2D", "filters": 4, "kernel_size": 3, "padding": "same", "name": "a"},
+            {"type": "Conv2D", "filters": 4, "kernel_size": 1, "name": "b", "inputs": "scaled"},
+            {"type": "Add", "inputs": ["a", "b"]},
+            {"type": "Subtract", "inputs": ["add", "a"]},
+            {"type": "Multiply", "inputs": ["subtract", "b", "a"]},
+            {"type": "GlobalAveragePooling2D", "inputs": "a", "name": "gap"},
+            {"type": "Average", "inputs": ["multiply", "gap"]},
+            {"type": "AveragePooling2D", "pool_size": 3, "strides": 1, "padding": "same"},
+            {"type": "Maximum", "inputs": ["average_pooling2d", "b", "gap"]},
+            {"type": "Minimum", "inputs": ["maximum", "add"]},
+            {"type": "Concatenate", "inputs": ["minimum", "input_layer", "b"]},
+            {"type": "Concatenate", "axis": 2, "inputs": [-1, -1], "name": "wide"},
+            {"type": "Flatten"},
+            {"type": "Dense", "units": 3},
+        ],
+    }
+
+
+def conv(filters, kernel_size=3, **more):
+    return {
+        "type": "Conv2D",
+        "filters": filters,
+        "kernel_size": kernel_size,
+        "padding": "same",
+    } | more
+
+
+#: Graph models: ResNet's identity shortcut (with the conv+ReLU+pool fusion in its stem), a
+#: projection shortcut (strided 1x1 conv and BatchNormalization beside the strided pair),
+#: Inception-style branches concatenated, and one output taken by four layers (fan-out).
+GRAPHS = {
+    "residual": [
+        conv(6, activation="relu", name="stem"),
+        {"type": "MaxPooling2D", "pool_size": 2},
+        conv(6, activation="relu"),
+        conv(6),
+        {"type": "Add", "inputs": [-1, "max_pooling2d"]},
+        {"type": "Activation", "activation": "relu"},
+        {"type": "GlobalAveragePooling2D"},
+        {"type": "Dense", "units": 4},
+    ],
+    "projection": [
+        conv(4, activation="relu", name="stem"),
+        conv(8, strides=2),
+        {"type": "BatchNormalization"},
+        {"type": "Activation", "activation": "relu"},
+        conv(8),
+        {"type": "BatchNormalization"},
+        conv(8, 1, strides=2, inputs="stem", name="shortcut"),
+        {"type": "BatchNormalization", "name": "shortcut_bn"},
+        {"type": "Add", "inputs": ["batch_normalization_1", "shortcut_bn"]},
+        {"type": "Activation", "activation": "relu"},
+        {"type": "Flatten"},
+        {"type": "Dense", "units": 3},
+    ],
+    "concatenation": [
+        conv(4, 1, activation="relu", name="branch_1x1"),
+        conv(3, 1, activation="relu", inputs="input_layer"),
+        conv(5, activation="relu", name="branch_3x3"),
+        {"type": "MaxPooling2D", "pool_size": 3, "strides": 1, "padding": "same",
+         "inputs": "input_layer"},
+        conv(2, 1, name="branch_pool"),
+        {"type": "Concatenate", "inputs": ["branch_1x1", "branch_3x3", "branch_pool"]},
+        {"type": "GlobalMaxPooling2D"},
+        {"type": "Dense", "units": 3},
+    ],
+    "fan-out": [
+        conv(4, name="trunk"),
+        conv(4, inputs="trunk", name="left"),
+        conv(4, 1, inputs="trunk", name="right"),
+        {"type": "Multiply", "inputs": ["left", "right", "trunk"]},
+        {"type": "Concatenate", "inputs": ["multiply", "trunk"]},
+        {"type": "Flatten"},
+        {"type": "Dense", "units": 2},
+    ],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", GRAPHS)
+def test_graphs_match_predict(write_config, name):
+    doc = {"input_shape": [8, 8, 3], "layers": GRAPHS[name]}
+    model = load_model(write_config(doc)).initialize(3)
+    assert model.is_graph
+    if name == "residual":  # the stem's conv+ReLU+pool run as one fused step
+        assert len(model.steps()) == len(model.layers) - 1
+    proto = assert_onnx_matches(model, seed=7)
+    # Each merging layer's nodes read the tensors its producers' nodes wrote, in order.
+    made_by = {out: node.name.split("/")[0] for node in proto.graph.node for out in node.output}
+    constants = {t.name for t in proto.graph.initializer}
+    for i, layer in enumerate(model.layers):
+        if getattr(type(layer), "multi_input", False):
+            nodes = [n for n in proto.graph.node if n.name.split("/")[0] == layer.name]
+            read = [
+                made_by.get(x, x)
+                for n in nodes
+                for x in n.input
+                if x not in constants and made_by.get(x) != layer.name
+            ]
+            producers = ["input" if j == -1 else model.layers[j].name for j in model.inputs[i]]
+            assert read == producers
 
 
 def test_opset_18_moves_reduce_axes_to_an_input(write_config):
@@ -176,6 +296,37 @@ def test_plugin_hook_and_missing_exporter():
         "layers[0] 'scale' (Scale) from distribution 'nbcnn-scale' has no ONNX exporter: its "
         "class Scale defines no to_onnx(self, builder, input_name) (see docs/onnx.md)"
     )
+
+
+def guide_method(document, after, name, namespace):
+    """Execute the first Python block after the heading ``after`` of ``document``, as written
+    (dedented: a fragment may be a method), in ``namespace``; returns ``namespace[name]``."""
+    text = (ROOT / "docs" / document).read_text().split(after, 1)[1]
+    source = textwrap.dedent(re.search(r"```python\n(.*?)```", text, re.DOTALL).group(1))
+    exec(compile(source, f"docs/{document}", "exec"), namespace)
+    return namespace[name]
+
+
+def test_plugin_merging_layer_gets_its_inputs_names():
+    """docs/plugins.md's WeightedSum with the to_onnx that docs/onnx.md gives it."""
+    weighted_sum = guide_method("plugins.md", "## Layers with several inputs", "WeightedSum", {})
+    hook = guide_method("onnx.md", "A merging plugin layer", "to_onnx", {})
+    exported = type("WeightedSum", (weighted_sum,), {"to_onnx": hook})
+    layers = [
+        Conv2D(filters=2, kernel_size=3, padding="same", name="conv"),
+        Conv2D(filters=2, kernel_size=1, name="side"),
+        exported(name="mix"),
+    ]
+    model = Sequential(
+        layers,
+        (5, 5, 2),
+        distributions=["nbcnn", "nbcnn", "nbcnn-mix"],
+        inputs=[None, "input_layer", ["side", "input_layer", "conv"]],
+    ).initialize(0)
+    model.layers[2].params["w"][...] = [0.5, -2.0, 3.0]
+    proto = assert_onnx_matches(model)
+    read = [n.input[0] for n in proto.graph.node if n.name.startswith("mix/mul")]
+    assert len(read) == 3 and read[1] == "input"  # the model's input, second as written
 
 
 def test_cli_export_writes_a_valid_file_and_checks_it(tmp_path):

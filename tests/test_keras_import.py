@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from nbcnn.errors import DataError
-from nbcnn.keras_import import import_keras_weights
+from nbcnn.keras_import import import_keras_weights, keras_layer_order
 from nbcnn.model import load_model
 from tests.helpers import ROOT, cli
 
@@ -234,3 +234,92 @@ def test_unreadable_files(tmp_path):
             [*per_layer, [np.zeros((10, 2), np.float32)]],
         )
         import_keras_weights(model, tmp_path / "x.weights.h5")
+
+
+# A functional Keras model with a projection shortcut created before the branch beside it:
+#   x = Input((8, 8, 3)); proj = Conv2D(8, 1, strides=2)(x)
+#   a = Conv2D(5, 3, strides=2, padding="same")(x); b = Conv2D(8, 3, padding="same")(a)
+#   y = Dense(2)(GlobalAveragePooling2D()(Add()([b, proj])))
+# Keras's model.layers sorts by depth (longest path to the output): a is 3 from the output, b
+# and proj 2 (b first: the walk from the output takes Add's inputs in order). So a is conv2d,
+# b conv2d_1 and proj conv2d_2, whatever order they were created in (Keras 3.15 wrote these
+# keys for that model).
+PROJECTION_FIRST = {
+    "input_shape": [8, 8, 3],
+    "layers": [
+        {"type": "Conv2D", "filters": 8, "kernel_size": 1, "strides": 2, "name": "proj"},
+        {
+            "type": "Conv2D",
+            "filters": 5,
+            "kernel_size": 3,
+            "strides": 2,
+            "padding": "same",
+            "name": "a",
+            "inputs": "input_layer",
+        },
+        {"type": "Conv2D", "filters": 8, "kernel_size": 3, "padding": "same", "name": "b"},
+        {"type": "Add", "inputs": ["b", "proj"]},
+        {"type": "GlobalAveragePooling2D"},
+        {"type": "Dense", "units": 2},
+    ],
+}
+PROJECTION_FIRST_KEYS = {"proj": "conv2d_2", "a": "conv2d", "b": "conv2d_1", "dense": "dense"}
+
+
+def test_keras3_functional_graph_keys_follow_keras_layer_order(tmp_path, write_config):
+    model = load_model(write_config(PROJECTION_FIRST)).initialize(0)
+    per_layer = keras_weights(model, seed=6)
+    names = [layer.name for layer in model.layers]
+    saved = {
+        PROJECTION_FIRST_KEYS[name]: arrays
+        for name, arrays in zip(names, per_layer)
+        if name in PROJECTION_FIRST_KEYS
+    }
+    # Keras's own order in the file, with the weightless layers' keys.
+    keys = ["input_layer", "conv2d", "conv2d_1", "conv2d_2", "add", "global_average_pooling2d"]
+    arrays = [[], saved["conv2d"], saved["conv2d_1"], saved["conv2d_2"], [], []]
+    write_keras3(tmp_path / "g.weights.h5", [*keys, "dense"], [*arrays, saved["dense"]])
+    fresh = load_model(write_config(PROJECTION_FIRST)).initialize(1)
+    matches = import_keras_weights(fresh, tmp_path / "g.weights.h5")
+    assert_same_weights(fresh, per_layer)
+    assert {m.layer: m.source for m in matches} == {
+        name: f"layers/{key}" for name, key in PROJECTION_FIRST_KEYS.items()
+    }
+
+
+@pytest.mark.parametrize(
+    ("layers", "order"),
+    [
+        # A chain keeps its order.
+        ([(-1,), (0,), (1,)], [0, 1, 2]),
+        # PROJECTION_FIRST: proj (0) is as deep as b (2), which Add takes first.
+        ([(-1,), (-1,), (1,), (2, 0), (3,), (4,)], [1, 2, 0, 3, 4, 5]),
+        # Branches concatenated in another order than written: p (0) = Conv2D(x),
+        # q (1) = Conv2D(x), r (2) = Conv2D(q), Concatenate([r, p]): Keras 3.15 lists q, r, p.
+        ([(-1,), (-1,), (1,), (2, 0), (3,)], [1, 2, 0, 3, 4]),
+        # Fan-out, Add([right, left]) of two layers on one trunk: right is reached first.
+        ([(-1,), (0,), (0,), (2, 1)], [0, 2, 1, 3]),
+        # Depth wins over the walk: Add([short, long]) where long = Conv(Conv(x)).
+        ([(-1,), (-1,), (1,), (0, 2)], [1, 0, 2, 3]),
+    ],
+)
+def test_keras_layer_order(layers, order):
+    assert keras_layer_order(layers) == order
+
+
+def test_legacy_h5_graph_by_keras_order_when_names_differ(tmp_path, write_config):
+    model = load_model(write_config(PROJECTION_FIRST)).initialize(0)
+    per_layer = keras_weights(model, seed=8)
+    # tf.keras lists layer_names in model.layers order: a, b, proj, add, pooling, dense.
+    order = [1, 2, 0, 3, 4, 5]
+    names = [f"{model.layers[i].name}_{20 + k}" for k, i in enumerate(order)]
+    kinds = [KINDS.get(type(model.layers[i]).__name__, []) for i in order]
+    write_legacy(tmp_path / "w.h5", names, [per_layer[i] for i in order], kinds)
+    matches = import_keras_weights(model, tmp_path / "w.h5")
+    assert_same_weights(model, per_layer)
+    assert {m.layer: m.source for m in matches} == {
+        "proj": "proj_22",
+        "a": "a_20",
+        "b": "b_21",
+        "dense": "dense_25",
+    }

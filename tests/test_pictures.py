@@ -304,6 +304,48 @@ def test_featuremaps_of_a_conv1d_layer_are_strips(tmp_path, write_config):
         assert np.abs(grid.tile(c)[0] - np.round(pictures.minmax(y[:, c]) * 255)).max() <= 1
 
 
+def test_featuremaps_of_a_graph_merge_layer_and_a_branch(tmp_path, write_config):
+    doc = model_doc(
+        {"type": "Conv2D", "filters": 3, "kernel_size": 3, "padding": "same", "name": "stem"},
+        {"type": "Conv2D", "filters": 3, "kernel_size": 3, "padding": "same"},
+        {"type": "Add", "inputs": [-1, "stem"]},
+        {"type": "Conv2D", "filters": 2, "kernel_size": 1, "inputs": "input_layer", "name": "side"},
+        {"type": "MaxPooling2D", "inputs": "add"},
+        {"type": "MaxPooling2D", "inputs": "side"},
+        {"type": "Concatenate", "inputs": [-2, -1]},
+        {"type": "Flatten"},
+        {"type": "Dense", "units": 2},
+        input_shape=(8, 8, 1),
+    )
+    config = write_config(doc)
+    model = load_model(config).initialize(3)
+    weights = tmp_path / "w.npz"
+    model.save_weights(weights)
+    image = save_grey(tmp_path / "digit.png", dark_square(8, 2, 6))
+    x = np.asarray(Image.open(image), np.float32)[np.newaxis, ..., np.newaxis] / 255
+    stem = model.layers[0].forward(x)
+    side = model.layers[3].forward(x)  # a branch on the model's input, listed after the Add
+    added = stem + model.layers[1].forward(stem)
+    pooled = [model.layers[4].forward(added), model.layers[5].forward(side)]
+    joined = np.concatenate(pooled, axis=-1)
+    for name, want in (("add", added), ("side", side), ("concatenate", joined)):
+        out = tmp_path / f"{name}.png"
+        args = ("featuremaps", config, image, "--weights", weights, "--layer", name)
+        result = cli(*args, "--out", out)
+        assert result.exit_code == 0, result.output
+        grid = pictures.featuremap_grid(model, x[0], name, source=image.name)
+        assert np.array_equal(read_png(out), grid.pixels)
+        assert len(grid.boxes) == want.shape[-1] and grid.tile_shape == want.shape[1:3]
+        for c in range(want.shape[-1]):
+            expected = np.round(pictures.minmax(want[0, ..., c]) * 255)
+            assert np.abs(grid.tile(c) - expected).max() <= 1
+    # Every layer with spatial maps can be drawn, merging ones included.
+    one_line_error(
+        cli(*args[:-2], "--layer", "flatten", "--out", tmp_path / "flatten.png"),
+        "layers that have: stem, conv2d, add, side, max_pooling2d, max_pooling2d_1, concatenate",
+    )
+
+
 def test_filters_grid_draws_each_learned_filter(small_model, tmp_path):
     config, weights, _, model = small_model
     out = tmp_path / "filters.png"
