@@ -103,7 +103,7 @@ def gradient_check(config, x, y, torch):
     for layer in model.layers:  # dropout masks differ between frameworks: compare without
         if type(layer).__name__ == "Dropout":
             layer.rate = 0.0
-    for module in net:
+    for module in net.modules():  # a Graph nests them
         if isinstance(module, torch.nn.Dropout):
             module.p = 0.0
     model.layers[-1].fused_activation = True
