@@ -2,7 +2,9 @@
 
 Every error a user can cause (a bad config, a bad data or weights file) is an ``NbcnnError``
 whose message is one line naming the file and the key or layer. The CLI turns these into
-exit code 2 without a traceback; anything else escaping is a bug.
+exit code 2 without a traceback; a failure during work (:class:`TrainingError`) and a layer's
+bug caught at its boundary (:class:`PluginError`) into exit code 1. Anything else escaping is
+a bug of nbcnn's.
 """
 
 from __future__ import annotations
@@ -68,3 +70,23 @@ class TrainingError(NbcnnError):
     """A failure during work (NaN loss, disk full): exit code 1."""
 
     exit_code = 1
+
+
+class PluginError(TrainingError):
+    """A layer's code broke the layer contract: a calculator other than a ShapeError, a build,
+    forward or backward raised, or returned what the contract does not allow (a forward of
+    the wrong shape, a backward without a weight's gradient). A bug in the layer, not bad
+    input: exit code 1. The message names the layer, its type and its distribution and the
+    rule that broke; ``__cause__`` keeps the exception the layer raised, if any, for
+    ``nbcnn --traceback`` and the Python API.
+
+    Attributes
+    ----------
+    distribution : the distribution that provides the layer's type (``nbcnn`` for built-ins).
+    phase : where it failed: a calculator's name, ``build``, ``forward``, ``backward``...
+    """
+
+    def __init__(self, message: str, *, distribution: str, phase: str):
+        self.distribution = distribution
+        self.phase = phase
+        super().__init__(message)

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from nbcnn import graph
-from nbcnn.errors import ConfigError, DataError, NbcnnError
+from nbcnn.errors import ConfigError, DataError, NbcnnError, PluginError
 from nbcnn.layers.args import MAX_INT, TOO_LARGE, is_int, is_number, show, show_some
 from nbcnn.layers.base import Layer, ParamSpec, Shape, ShapeError, format_shape
 from nbcnn.registry import Registry, describe, quote, registry
@@ -292,11 +292,13 @@ class Sequential:
 
     def calculate(self, i: int, method: str, *args: Any) -> Any:
         """Call calculator ``method`` of layer ``i`` (input shape first) and check what it
-        returns. A third party's calculator that raises (SystemExit included, KeyboardInterrupt
-        excepted) or returns something else than the contract says becomes a ConfigError naming
-        the layer and its distribution, not a traceback or an exit with the plugin's code."""
+        returns. A ShapeError (the input does not fit) is a ConfigError naming the layer and
+        its input shapes (exit code 2). A calculator that raises anything else (SystemExit
+        included, KeyboardInterrupt excepted) or returns something else than the contract says
+        is a bug in the layer: a PluginError naming the layer and its distribution (exit code
+        1), with the exception it raised as ``__cause__``; never a traceback or an exit with
+        the plugin's own code."""
         layer = self.layers[i]
-        of = f"{method} of {type(layer).__name__} from distribution {self.distributions[i]!r}"
         try:
             result = getattr(layer, method)(*args)
         except ShapeError as err:
@@ -313,12 +315,12 @@ class Sequential:
         except (NbcnnError, KeyboardInterrupt):
             raise
         except BaseException as err:
-            raise ConfigError(f"{of} raised {describe(err)}", where=layer_label(i, layer)) from None
+            raise layer_failure(self, i, method, describe(err), RULE_CALCULATOR) from err
         try:
             return _CALCULATOR_RESULTS[method](result, *args)
         except ValueError as err:
-            raise ConfigError(
-                f"{of} returned {quote(result)}; expected {err}", where=layer_label(i, layer)
+            raise layer_failure(
+                self, i, method, f"returned {quote(result)}; expected {err}"
             ) from None
 
     def count_params(self) -> int:
@@ -365,10 +367,10 @@ class Sequential:
         return self
 
     def guarded(self, i: int, phase: str, call: Any, *args: Any, **kwargs: Any) -> Any:
-        """``call(*args, **kwargs)`` for layer (or fused step) ``i``: a third party's build,
-        forward or backward that raises (SystemExit included, KeyboardInterrupt excepted)
-        becomes a TrainingError naming the layer and its distribution, not a traceback or an
-        exit with the plugin's code."""
+        """``call(*args, **kwargs)`` for layer (or fused step) ``i``: a build, forward or
+        backward that raises (SystemExit included, KeyboardInterrupt excepted) becomes a
+        PluginError naming the layer and its distribution, the exception as its ``__cause__``,
+        not a traceback or an exit with the plugin's code."""
         try:
             return call(*args, **kwargs)
         except (NbcnnError, KeyboardInterrupt):
@@ -397,10 +399,9 @@ class Sequential:
         soon as the last layer taking it has run. ``upto``: stop after layer ``upto`` and
         return its output (feature maps), running the layers one by one, unfused, so that
         this layer's own output exists. Each step's result is checked against the contract
-        (a float32 array of the layer's output shape).
+        (a float32 array of the shape its calculator gives), built-in layers' too: a
+        comparison of a shape and a dtype, negligible beside the step (docs/plugins.md).
         """
-        import numpy as np
-
         if upto is None:
             steps = self.steps()
         else:
@@ -414,12 +415,7 @@ class Sequential:
             given = [values[j] for j in self.inputs[i]]
             arg = given if graph.takes_many(self.layers[i]) else given[0]
             y = self.guarded(i, "forward", step.forward, arg, training=training)
-            want = (len(x), *self.shapes[last][1])
-            if not (isinstance(y, np.ndarray) and y.dtype == np.float32 and y.shape == want):
-                raise layer_failure(
-                    self, i, "forward", f"returned {_array_text(y)}; expected float32 {want}"
-                )
-            values[last] = y
+            values[last] = self._checked_output(i, last, y, len(x))
             for j in self.inputs[i]:  # no later layer takes it: free it now
                 if last_use.get(j) == last:
                     values.pop(j, None)
@@ -427,12 +423,29 @@ class Sequential:
             self._steps = list(zip(steps, ends))  # backward runs the same steps
         return values[ends[-1]]
 
+    def _checked_output(self, i: int, last: int, y: Any, batch: int) -> np.ndarray:
+        """``y``, what the step of layers ``i`` to ``last`` returned, if it is a float32 array
+        of shape ``(batch, *output shape of layer last)``; else a PluginError naming layer
+        ``i``."""
+        import numpy as np
+
+        want = (batch, *self.shapes[last][1])
+        if not (isinstance(y, np.ndarray) and y.dtype == np.float32 and y.shape == want):
+            raise layer_failure(
+                self, i, "forward", f"returned {_array_text(y)}; expected float32 {want}",
+                RULE_OUTPUT,
+            )  # fmt: skip
+        return y
+
     def backward(self, dy: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
         """Back-propagate ``dy`` (gradient w.r.t. the output of the last training forward);
         fills each layer's ``grads``; returns the gradient w.r.t. the input, or None with
         ``input_grad=False`` (training has no use for it, and the layers taking the model's
         input then skip it). Steps run in reverse; an output taken by several layers gets
         the sum of their gradients, and each gradient is dropped once its producer has run.
+        Each step is checked against the contract as it returns (:meth:`_input_gradients`,
+        :meth:`_check_weight_gradients`), so a broken layer is named itself, not the layer
+        that receives its gradient, nor the optimizer.
         """
         if not self._steps:
             raise RuntimeError("backward needs a forward with training=True first")
@@ -450,11 +463,9 @@ class Sequential:
             for (i, step), last in reversed(self._steps):
                 g = grads.pop(last)
                 out = self.guarded(i, "backward", step.backward, g)
-                producers = self.inputs[i]
-                parts = self._merge_gradients(i, out, len(g)) if len(producers) > 1 or (
-                    graph.takes_many(self.layers[i])
-                ) else [out]  # fmt: skip
-                for j, part in zip(producers, parts):
+                parts = self._input_gradients(i, out, len(g))
+                self._check_weight_gradients(i, last)
+                for j, part in zip(self.inputs[i], parts):
                     if part is None:  # a gradient nobody needs (the model's input)
                         continue
                     # A new array: a layer may keep the one it returned.
@@ -464,21 +475,27 @@ class Sequential:
                 layer.input_grad_needed = True
         return grads.get(graph.INPUT) if input_grad else None
 
-    def _merge_gradients(self, i: int, out: Any, batch: int) -> list[Any]:
-        """A merging layer's backward result checked against the contract: a list or tuple
-        with one gradient per input, each a float32 array of that input's shape (None only
-        for the model's input when its gradient is not needed); a TrainingError naming the
-        layer otherwise (the forward checks each step's output the same way)."""
+    def _input_gradients(self, i: int, out: Any, batch: int) -> list[Any]:
+        """Step ``i``'s backward result, one gradient per input, checked against the
+        contract: dx, or for a merging layer a list or tuple with one gradient per input;
+        each a float32 array of that input's shape (None only for the model's input when its
+        gradient is not needed). A PluginError naming the layer otherwise."""
         import numpy as np
 
         producers = self.inputs[i]
-        if not isinstance(out, (list, tuple)) or len(out) != len(producers):
+        merging = graph.takes_many(self.layers[i])
+        if not merging:
+            parts = [out]
+        elif isinstance(out, (list, tuple)) and len(out) == len(producers):
+            parts = list(out)
+        else:
             got = f"{len(out)} gradients" if isinstance(out, (list, tuple)) else _array_text(out)
             raise layer_failure(
                 self, i, "backward",
                 f"returned {got}; expected a list of {len(producers)} gradients, one per input",
+                RULE_MERGE_DX,
             )  # fmt: skip
-        for k, (j, part) in enumerate(zip(producers, out)):
+        for k, (j, part) in enumerate(zip(producers, parts)):
             shape = self.input_shape if j == graph.INPUT else self.shapes[j][1]
             want = (batch, *shape)
             if part is None and j == graph.INPUT and not self.layers[i].input_grad_needed:
@@ -486,12 +503,34 @@ class Sequential:
             if not (
                 isinstance(part, np.ndarray) and part.dtype == np.float32 and part.shape == want
             ):
+                what = f"as the gradient of input {k}" if merging else "as dx"
                 raise layer_failure(
                     self, i, "backward",
-                    f"returned {_array_text(part)} as the gradient of input {k}; expected "
-                    f"float32 {want}",
+                    f"returned {_array_text(part)} {what}; expected float32 {want}",
+                    RULE_MERGE_DX if merging else RULE_DX,
                 )  # fmt: skip
-        return list(out)
+        return parts
+
+    def _check_weight_gradients(self, i: int, last: int) -> None:
+        """After the backward of the step of layers ``i`` to ``last`` (more than one when
+        fused): each trainable weight has a float32 gradient of its shape in its layer's
+        ``grads``, else a PluginError naming the layer (the optimizer would otherwise fail
+        with a bare ``KeyError: 'w'``, or update with a stale or misshaped array)."""
+        import numpy as np
+
+        for k in range(i, last + 1):
+            grads = getattr(self.layers[k], "grads", None)
+            for p in self._param_specs[k]:
+                if not p.trainable:
+                    continue
+                g = grads.get(p.name) if isinstance(grads, dict) else None
+                if not (isinstance(g, np.ndarray) and g.dtype == np.float32 and g.shape == p.shape):
+                    got = "nothing" if g is None else _array_text(g)
+                    raise layer_failure(
+                        self, k, "backward",
+                        f"left {got} in grads[{p.name!r}]; expected float32 {p.shape}",
+                        RULE_GRADS,
+                    )  # fmt: skip
 
     def trainable_weights(self) -> tuple[list[np.ndarray], list[tuple[Layer, str]]]:
         """The arrays the optimizer updates, and ``(layer, name)`` of each."""
@@ -955,15 +994,28 @@ def _default_name(base: str, counts: dict[str, int], taken: set[str]) -> str:
             return name
 
 
-def layer_failure(model: Sequential, i: int, phase: str, what: str) -> NbcnnError:
-    """The one-line TrainingError (exit code 1) for layer ``i`` failing in ``phase`` (build,
-    forward, backward, to_onnx): names the layer, its type and its distribution."""
-    from nbcnn.errors import TrainingError
+#: The rules of the layer contract that nbcnn checks at run time (docs/plugins.md, "What
+#: nbcnn checks at run time"), quoted by the error that reports one broken.
+RULE_CALCULATOR = "a calculator raises only ShapeError, for an input that does not fit"
+RULE_OUTPUT = "forward returns float32 of the shape output_shape gives"
+RULE_DX = "backward returns dx, float32 of its input's shape"
+RULE_MERGE_DX = "a merging layer's backward returns one float32 gradient per input, of its shape"
+RULE_GRADS = "backward puts a float32 gradient of each trainable weight's shape in self.grads"
 
+
+def layer_failure(
+    model: Sequential, i: int, phase: str, what: str, rule: str | None = None
+) -> PluginError:
+    """The one-line PluginError (exit code 1) for layer ``i`` failing in ``phase`` (a
+    calculator's name, build, forward, backward, to_onnx): names the layer, its type and its
+    distribution, what went wrong and the contract's ``rule`` it broke, if one."""
     layer = model.layers[i]
-    return TrainingError(
-        f"{layer_label(i, layer)} from distribution {model.distributions[i]!r} failed in "
-        f"{phase}: {what}"
+    dist = model.distributions[i]
+    rule = f" (rule: {rule})" if rule else ""
+    return PluginError(
+        f"{layer_label(i, layer)} from distribution {dist!r} failed in {phase}: {what}{rule}",
+        distribution=dist,
+        phase=phase,
     )
 
 

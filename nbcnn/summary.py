@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass
 
 from nbcnn import graph
-from nbcnn.errors import printable
+from nbcnn.errors import PluginError, printable
 from nbcnn.layers.args import is_int, show
 from nbcnn.layers.base import format_shape
 from nbcnn.model import Sequential
@@ -113,10 +113,20 @@ def summarize(model: Sequential) -> Summary:
                 activation_bytes=math.prod(s_out) * BYTES_PER_VALUE,
                 receptive_field=_plain(rf),
                 jump=_plain(jump),
-                explain=model.calculate(i, "explain", s_in),
+                explain=_explanation(model, i, s_in),
             )
         )
     return Summary(model.name, list(model.input_shape), rows, model.is_graph)
+
+
+def _explanation(model: Sequential, i: int, s_in) -> str:
+    """Layer ``i``'s ``explain`` text, or the failure of a layer's explain in its place: the
+    counts do not depend on it, so a broken explain costs only its own line of
+    ``--explain`` (and the ``explain`` field of ``--json``), not the whole summary."""
+    try:
+        return model.calculate(i, "explain", s_in)
+    except PluginError as err:
+        return f"(explain failed: {err})"
 
 
 def merged_field(fields: list) -> tuple[tuple, tuple] | None:

@@ -22,7 +22,7 @@ from typing import Annotated
 
 import typer
 
-from nbcnn.cli import data, describe, evaluate, interop, pictures, train
+from nbcnn.cli import common, data, describe, evaluate, interop, pictures, train
 
 app = typer.Typer(
     name="nbcnn",
@@ -50,8 +50,17 @@ def _main(
             "--version", callback=_print_version, is_eager=True, help="Print the version."
         ),
     ] = False,
+    traceback: Annotated[
+        bool,
+        typer.Option(
+            "--traceback",
+            help="On an error, print its traceback too (a plugin's own, for a layer's bug); "
+            "NBCNN_DEBUG=1 does the same.",
+        ),
+    ] = False,
 ):
     """Small, fast CNNs on the CPU: YAML models, Keras-exact summaries, Numba kernels."""
+    common.show_tracebacks = traceback
 
 
 # In the order `nbcnn --help` lists them: describe, train, use, look inside, interop.

@@ -1,7 +1,9 @@
 """What every command shares: the error mapping, the console, argument types, threads.
 
 Known errors (:class:`~nbcnn.errors.NbcnnError`) become one line on stderr and exit code 2
-(bad input) or 1 (failure during work); a traceback means a bug.
+(bad input) or 1 (failure during work, a layer's bug caught at its boundary); a traceback
+means a bug of nbcnn's. ``nbcnn --traceback`` or ``NBCNN_DEBUG=1`` prints the traceback
+behind the line too: the one a plugin's layer raised, kept as the error's ``__cause__``.
 """
 
 from __future__ import annotations
@@ -9,19 +11,31 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
+import os
 import sys
+import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from nbcnn.errors import ConfigError, NbcnnError, printable
+from nbcnn.errors import ConfigError, NbcnnError, PluginError, printable
 
 ConfigArg = Annotated[Path, typer.Argument(help="The model's YAML config.", show_default=False)]
 WeightsOpt = Annotated[Path, typer.Option(help="Weights (.npz) saved by nbcnn train.")]
 OutOpt = Annotated[Path, typer.Option("--out", help="The picture to write (.png).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for tools.")]
+
+
+#: Set by ``nbcnn --traceback`` (the app's callback sets it on every invocation).
+show_tracebacks = False
+
+
+def tracebacks_wanted() -> bool:
+    """Whether errors come with their traceback: ``--traceback``, or ``NBCNN_DEBUG`` set to
+    anything but empty or ``0`` (for a command started by a script or a test)."""
+    return show_tracebacks or os.environ.get("NBCNN_DEBUG", "") not in ("", "0")
 
 
 def fail(message: str, code: int) -> None:
@@ -38,7 +52,15 @@ def handles_errors(command):
         try:
             return command(*args, **kwargs)
         except NbcnnError as err:
-            fail(str(err), err.exit_code)
+            message = str(err)
+            if tracebacks_wanted():
+                # The chain: the plugin's own exception first, then where nbcnn caught it;
+                # each line escaped, as the error line is (a plugin's message may hold ESC).
+                text = "".join(traceback.format_exception(err)).rstrip("\n")
+                print("\n".join(map(printable, text.split("\n"))), file=sys.stderr)
+            elif isinstance(err, PluginError) and err.__cause__ is not None:
+                message += " (nbcnn --traceback or NBCNN_DEBUG=1 shows its traceback)"
+            fail(message, err.exit_code)
         except (MemoryError, ImportError, OSError) as err:
             if not out_of_memory(err):
                 raise
