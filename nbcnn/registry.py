@@ -8,11 +8,16 @@ every entry point. A layer's module is imported when a config or command first n
 ``nbcnn layers`` imports them all (``Registry.load_all``) and reports slow imports with their time.
 
 A plugin whose import raises anything but KeyboardInterrupt (``SystemExit`` included), names a
-missing attribute, breaks the contract or declares an unsupported ``api_version`` becomes a
+missing attribute or fails the registration checks (:func:`contract_problem`: a ``Layer``
+subclass, an int ``api_version`` this nbcnn supports, ``arguments`` of ``Arg``s) becomes a
 *broken* entry with the reason and a warning naming its distribution; every other layer keeps
 working. What a plugin prints while it is imported goes to stderr, never into stdout's JSON.
-Two distributions registering one name are both kept: using the bare name is an error naming
-both, ``type: distribution:Name`` picks one.
+Two distributions registering one name are both kept. A built-in name stays nbcnn's: a bare
+``Dense`` is always nbcnn's Dense, so installing a plugin that also registers ``Dense`` cannot
+change what existing configs mean; the plugin *shadows* the built-in (a warning at discovery,
+status ``shadows``) and is used as ``type: its-distribution:Dense``. Two third-party
+distributions registering one name are *ambiguous*: the bare name is an error naming both, and
+``type: distribution:Name`` picks one.
 """
 
 from __future__ import annotations
@@ -22,16 +27,18 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any
 
 from nbcnn.errors import ConfigError, printable
-from nbcnn.layers.args import did_you_mean, show
+from nbcnn.layers.args import Arg, did_you_mean, is_int, show
 from nbcnn.layers.base import SUPPORTED_API_VERSIONS, Layer
 
 GROUP = "nbcnn.layers"
+#: The distribution of the built-in layers: its names win over a plugin's (module docstring).
+BUILTIN = "nbcnn"
 #: Keras's activation layers and the `Activation` argument that does the same here.
 ACTIVATION_LAYERS = {"ReLU": "relu", "Softmax": "softmax", "ELU": "elu"}
 CONTRACT_METHODS = ("output_shape", "param_shapes", "macs")
@@ -57,6 +64,9 @@ class LayerEntry:
     version: str
     value: str  # "module:attribute" as declared
     clashes_with: list[str] = field(default_factory=list)
+    #: True for a third party's entry whose name is also a built-in one: the bare name means
+    #: nbcnn's, this one is reached as ``distribution:Name``.
+    shadows: bool = False
     #: How long the import took (None until imported).
     import_seconds: float | None = None
     _point: Any = field(default=None, repr=False, compare=False)
@@ -86,10 +96,24 @@ class LayerEntry:
         return self.import_seconds is not None and self.import_seconds > SLOW_IMPORT_SECONDS
 
     @property
+    def builtin(self) -> bool:
+        return _same_dist(self.distribution, BUILTIN)
+
+    @property
+    def qualified(self) -> str:
+        """``distribution:Name``, the ``type:`` that picks this entry whatever else is installed."""
+        return f"{self.distribution}:{self.name}"
+
+    @property
     def status(self) -> str:
+        """``broken``, ``shadows`` (a plugin's entry named like a built-in), ``clash`` (two
+        third parties' entries of one name) or ``ok`` (a built-in stays ok beside a plugin that
+        shadows it)."""
         if self.error:
             return "broken"
-        if self.clashes_with:
+        if self.shadows:
+            return "shadows"
+        if self.clashes_with and not self.builtin:
             return "clash"
         return "ok"
 
@@ -131,9 +155,19 @@ class Registry:
             by_name.setdefault(entry.name, []).append(entry)
         for same in by_name.values():
             if len(same) > 1:
+                builtin = any(e.builtin for e in same)
                 for entry in same:
                     entry.clashes_with = [e.distribution for e in same if e is not entry]
+                    entry.shadows = builtin and not entry.builtin
         self._by_name = by_name
+        for entry in self.entries():
+            if entry.shadows:
+                _warn_once(
+                    f"layer plugin {entry.name!r} from distribution {entry.distribution!r} "
+                    f"shadows nbcnn's built-in {entry.name}: a bare 'type: {entry.name}' still "
+                    f"means '{BUILTIN}:{entry.name}'; write 'type: {entry.qualified}' for the "
+                    "plugin's"
+                )
 
     def entries(self) -> list[LayerEntry]:
         """Every registered entry, broken and clashing ones included, sorted by name; nothing
@@ -157,14 +191,23 @@ class Registry:
     def entry(self, type_name: str) -> LayerEntry:
         """The entry for a config's ``type`` (``Name`` or ``distribution:Name``), imported.
 
-        Raises ConfigError for unknown types (with did-you-mean), ambiguous names (naming
-        both distributions) and broken plugins (naming the distribution and the reason). Only
-        the chosen entry is imported: the others' metadata is enough for these checks.
+        A bare name that a built-in and plugins share means the built-in. Raises ConfigError
+        for unknown types (with did-you-mean, or the ``distribution:Name`` spellings when only
+        the distribution is wrong), names registered by several third parties (naming each
+        ``distribution:Name``) and broken plugins (naming the distribution and the reason).
+        Only the chosen entry is imported: the others' metadata is enough for these checks.
         """
         dist, _, name = type_name.rpartition(":")
-        candidates = self._by_name.get(name, [])
+        registered = self._by_name.get(name, [])
         if dist:
-            candidates = [e for e in candidates if _same_dist(e.distribution, dist)]
+            candidates = [e for e in registered if _same_dist(e.distribution, dist)]
+        else:
+            candidates = [e for e in registered if e.builtin] or registered
+        if not candidates and registered:
+            raise ConfigError(
+                f"unknown layer type {quote(type_name)}: no distribution {dist!r} registers "
+                f"{name!r}; write {_spellings(registered)}"
+            )
         if not candidates:
             hint = did_you_mean(name, self.names())
             if name in ACTIVATION_LAYERS and "Activation" in self._by_name:
@@ -178,10 +221,12 @@ class Registry:
                 "registered types (a plugin's types appear once its package is installed)"
             )
         if len(candidates) > 1:
-            dists = " and ".join(repr(e.distribution) for e in candidates)
+            dists = " and ".join(
+                repr(e.distribution) for e in sorted(candidates, key=_builtin_first)
+            )
             raise ConfigError(
                 f"layer type {name!r} is registered by {dists}; choose one with "
-                f"'type: {candidates[0].distribution}:{name}'"
+                f"{_spellings(candidates)}"
             )
         entry = candidates[0]
         if entry.error:
@@ -194,6 +239,15 @@ class Registry:
     def get(self, type_name: str) -> type:
         """The layer class for a config's ``type``."""
         return self.entry(type_name).cls
+
+
+def _spellings(entries: list[LayerEntry]) -> str:
+    """``'type: nbcnn:Dense' or 'type: nbcnn-x:Dense'``: the ``type:`` picking each entry."""
+    return " or ".join(f"'type: {e.qualified}'" for e in sorted(entries, key=_builtin_first))
+
+
+def _builtin_first(entry: LayerEntry) -> tuple[bool, str]:
+    return not entry.builtin, entry.distribution
 
 
 def _same_dist(a: str, b: str) -> bool:
@@ -276,6 +330,16 @@ def _still_importing(entry: LayerEntry) -> None:
     )
 
 
+#: Warnings already printed by :func:`_warn_once` (``refresh()`` discovers again, quietly).
+_WARNED: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _WARNED:
+        _WARNED.add(message)
+        _warn(message)
+
+
 def _warn(message: str) -> None:
     if sys.stderr is not None:  # closed: print(file=None) would write to stdout
         print(f"warning: {printable(message)}", file=sys.stderr, flush=True)
@@ -328,21 +392,64 @@ def _flush_stdout() -> None:
 
 
 def contract_problem(cls: object) -> str | None:
-    """Why ``cls`` cannot serve as a layer, or None if it fits the contract."""
+    """Why ``cls`` cannot serve as a layer, or None if it fits the contract: a class deriving
+    from :class:`~nbcnn.layers.base.Layer`, with callable contract methods, an int
+    ``api_version`` that this nbcnn supports and ``arguments`` mapping names to ``Arg``s.
+
+    Checked when the class is registered (imported), so a mistake is reported by ``nbcnn
+    layers`` and where the type is used, not as an AttributeError deep inside a constructor.
+    """
     if not isinstance(cls, type):
         return f"{show(cls)} is not a class"
+    name = cls.__name__
+    if not issubclass(cls, Layer):
+        # Checked first: a class of its own lacks more than methods, and saying which methods
+        # it lacks would hide the fix (derive from Layer, which also parses the arguments).
+        return f"{name} does not derive from nbcnn.layers.base.Layer (write 'class {name}(Layer)')"
     missing = [m for m in CONTRACT_METHODS if not callable(getattr(cls, m, None))]
     if missing:
-        return f"{cls.__name__} lacks the contract method(s) {', '.join(missing)}"
+        return f"{name} lacks the contract method(s) {', '.join(missing)}"
+    return _api_version_problem(cls) or _arguments_problem(cls)
+
+
+def _api_version_problem(cls: type) -> str | None:
     version = getattr(cls, "api_version", None)
+    fits = ", ".join(map(str, SUPPORTED_API_VERSIONS))
+    if not is_int(version):
+        # "1" would otherwise read "declares api_version '1'; this nbcnn supports 1".
+        return (
+            f"{cls.__name__}.api_version is {show(version)} (a {type(version).__name__}); it must "
+            f"be an int (this nbcnn supports api_version {fits})"
+        )
     if version not in SUPPORTED_API_VERSIONS:
-        fits = ", ".join(map(str, SUPPORTED_API_VERSIONS))
         return (
             f"{cls.__name__} declares plugin api_version {show(version)}; this nbcnn supports "
             f"api_version {fits}"
         )
-    if not issubclass(cls, Layer):
-        return f"{cls.__name__} does not subclass nbcnn.layers.base.Layer"
+    return None
+
+
+def _arguments_problem(cls: type) -> str | None:
+    arguments = getattr(cls, "arguments", None)
+    where = f"{cls.__name__}.arguments"
+    if not isinstance(arguments, Mapping):
+        return (
+            f"{where} is {show(arguments)} (a {type(arguments).__name__}); it must be a dict of "
+            "keyword name -> Arg (nbcnn.layers.args)"
+        )
+    for key, arg in arguments.items():
+        if not isinstance(key, str):
+            return f"{where} has the key {show(key)}; its keys must be keyword names (str)"
+        if not isinstance(arg, Arg):
+            return (
+                f"{where}[{show(key)}] is {show(arg)} (a {type(arg).__name__}), not an Arg: "
+                f"write {show(key)}: Arg(parser, default, doc) with Arg from nbcnn.layers.args"
+            )
+        if not callable(arg.parse):
+            return (
+                f"{where}[{show(key)}] has parser {show(arg.parse)}, which is not callable: "
+                "Arg's first field is a function (nbcnn.layers.args has positive_int, ...)"
+            )
     return None
 
 

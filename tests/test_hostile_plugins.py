@@ -150,6 +150,24 @@ class StringParams(Same):
         return "kernel"
 
 
+class HalfMacs(Same):
+    def macs(self, input_shape):
+        return 2.5
+
+
+class HalfParams(Same):
+    def param_shapes(self, input_shape):
+        return [ParamSpec("w", (2.5, 2))]
+
+
+class FloatArgument(Same):
+    arguments = {"factor": 2.0}
+
+
+class StringApiVersion(Same):
+    api_version = "1"
+
+
 class NanField(Same):
     def receptive_field(self, input_shape, rf, jump):
         return tuple(float("nan") for _ in rf), jump
@@ -261,6 +279,10 @@ HOSTILE_TYPES = [
     "StringShape",
     "StringMacs",
     "StringParams",
+    "HalfMacs",
+    "HalfParams",
+    "FloatArgument",
+    "StringApiVersion",
     "NanField",
     "MetaAttributes",
     "MetaCall",
@@ -426,8 +448,8 @@ def test_layers_table_escapes_and_reports(hostile_env):
     assert "slow import" in proc.stdout
     assert "plugin says bye" in proc.stdout and "\\x1b[2J" in proc.stdout
     # The contract check quotes the class's own name: escaped in the table and the warning.
-    assert "Not\\x1b[2JA\\rLayer lacks the contract method(s)" in proc.stdout
-    assert "Not\\x1b[2JA\\rLayer lacks the contract method(s)" in proc.stderr
+    assert "Not\\x1b[2JA\\rLayer does not derive from nbcnn.layers.base.Layer" in proc.stdout
+    assert "Not\\x1b[2JA\\rLayer does not derive from nbcnn.layers.base.Layer" in proc.stderr
     no_raw_controls(proc.stdout, proc.stderr)
 
 
@@ -464,25 +486,49 @@ def test_json_stays_json_with_stderr_closed(hostile_env, write_config):
         ("ExitInInit", ["ExitInInit", "could not be created", "SystemExit: '5'"]),
         ("MetaCall", ["MetaCall", "could not be created", "SystemExit: '8'"]),
         ("MetaAttributes", ["layers[0].type", "layer contract raised RuntimeError"]),
-        ("ExitInOutputShape", ["output_shape of ExitInOutputShape", "SystemExit: '6'"]),
-        ("GeneratorExitInParamShapes", ["param_shapes of", "GeneratorExit: 'closing'"]),
-        ("CustomInMacs", ["macs of CustomInMacs", "Custom: 'a BaseException of its own'"]),
-        ("ExitInExplain", ["explain of ExitInExplain", "raised SystemExit"]),
-        ("ExitInReceptiveField", ["receptive_field of", "SystemExit: '9'"]),
         ("NoName", ["made a layer named None", "super().__init__"]),
         # The one-line error folds whitespace (CR included) and escapes the rest.
-        ("NotALayer", ["layers[0].type", "Not\\x1b[2JA Layer lacks the contract"]),
+        ("NotALayer", ["layers[0].type", "Not\\x1b[2JA Layer does not derive from"]),
     ],
 )
 def test_plugin_base_exceptions_are_one_line(hostile_env, write_config, layer, fragments):
     """Finding 8: SystemExit (any BaseException but KeyboardInterrupt) at import, in class
-    creation, in the constructor or a calculator is one line naming the layer and its
-    distribution, exit code 2, never the plugin's own exit code and silence."""
+    creation or in the constructor is one line naming the layer and its distribution, exit
+    code 2, never the plugin's own exit code and silence."""
     path = write_config(model_doc({"type": layer}, {"type": "Flatten"}, input_shape=(4, 4, 1)))
     proc = cli_subprocess("summary", path, env=hostile_env)
     assert proc.returncode == 2, (proc.returncode, proc.stderr)
     error_line(proc.stderr, "layers[0]", *fragments, "from distribution 'nbcnn-test-")
     no_raw_controls(proc.stderr)
+
+
+@pytest.mark.parametrize(
+    ("layer", "fragment"),
+    [
+        ("ExitInOutputShape", "failed in output_shape: SystemExit: '6'"),
+        ("GeneratorExitInParamShapes", "failed in param_shapes: GeneratorExit: 'closing'"),
+        ("CustomInMacs", "failed in macs: Custom: 'a BaseException of its own'"),
+        ("ExitInReceptiveField", "failed in receptive_field: SystemExit: '9'"),
+    ],
+)
+def test_a_calculator_raising_a_base_exception_is_a_bug(hostile_env, write_config, layer, fragment):
+    """The same in a calculator, but a bug in the layer (issue 15): exit code 1."""
+    path = write_config(model_doc({"type": layer}, {"type": "Flatten"}, input_shape=(4, 4, 1)))
+    proc = cli_subprocess("summary", path, env=hostile_env)
+    assert proc.returncode == 1, (proc.returncode, proc.stderr)
+    error_line(
+        proc.stderr, "layers[0] ", f"({layer}) from distribution 'nbcnn-test-hostile'", fragment
+    )
+
+
+def test_an_explain_raising_system_exit_spoils_only_its_line(hostile_env, write_config):
+    path = write_config(
+        model_doc({"type": "ExitInExplain"}, {"type": "Flatten"}, input_shape=(4, 4, 1))
+    )
+    proc = cli_subprocess("summary", path, "--explain", env=hostile_env)
+    assert proc.returncode == 0, proc.stderr
+    note = "(ExitInExplain) from distribution 'nbcnn-test-hostile' failed in explain: SystemExit"
+    assert note in proc.stdout
 
 
 def test_train_refuses_a_constructor_that_exits(hostile_env, write_config):
@@ -495,19 +541,23 @@ def test_train_refuses_a_constructor_that_exits(hostile_env, write_config):
 @pytest.mark.parametrize(
     ("layer", "fragments"),
     [
-        ("StringShape", ["output_shape of StringShape", "returned '(None, 4)'", "tuple of ints"]),
-        ("StringMacs", ["macs of StringMacs", "returned '12'", "an int >= 0"]),
-        ("StringParams", ["param_shapes of StringParams", "returned 'kernel'", "ParamSpec"]),
-        ("NanField", ["receptive_field of NanField", "positive numbers"]),
+        ("StringShape", ["output_shape: returned '(None, 4)'", "tuple of ints"]),
+        ("StringMacs", ["failed in macs: returned '12'", "an int >= 0"]),
+        ("StringParams", ["failed in param_shapes: returned 'kernel'", "ParamSpec"]),
+        # Not truncated to 2 MACs, nor a weight of int(2.5) * 2 values: refused.
+        ("HalfMacs", ["(HalfMacs)", "returned 2.5; expected an int >= 0"]),
+        ("HalfParams", ["(HalfParams)", "shape=(2.5, 2)", "shape: tuple of ints >= 0"]),
+        ("NanField", ["failed in receptive_field", "positive numbers"]),
     ],
 )
 def test_calculator_returning_garbage_is_one_line(hostile_env, write_config, layer, fragments):
     """Finding 9: a calculator returning a string (or NaN, which JSON cannot hold) is one line
-    naming the layer and its distribution, not a traceback."""
+    naming the layer and its distribution, not a traceback; a bug in the layer, exit code 1
+    (issue 15)."""
     path = write_config(model_doc({"type": layer}, {"type": "Flatten"}, input_shape=(4, 4, 1)))
     for args in ((), ("--json",)):
         proc = cli_subprocess("summary", path, *args, env=hostile_env)
-        assert proc.returncode == 2, proc.stderr
+        assert proc.returncode == 1, proc.stderr
         error_line(proc.stderr, "layers[0]", "from distribution 'nbcnn-test-hostile'", *fragments)
         assert proc.stdout == ""
 
@@ -688,3 +738,43 @@ def test_many_layer_summary_scales_linearly(write_config):
     # quadratic. Building, calculating and printing 5,000 rows took ~0.4 s here beside the
     # YAML parse; rich's Table alone took 2 s (not asserted: timings are for benchmarks).
     assert t_big < 12 * t_small, (t_small, t_big)
+
+
+# ---------------------------------------------------------------- registration checks
+
+#: What `nbcnn layers` and a config using the type say of each registration mistake (issue 15:
+#: `arguments = {"factor": 2.0}` was listed as ok, then an AttributeError; api_version "1" read
+#: "declares plugin api_version '1'; this nbcnn supports api_version 1").
+REGISTRATION_MISTAKES = {
+    "FloatArgument": "FloatArgument.arguments['factor'] is 2.0 (a float), not an Arg",
+    "StringApiVersion": "StringApiVersion.api_version is '1' (a str); it must be an int",
+    "NotALayer": "Not\\x1b[2JA\\rLayer does not derive from nbcnn.layers.base.Layer",
+}
+
+
+def test_layers_reports_registration_mistakes(hostile_env):
+    """Each mistake is a broken entry whose error says what is wrong with the class, with a
+    warning naming the distribution; the command still succeeds."""
+    proc = cli_subprocess("layers", "--json", env=hostile_env)
+    assert proc.returncode == 0, proc.stderr
+    entries = {e["name"]: e for e in json.loads(proc.stdout)}
+    for name, problem in REGISTRATION_MISTAKES.items():
+        entry = entries[name]
+        assert entry["status"] == "broken" and entry["distribution"] == "nbcnn-test-hostile"
+        assert entry["error"].startswith(problem.encode().decode("unicode_escape")), entry
+        warning = f"layer plugin {name!r} from distribution 'nbcnn-test-hostile' is broken"
+        assert f"{warning} and was skipped: {problem}" in proc.stderr
+
+
+@pytest.mark.parametrize("layer", ["FloatArgument", "StringApiVersion"])
+def test_using_a_misregistered_type_is_one_line(hostile_env, write_config, layer):
+    """Refused like every broken plugin: one line naming the key, the distribution and the
+    mistake, exit code 2, before any constructor runs (no AttributeError from deep inside)."""
+    path = write_config(model_doc({"type": layer}, {"type": "Flatten"}, input_shape=(4, 4, 1)))
+    proc = cli_subprocess("summary", path, env=hostile_env)
+    assert proc.returncode == 2, (proc.returncode, proc.stderr)
+    error_line(
+        proc.stderr,
+        f"layers[0].type: layer type {layer!r} from distribution 'nbcnn-test-hostile' is broken",
+        REGISTRATION_MISTAKES[layer],
+    )

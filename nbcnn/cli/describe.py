@@ -3,13 +3,16 @@ anything (neither command imports numba)."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from nbcnn.cli.common import ConfigArg, JsonOpt, console, handles_errors, parse_shape
 from nbcnn.errors import ConfigError, printable
 from nbcnn.jsonout import print_json
+
+if TYPE_CHECKING:
+    from nbcnn.registry import LayerEntry
 
 
 @handles_errors
@@ -64,14 +67,28 @@ def layers(json_output: JsonOpt = False):
     for column in ("Type", "Distribution", "Version", "Trains", "Status"):
         table.add_column(column)
     for e in entries:
-        status = e.status
-        if e.error:
-            status = f"broken: {e.error}"
-        elif e.clashes_with:
-            status = f"clash with {', '.join(e.clashes_with)}: use {e.distribution}:{e.name}"
+        status = _status_text(e)
         if e.slow:
             status += f" (slow import: {e.import_seconds:.1f} s)"
         cells = (e.name, e.distribution, e.version, "yes" if e.trainable else "no", status)
         # Text, not str: no rich markup in a plugin's name, and non-printables escaped.
         table.add_row(*(Text(printable(cell)) for cell in cells))
     console().print(table)
+
+
+def _status_text(e: LayerEntry) -> str:
+    """The Status cell of ``nbcnn layers``: the status, and for a shared name what a bare
+    ``type:`` means and how to reach this entry (the rule in nbcnn/registry.py)."""
+    others = ", ".join(e.clashes_with)
+    if e.status == "broken":
+        return f"broken: {e.error}"
+    if e.status == "shadows":
+        return (
+            f"shadows nbcnn:{e.name} (a bare {e.name} means nbcnn's): use {e.qualified} "
+            "for this one"
+        )
+    if e.status == "clash":
+        return f"clash with {others}: use {e.qualified}"
+    if e.clashes_with:  # a built-in that plugins shadow: the bare name still means this one
+        return f"ok (also registered by {others}; a bare {e.name} means this one)"
+    return e.status
