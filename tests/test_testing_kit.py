@@ -291,6 +291,223 @@ def test_the_guides_minimal_plugin_passes_the_kit(kwargs, input_shape):
     check_layer(scale, kwargs, input_shape)
 
 
+# ------------------------------------------------- the weights of the check and its tolerance
+
+
+def lazy_scale_class() -> type:
+    """The guide's Scale with the backward a plugin author may write first, ``dx = dy``:
+    right only while gamma is 1, as build makes it."""
+    scale = guide_example_class()
+
+    def backward(self, dy):
+        scale.backward(self, dy)  # the gradient of gamma, right
+        return dy.copy()
+
+    return type("LazyScale", (scale,), {"backward": backward})
+
+
+def test_a_backward_right_only_for_the_built_weights_is_caught():
+    with pytest.raises(AssertionError) as info:
+        check_layer(lazy_scale_class(), {}, (4, 4, 3))
+    message = str(info.value)
+    assert message.startswith("LazyScale() on input (4, 4, 3): gradient of the input x at (")
+    assert message.endswith(
+        "(trainable weights gamma drawn at random with seed 0; params= sets them)"
+    )
+
+
+def test_params_sets_the_weights_of_the_check():
+    lazy = lazy_scale_class()
+    ones = np.ones(3, np.float32)
+    layer = check_layer(lazy, {}, (4, 4, 3), params={"gamma": ones})  # gamma = 1 hides the bug
+    np.testing.assert_array_equal(layer.params["gamma"], ones)
+    with pytest.raises(AssertionError, match="gradient of the input x"):
+        check_layer(lazy, {}, (4, 4, 3), params={"gamma": [0.5, 1.0, 2.0]})
+
+
+def test_a_correct_layer_passes_with_random_weights():
+    scale = guide_example_class()
+    gamma = check_layer(scale, {}, (4, 4, 3)).params["gamma"]  # build makes 1, 1, 1
+    assert gamma.dtype == np.float32 and len(set(gamma.tolist())) == 3
+    assert np.all((np.abs(gamma) >= 0.5) & (np.abs(gamma) <= 1.5))  # build's scale
+    assert not np.array_equal(check_layer(scale, {}, (4, 4, 3), seed=1).params["gamma"], gamma)
+
+
+def test_non_trainable_weights_keep_their_built_values():
+    """A moving variance must stay positive: only trainable weights are drawn."""
+    layer = check_layer(builtin_types()["BatchNormalization"], {}, (3, 3, 2))
+    np.testing.assert_array_equal(layer.params["moving_variance"], 1)
+    np.testing.assert_array_equal(layer.params["moving_mean"], 0)
+    assert not np.allclose(layer.params["gamma"], 1) and not np.allclose(layer.params["beta"], 0)
+
+
+@pytest.mark.parametrize(
+    "params, message",
+    [
+        ({"scale": np.ones(3)}, r"params= names \['scale'\]; the layer's weights are \['gamma'\]"),
+        ({"gamma": np.ones(4)}, r"params\['gamma'\] has shape \(4,\); the weight has \(3,\)"),
+        ({"gamma": [1.0, np.nan, 1.0]}, r"params\['gamma'\] holds NaN or inf"),
+        ([1.0, 2.0, 3.0], "params= must map weight names to arrays; got list"),
+    ],
+)
+def test_mistakes_in_params_are_named(params, message):
+    with pytest.raises(AssertionError, match=message) as info:
+        check_layer(guide_example_class(), {}, (4, 4, 3), params=params)
+    assert str(info.value).startswith("Scale() on input (4, 4, 3): ")
+
+
+class SlightlyWrongGradient(Dense):
+    """A kernel gradient 0.5% too large: within the fixed rtol 1e-2 of earlier versions."""
+
+    def backward(self, dy):
+        dx = super().backward(dy)
+        self.grads["kernel"] = self.grads["kernel"] * np.float32(1.005)
+        return dx
+
+
+def test_a_gradient_half_a_percent_off_is_caught():
+    with pytest.raises(AssertionError, match="gradient of weight 'kernel'"):
+        check_layer(SlightlyWrongGradient, {"units": 3}, (4,))
+    check_layer(SlightlyWrongGradient, {"units": 3}, (4,), rtol=1e-2, atol=1e-3)  # as before
+
+
+def test_the_tolerance_follows_the_outputs_magnitude():
+    """Outputs of ~1e3 carry rounding errors of ~1e-4 each: a fixed tolerance fails a correct
+    layer there; the derived one passes it and still catches a gradient 0.5% off."""
+    scale = guide_example_class()
+    check_layer(scale, {"init": 1000.0}, (4, 4, 3))
+
+    def backward(self, dy):
+        return scale.backward(self, dy) * np.float32(1.005)
+
+    with pytest.raises(AssertionError, match="gradient of the input x"):
+        check_layer(type("Off", (scale,), {"backward": backward}), {"init": 1000.0}, (4, 4, 3))
+
+
+class OneWrongEntry(Dense):
+    """Wrong in one entry of its 256-entry kernel gradient."""
+
+    def backward(self, dy):
+        dx = super().backward(dy)
+        self.grads["kernel"][11, 7] += 0.25
+        return dx
+
+
+def test_every_entry_of_a_small_layer_is_checked():
+    """Earlier versions drew 48 entries per array: 5 in 6 runs missed this one."""
+    with pytest.raises(AssertionError, match=r"gradient of weight 'kernel' at \(11, 7\)"):
+        check_layer(OneWrongEntry, {"units": 16}, (16,))
+
+
+class Wave(Layer):
+    """y = sin(8 x): smooth, but its one-sided slopes over one step differ by far more than
+    the gradient tolerance (by h * y'')."""
+
+    factor = 1.0
+
+    def output_shape(self, input_shape):
+        return tuple(input_shape)
+
+    def forward(self, x, training=False):
+        self._x = x
+        return np.sin(8 * x)
+
+    def backward(self, dy):
+        return (dy * 8 * np.cos(8 * self._x) * self.factor).astype(np.float32)
+
+
+class WrongWave(Wave):
+    factor = 1.01
+
+
+def test_a_curved_layer_is_checked_not_taken_for_kinks():
+    check_layer(Wave, {}, (5, 4))
+    with pytest.raises(AssertionError, match="gradient of the input x at"):
+        check_layer(WrongWave, {}, (5, 4))
+
+
+class Sawtooth(Layer):
+    """y = |x - round(k x) / k|: a kink every 1 / 2k = 4.05e-4, so within 2.5e-4 of every x,
+    the smallest step the kit tries (k incommensurate with the steps: no aliasing)."""
+
+    k = np.float32(1234.5)
+
+    def output_shape(self, input_shape):
+        return tuple(input_shape)
+
+    def forward(self, x, training=False):
+        self._x = x
+        return np.abs(x - np.round(x * self.k) / self.k)
+
+    def backward(self, dy):
+        return (dy * np.sign(self._x - np.round(self._x * self.k) / self.k)).astype(np.float32)
+
+
+def test_kinks_are_skipped_only_up_to_a_cap():
+    with pytest.raises(
+        AssertionError, match=r"entries of the input x checked sit at kinks .* over the cap of \d+"
+    ):
+        check_layer(Sawtooth, {}, (6, 4))
+
+
+# ------------------------------------------------------ every failure names the layer
+
+
+def raising(method: str) -> type:
+    """Dense with ``method`` raising, as a plugin's bug would."""
+
+    def boom(self, *args, **kwargs):
+        raise ZeroDivisionError("division by zero")
+
+    return type(f"Broken{method.title().replace('_', '')}", (Dense,), {method: boom})
+
+
+@pytest.mark.parametrize(
+    "method", ["explain", "output_shape", "param_shapes", "macs", "receptive_field"]
+)
+def test_a_calculator_that_raises_is_a_failure_of_the_kit(method):
+    """nbcnn summary calls explain for every row: one that raises must not escape the kit
+    as a raw exception either."""
+    cls = raising(method)
+    with pytest.raises(AssertionError) as info:
+        check_calculator(cls, {"units": 2}, (3, 2))
+    assert str(info.value) == (
+        f"{cls.__name__}(units=2) on input (3, 2): {method} raised ZeroDivisionError: "
+        "division by zero"
+    )
+    assert isinstance(info.value.__cause__, ZeroDivisionError)
+
+
+def test_get_config_that_raises_is_a_failure_of_the_kit():
+    with pytest.raises(AssertionError, match=r"^BrokenGetConfig\(units=2\): get_config raised"):
+        check_config_round_trip(raising("get_config"), {"units": 2})
+
+
+class AssertsInForward(Dense):
+    """A plugin's own ``assert``: reported with the layer named, not passed on bare."""
+
+    def forward(self, x, training=False):
+        assert x.ndim == 5, "expected 5-D input"
+        return super().forward(x, training)
+
+
+def test_an_assert_in_the_layer_is_named():
+    with pytest.raises(AssertionError) as info:
+        check_layer(AssertsInForward, {"units": 2}, (3,))
+    assert str(info.value).startswith(  # pytest's rewriting of the assert adds its details
+        "AssertsInForward(units=2) on input (3,): forward(training=False) raised "
+        "AssertionError: expected 5-D input"
+    )
+
+
+def test_a_registered_layer_is_named_with_its_distribution():
+    with pytest.raises(AssertionError) as info:
+        check_layer(Dense, {"units": 2}, (3,), params={"gamma": np.ones(2)})
+    assert str(info.value).startswith(
+        "Dense(units=2) on input (3,) from distribution 'nbcnn': params= names ['gamma']"
+    )
+
+
 # ------------------------------------------------------------- layers with several inputs
 
 
