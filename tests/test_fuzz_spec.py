@@ -258,7 +258,9 @@ def check_config(path: Path, content: str | bytes) -> str:
         assert str(path) in message, message
         return "refused"
     assert spec.layers and all(min(out) >= 1 for _, out in model.shapes)
-    assert summary.total_params >= 0 and summary.total_macs >= 0
+    # The summary's rows add up to the model's own count, split into trainable and frozen.
+    assert summary.total_params == model.count_params()
+    assert summary.trainable_params + summary.non_trainable_params == summary.total_params
     assert train.epochs >= 1 and train.batch_size >= 1 and math.isfinite(train.validation_split)
     return "accepted"
 

@@ -13,6 +13,8 @@ import pytest
 import yaml
 from helpers import ROOT, cli, model_doc
 
+import nbcnn
+
 DOC = (ROOT / "docs" / "training.md").read_text()
 
 
@@ -153,6 +155,16 @@ def test_mse_regression_end_to_end(write_config, tmp_path):
     assert set(report) == {"loss", "mae", "samples"}
     # The brightness is a linear function of the pixels: far better than its spread (~0.15).
     assert report["mae"] < 0.05
+    # The report's numbers are those of the model's predictions, computed here in float64
+    # (evaluate reads the npz's test split, uint8 pixels divided by 255 as training does).
+    model = nbcnn.load_model(config)
+    model.load_weights(run / "model.npz")
+    with np.load(tmp_path / "brightness.npz") as data:
+        x_test, y_test = data["x_test"], data["y_test"].astype(np.float64)
+    error = model.predict(x_test[..., None])[:, 0].astype(np.float64) - y_test
+    assert report["samples"] == len(y_test) == 150
+    assert report["mae"] == pytest.approx(np.abs(error).mean(), rel=1e-5)
+    assert report["loss"] == pytest.approx(np.square(error).mean(), rel=1e-5)
 
 
 def test_targets_that_do_not_fit_the_loss_exit_2(write_config, tmp_path):

@@ -71,7 +71,7 @@ def test_full_model_gradients_match_finite_differences():
     eps = 1e-3
     for p, g in zip(params, analytic):
         flat = p.reshape(-1)
-        for i in rng.choice(flat.size, size=min(4, flat.size), replace=False):
+        for i in range(flat.size):  # every entry: a sample of 4 let wrong gradients through
             old = flat[i]
             flat[i] = old + eps
             up = loss_of()
@@ -144,10 +144,19 @@ def test_keras_like_api_learns():
     data = load_dataset("digits", input_shape=(8, 8, 1), validation_split=0.0)
     model.compile(optimizer="adam", loss="categorical_crossentropy")
     history = model.fit(data.x_train[:600], data.y_train[:600], epochs=3, batch_size=32, verbose=0)
+    assert len(history.history["loss"]) == 3
     assert history.history["loss"][-1] < history.history["loss"][0]
     result = model.evaluate(data.x_test, data.y_test)
     assert result["accuracy"] > 0.6
     assert set(result) == EVALUATION_KEYS
+    # evaluate's numbers are those of predict's probabilities, computed here in float64:
+    # accuracy = share of argmax hits, loss = mean -log p[label] (Keras's clip to 1e-7).
+    p = model.predict(data.x_test).astype(np.float64)
+    labels = np.asarray(data.y_test)
+    assert result["samples"] == len(labels) == len(p)
+    assert result["accuracy"] == pytest.approx(np.mean(p.argmax(axis=1) == labels), abs=1e-12)
+    picked = np.clip(p[np.arange(len(p)), labels], 1e-7, 1 - 1e-7)
+    assert result["loss"] == pytest.approx(-np.log(picked).mean(), rel=1e-5)
     probs = model.predict(data.x_test[:5], batch_size=2)
     assert probs.shape == (5, 10)
     np.testing.assert_allclose(probs.sum(axis=1), 1, rtol=1e-5)
