@@ -297,6 +297,61 @@ def test_batch_normalization_folds_into_the_convolution_at_inference(conv, folds
         np.testing.assert_array_equal(stats[name], ref_stats[name])
 
 
+@pytest.mark.parametrize(
+    ("after", "takes_relu"),
+    [
+        ({"type": "Activation", "activation": "relu"}, True),  # ResNet's conv -> BN -> ReLU
+        ({"type": "Activation", "activation": "relu6"}, False),
+        ({"type": "Activation", "activation": "tanh"}, False),
+        ({"type": "Dropout", "rate": 0.0}, False),
+    ],
+)
+def test_a_relu_after_the_normalization_runs_in_its_pass(after, takes_relu):
+    """Conv -> BatchNormalization -> Activation('relu') is one step: training runs the ReLU
+    in the normalization's pass and its mask in the normalization's backward, bit for bit the
+    three layers (outputs, input gradient, every weight's gradient, moving statistics);
+    inference folds the normalization into the convolution with the ReLU in its epilogue,
+    equal up to float32 rounding. Another activation is not taken into the step."""
+    model = build(
+        {"type": "Conv2D", "filters": 6, "kernel_size": 3, "padding": "same", "use_bias": False},
+        {"type": "BatchNormalization"},
+        after,
+        {"type": "Flatten"},
+        input_shape=(10, 10, 3),
+    ).initialize(0)
+    steps = [s for _, s in model.steps() if isinstance(s, ConvBatchNorm)]
+    assert len(steps) == 1 and len(steps[0].layers) == (3 if takes_relu else 2)
+    rng = np.random.default_rng(5)
+    norm = model.layers[1]
+    norm.params["beta"] = rng.uniform(-1, 1, 6).astype(np.float32)  # both sides of 0
+    x = rng.standard_normal((4, 10, 10, 3)).astype(np.float32)
+    results = []
+    for fuse in (True, False):
+        model.fuse = fuse
+        start = {k: v.copy() for k, v in norm.params.items()}
+        out = model.forward(x, training=True)
+        dx = model.backward(rng.standard_normal(out.shape).astype(np.float32), input_grad=True)
+        grads = [g.copy() for layer in model.layers[:2] for _, g in sorted(layer.grads.items())]
+        stats = {k: v.copy() for k, v in norm.params.items()}
+        inference = model.forward(x)
+        results.append((out, dx, grads, stats, inference))
+        norm.params = start
+        rng = np.random.default_rng(5)
+        norm.params["beta"] = rng.uniform(-1, 1, 6).astype(np.float32)
+        x = rng.standard_normal((4, 10, 10, 3)).astype(np.float32)
+    fused, layers = results
+    for got, want in zip(fused[:2], layers[:2], strict=True):
+        np.testing.assert_array_equal(got, want)
+    for got, want in zip(fused[2], layers[2], strict=True):
+        np.testing.assert_array_equal(got, want)
+    for name in fused[3]:
+        np.testing.assert_array_equal(fused[3][name], layers[3][name])
+    want = layers[4]
+    np.testing.assert_allclose(fused[4], want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+    if takes_relu:
+        assert (fused[0] == 0).mean() > 0.2  # the ReLU did clamp: the test exercised it
+
+
 def averaged_pairs(model):
     return [(s.conv.name, s.pool.name) for _, s in model.steps() if isinstance(s, ConvAvgPool)]
 

@@ -40,38 +40,43 @@ def _shifted_sums(x2, block, shift, sums, squares):
 
 
 @kernel
-def _normalize(x2, block, mean, scale, beta, y2):
-    """y2 = (x2 - mean) * scale + beta, row by row (all (C,) float32)."""
+def _normalize(x2, block, mean, scale, beta, relu, y2):
+    """y2 = (x2 - mean) * scale + beta, row by row (all (C,) float32), then with ``relu``
+    (a run-time flag) the values of ``np.maximum(y2, 0)`` (NaN and -0.0 kept)."""
     rows, channels = x2.shape
     for k in numba.prange((rows + block - 1) // block):
         for r in range(k * block, min(rows, (k + 1) * block)):
             for c in range(channels):
-                y2[r, c] = (x2[r, c] - mean[c]) * scale[c] + beta[c]
+                v = (x2[r, c] - mean[c]) * scale[c] + beta[c]
+                y2[r, c] = np.float32(0.0) if relu and v < 0.0 else v
 
 
 @kernel
-def _grad_sums(x2, block, dy2, mean, inv_std, sum_dy, sum_dy_xhat):
+def _grad_sums(x2, block, dy2, a2, relu, mean, inv_std, sum_dy, sum_dy_xhat):
     """sum_dy[k, c] += dy, sum_dy_xhat[k, c] += dy * xhat over block k (float64, zeroed),
-    with xhat = (x - mean) * inv_std recomputed."""
+    with xhat = (x - mean) * inv_std recomputed; with ``relu``, dy is first masked as
+    ReLU's backward does, ``dy * (a > 0)`` for a2 the ReLU's output (else a2 is not read)."""
     rows, channels = x2.shape
     for k in numba.prange(sum_dy.shape[0]):
         for r in range(k * block, min(rows, (k + 1) * block)):
             for c in range(channels):
-                g = dy2[r, c]
+                g = dy2[r, c] * np.float32(a2[r, c] > 0.0) if relu else dy2[r, c]
                 xhat = (x2[r, c] - mean[c]) * inv_std[c]
                 sum_dy[k, c] += g
                 sum_dy_xhat[k, c] += g * xhat
 
 
 @kernel
-def _input_grad(x2, block, dy2, mean, inv_std, scale, mean_dy, mean_dy_xhat, dx2):
-    """dx = gamma * inv_std * (dy - mean(dy) - xhat * mean(dy * xhat)); scale = gamma*inv_std."""
+def _input_grad(x2, block, dy2, a2, relu, mean, inv_std, scale, mean_dy, mean_dy_xhat, dx2):
+    """dx = gamma * inv_std * (dy - mean(dy) - xhat * mean(dy * xhat)); scale = gamma*inv_std;
+    dy masked by ReLU's output as in ``_grad_sums``."""
     rows, channels = x2.shape
     for k in numba.prange((rows + block - 1) // block):
         for r in range(k * block, min(rows, (k + 1) * block)):
             for c in range(channels):
+                g = dy2[r, c] * np.float32(a2[r, c] > 0.0) if relu else dy2[r, c]
                 xhat = (x2[r, c] - mean[c]) * inv_std[c]
-                dx2[r, c] = scale[c] * (dy2[r, c] - mean_dy[c] - xhat * mean_dy_xhat[c])
+                dx2[r, c] = scale[c] * (g - mean_dy[c] - xhat * mean_dy_xhat[c])
 
 
 def _blocks(rows: int) -> int:
@@ -90,25 +95,33 @@ def batch_statistics(x2):
     return shift + offset, var
 
 
-def normalize(x2, mean, scale, beta):
-    """y2 (M, C) float32 = (x2 - mean) * scale + beta for contiguous float32 x2 (M, C)."""
+def normalize(x2, mean, scale, beta, relu=False):
+    """y2 (M, C) float32 = (x2 - mean) * scale + beta for contiguous float32 x2 (M, C), then
+    ReLU (``np.maximum(y2, 0)``'s values) when ``relu``: one pass for BatchNormalization and
+    the ReLU after it (fusion.ConvBatchNorm)."""
     y2 = np.empty_like(x2)
     f32 = np.float32
-    _normalize(x2, BLOCK_ROWS, mean.astype(f32), scale.astype(f32), beta.astype(f32), y2)
+    _normalize(
+        x2, BLOCK_ROWS, mean.astype(f32), scale.astype(f32), beta.astype(f32), bool(relu), y2
+    )  # fmt: skip
     return y2
 
 
-def batchnorm_backward(dy2, x2, mean, inv_std, gamma):
+def batchnorm_backward(dy2, x2, mean, inv_std, gamma, relu_output=None):
     """(dx2, dgamma, dbeta) of a training forward given dy2 (M, C); mean, inv_std (C,) float32
-    as the forward used them, gamma (C,) float32. dgamma, dbeta are float32 (C,)."""
+    as the forward used them, gamma (C,) float32. dgamma, dbeta are float32 (C,). With
+    ``relu_output`` (M, C), the forward's output through a ReLU, dy2 is the gradient w.r.t.
+    that output and ReLU's mask is applied inside both passes (no pass of its own)."""
     rows, channels = x2.shape
+    relu = relu_output is not None
+    a2 = relu_output if relu else dy2
     sum_dy = np.zeros((_blocks(rows), channels))
     sum_dy_xhat = np.zeros((_blocks(rows), channels))
-    _grad_sums(x2, BLOCK_ROWS, dy2, mean, inv_std, sum_dy, sum_dy_xhat)
+    _grad_sums(x2, BLOCK_ROWS, dy2, a2, relu, mean, inv_std, sum_dy, sum_dy_xhat)
     dbeta, dgamma = sum_dy.sum(axis=0), sum_dy_xhat.sum(axis=0)
     f32 = np.float32
     dx2 = np.empty_like(x2)
     scale = (gamma * inv_std).astype(f32)
     mean_dy, mean_dy_xhat = (dbeta / rows).astype(f32), (dgamma / rows).astype(f32)
-    _input_grad(x2, BLOCK_ROWS, dy2, mean, inv_std, scale, mean_dy, mean_dy_xhat, dx2)
+    _input_grad(x2, BLOCK_ROWS, dy2, a2, relu, mean, inv_std, scale, mean_dy, mean_dy_xhat, dx2)
     return dx2, dgamma.astype(f32), dbeta.astype(f32)

@@ -76,7 +76,9 @@ class BatchNormalization(Layer):
         self.params["moving_mean"] = np.zeros(c, np.float32)
         self.params["moving_variance"] = np.ones(c, np.float32)
 
-    def forward(self, x, training=False):
+    def forward(self, x, training=False, relu=False):
+        """``relu``: also apply the ReLU of the Activation layer after this one, in the same
+        pass (nbcnn/fusion.py ConvBatchNorm; the backward then takes ``relu=True`` too)."""
         import numpy as np
 
         from nbcnn.kernels import batchnorm
@@ -88,7 +90,7 @@ class BatchNormalization(Layer):
         eps = np.float32(self.epsilon)
         if not training:
             inv = gamma / np.sqrt(self.params["moving_variance"] + eps)
-            y2 = batchnorm.normalize(x2, self.params["moving_mean"], inv, beta)
+            y2 = batchnorm.normalize(x2, self.params["moving_mean"], inv, beta, relu)
             return y2.reshape(x.shape)
         mean64, var64 = batchnorm.batch_statistics(x2)
         mean, var = mean64.astype(np.float32), var64.astype(np.float32)
@@ -100,9 +102,12 @@ class BatchNormalization(Layer):
         self.params["moving_variance"] += (1 - m) * var
         # The backward recomputes the normalised x from these rather than keeping it.
         self._x2, self._mean, self._inv_std, self._gamma = x2, mean, inv_std, gamma
-        return batchnorm.normalize(x2, mean, inv_std * gamma, beta).reshape(x.shape)
+        y2 = batchnorm.normalize(x2, mean, inv_std * gamma, beta, relu)
+        self._relu_y2 = y2 if relu else None  # ReLU's mask is read off it in the backward
+        return y2.reshape(x.shape)
 
-    def backward(self, dy):
+    def backward(self, dy, relu=False):
+        """``relu``: dy is the gradient w.r.t. the ReLU fused in the forward's output."""
         import numpy as np
 
         from nbcnn.kernels import batchnorm
@@ -111,8 +116,9 @@ class BatchNormalization(Layer):
         # Standard batch-norm backward (Ioffe & Szegedy 2015, eq. after Alg. 1):
         # dx = gamma * inv_std * (dy - mean(dy) - xhat * mean(dy * xhat)).
         dx2, dgamma, dbeta = batchnorm.batchnorm_backward(
-            dy2, self._x2, self._mean, self._inv_std, self._gamma
-        )
+            dy2, self._x2, self._mean, self._inv_std, self._gamma,
+            self._relu_y2 if relu else None,
+        )  # fmt: skip
         self.grads = {}
         if self.scale:
             self.grads["gamma"] = dgamma
