@@ -21,8 +21,8 @@ from nbcnn.layers.base import Layer, Shape, ShapeError
 
 
 class _Merge(Layer):
-    """Shared base: a list of inputs, no weights, the receptive field of the widest input
-    (the model passes the largest of its inputs' fields)."""
+    """Shared base: a list of inputs, no weights; the receptive field passes through (the
+    summary hands a merge the largest of its inputs' fields, summary.merged_field)."""
 
     multi_input: ClassVar[bool] = True
     #: Fewest and most inputs (Keras: at least one; Subtract exactly two).
