@@ -16,11 +16,10 @@ shape; the others use synthetic data.
 from __future__ import annotations
 
 # First, before numpy loads: timing sets OPENBLAS_THREAD_TIMEOUT (see nbcnn/__init__.py).
-from timing import interleaved, machine, median_ratio, try_torch  # isort: skip
+from timing import interleaved, machine, median_ratio, memory_mib, try_torch  # isort: skip
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 from pathlib import Path
@@ -204,7 +203,7 @@ def _train_only(framework, config, batch, steps):
         runner = NbcnnRunner(model)
     for i in range(0, len(x), batch):
         runner.step(x[i : i + batch], y[i : i + batch])
-    print(json.dumps({"peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+    print(json.dumps({"peak_mib": memory_mib("VmHWM")}))
 
 
 def main():

@@ -23,7 +23,7 @@ difference per sample, the memory a training sample costs free of the fixed part
 from __future__ import annotations
 
 # First, before numpy loads: timing sets OPENBLAS_THREAD_TIMEOUT (see nbcnn/__init__.py).
-from timing import interleaved, machine, median_ratio, try_torch  # isort: skip
+from timing import interleaved, machine, median_ratio, memory_mib, try_torch  # isort: skip
 
 import argparse
 import copy
@@ -178,15 +178,6 @@ def profile(threads, batch, steps=5):
         print(f"  {key:34s} {seconds / steps * 1e3:7.1f} ms  {seconds / steps / step:5.1%}")
 
 
-def _memory_mib(field: str) -> float:
-    """``VmRSS`` (resident now) or ``VmHWM`` (peak resident) of this process, in MiB. Not
-    ``getrusage``'s ru_maxrss: Linux carries it over from the parent through fork and exec,
-    so a child started by a bigger parent reports the parent's peak."""
-    with open("/proc/self/status") as handle:
-        kib = next(int(line.split()[1]) for line in handle if line.startswith(field + ":"))
-    return kib / 1024
-
-
 def _train_only(framework, batch, steps):
     """Train ``steps`` batches in this (fresh) process; print as JSON its resident memory
     before the first step (imports, model, data) and its peak."""
@@ -201,10 +192,10 @@ def _train_only(framework, batch, steps):
         runner, convert = torch_layout(model, torch, framework)
         labels = torch.from_numpy(y.astype(np.int64))
     batches = [(convert(x[i : i + batch]), labels[i : i + batch]) for i in range(0, len(x), batch)]
-    base = _memory_mib("VmRSS")
+    base = memory_mib("VmRSS")
     for a, b in batches:
         runner.step(a, b)
-    print(json.dumps({"base_mib": base, "peak_mib": _memory_mib("VmHWM")}))
+    print(json.dumps({"base_mib": base, "peak_mib": memory_mib("VmHWM")}))
 
 
 def _peak(framework, batch, steps):

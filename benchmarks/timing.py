@@ -81,3 +81,13 @@ def machine() -> str:
         f"{platform.python_version()}, numpy {numpy.__version__}, numba {numba.__version__}, "
         f"torch {torch.__version__ if torch else 'not installed'}"
     )
+
+
+def memory_mib(field: str) -> float:
+    """``VmRSS`` (resident now) or ``VmHWM`` (peak resident) of this process, in MiB. Not
+    ``getrusage``'s ru_maxrss: Linux carries it over from the parent through fork and exec,
+    so a child started by a bigger parent (one that imported torch) reports the parent's
+    peak."""
+    with open("/proc/self/status") as handle:
+        kib = next(int(line.split()[1]) for line in handle if line.startswith(field + ":"))
+    return kib / 1024
