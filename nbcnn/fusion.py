@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from nbcnn import graph
 from nbcnn.layers.base import Layer
 from nbcnn.layers.conv import Conv1D, Conv2D
 from nbcnn.layers.core import Activation
@@ -234,14 +235,10 @@ def plan(layers: list[Layer], inputs: list[tuple[int, ...]] | None = None) -> li
     second takes the first's output and no other layer does."""
     steps: list[tuple[int, Any]] = []
     inputs = [(i - 1,) for i in range(len(layers))] if inputs is None else inputs
-    uses = [0] * len(layers)
-    for producers in inputs:
-        for j in producers:
-            if j >= 0:
-                uses[j] += 1
+    takers = graph.consumers(inputs)
 
     def pair(i: int) -> bool:
-        return i + 1 < len(layers) and inputs[i + 1] == (i,) and uses[i] == 1
+        return i + 1 < len(layers) and inputs[i + 1] == (i,) and takers[i] == [i + 1]
 
     i = 0
     while i < len(layers):

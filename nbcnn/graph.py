@@ -36,6 +36,11 @@ def _label(index: int, layers: list[Layer]) -> str:
     return f"layers[{index}] {layer.name!r} ({type(layer).__name__})"
 
 
+def source_name(j: int, layers: list[Layer]) -> str:
+    """The name by which output ``j`` is referred to: its layer's, or ``input_layer``."""
+    return INPUT_NAME if j == INPUT else layers[j].name
+
+
 def takes_many(layer: Layer) -> bool:
     """Whether ``layer`` merges a list of inputs (its class sets ``multi_input = True``)."""
     return bool(getattr(type(layer), "multi_input", False))
@@ -121,10 +126,6 @@ def is_chain(inputs: list[tuple[int, ...]]) -> bool:
     return all(producers == (i - 1,) for i, producers in enumerate(inputs))
 
 
-def chain(n_layers: int) -> list[tuple[int, ...]]:
-    return [(i - 1,) for i in range(n_layers)]
-
-
 def consumers(inputs: list[tuple[int, ...]]) -> dict[int, list[int]]:
     """Which layers take each output (``INPUT`` included), in order, once per use."""
     found: dict[int, list[int]] = {INPUT: []}
@@ -145,6 +146,6 @@ def written_inputs(inputs: list[tuple[int, ...]], layers: list[Layer]) -> list[A
         if producers == (i - 1,) and not takes_many(layer):
             written.append(None)
             continue
-        named = [INPUT_NAME if j == INPUT else layers[j].name for j in producers]
+        named = [source_name(j, layers) for j in producers]
         written.append(named if takes_many(layer) else named[0])
     return written

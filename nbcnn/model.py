@@ -17,7 +17,7 @@ from nbcnn.errors import ConfigError, DataError, NbcnnError, PluginError
 from nbcnn.layers.args import MAX_INT, TOO_LARGE, is_int, is_number, show, show_some
 from nbcnn.layers.base import Layer, ParamSpec, Shape, ShapeError, format_shape
 from nbcnn.registry import Registry, describe, quote, registry
-from nbcnn.spec import INPUT_NAME, check_inputs, check_model_name
+from nbcnn.spec import check_inputs, check_model_name
 
 if TYPE_CHECKING:
     import numpy as np
@@ -270,16 +270,6 @@ class Sequential:
         """Whether some layer takes another input than the previous layer's output."""
         return not graph.is_chain(self.inputs)
 
-    def input_text(self, i: int) -> str:
-        """Layer ``i``'s input shapes and where they come from, for messages:
-        ``(8, 8, 16) from 'conv2d_1', (8, 8, 32) from 'conv2d_3'``."""
-        parts = []
-        for j in self.inputs[i]:
-            source = INPUT_NAME if j == graph.INPUT else self.layers[j].name
-            shape = self.input_shape if j == graph.INPUT else self.shapes[j][1]
-            parts.append(f"{format_shape(shape)} from {source!r}")
-        return ", ".join(parts)
-
     @property
     def output_shape(self) -> Shape:
         self.require_shapes()
@@ -304,8 +294,7 @@ class Sequential:
         except ShapeError as err:
             if graph.takes_many(layer):
                 given = ", ".join(
-                    f"{format_shape(shape)} from "
-                    f"{INPUT_NAME if j == graph.INPUT else self.layers[j].name!r}"
+                    f"{format_shape(shape)} from {graph.source_name(j, self.layers)!r}"
                     for j, shape in zip(self.inputs[i], args[0])
                 )
                 raise ConfigError(f"{err} (inputs {given})", where=layer_label(i, layer)) from None

@@ -102,9 +102,7 @@ def summarize(model: Sequential) -> Summary:
                 name=layer.name,
                 type=type(layer).__name__,
                 distribution=dist,
-                inputs=[
-                    INPUT_NAME if j == graph.INPUT else model.layers[j].name for j in producers
-                ],
+                inputs=[graph.source_name(j, model.layers) for j in producers],
                 output_shape=list(s_out),
                 params=total,
                 trainable_params=trainable,

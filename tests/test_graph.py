@@ -208,10 +208,10 @@ HAND_MADE = {
         {"type": "Dense", "units": 2},
     ],
     "a_branch_used_three_times": [
-        {**RELU_CONV, "filters": 3, "name": "shared"},
+        {**RELU_CONV, "filters": 3, "name": "reused"},
         {**RELU_CONV, "filters": 3},
-        {"type": "Multiply", "inputs": ["shared", -1]},
-        {"type": "Maximum", "inputs": [-1, "shared", "shared"]},
+        {"type": "Multiply", "inputs": ["reused", -1]},
+        {"type": "Maximum", "inputs": [-1, "reused", "reused"]},
     ],
     "concatenate_rows_then_columns": [
         {**RELU_CONV, "filters": 3, "name": "a"},

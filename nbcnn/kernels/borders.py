@@ -26,12 +26,11 @@ convolutions where it measured faster (``chosen``).
 
 from __future__ import annotations
 
-import functools
-
 import numba
 import numpy as np
 
 from nbcnn.kernels._jit import kernel
+from nbcnn.kernels._tables import cached_table
 from nbcnn.kernels.microkernel import (
     BIAS,
     choose_tile,
@@ -88,22 +87,6 @@ def useful_fraction(in_hw, kernel_hw, strides, dilation, padding, out_hw) -> flo
         share = sum(map(len, taps)) / (out_hw[axis] * kernel_hw[axis])
         total = share if axis == 0 else total * share
     return total
-
-
-#: Tables of at most this many pixels are kept (16 of them, as ``engine``'s address tables;
-#: 2 int64 entries a pixel): a 224x224 batch of 128 would hold 100 MB.
-_CACHED_PIXELS = 1 << 19
-
-
-def _tables(n_samples, in_hw, kernel_hw, channels, strides, dilation, padding, out_hw, mr):
-    """``_build_tables``, cached while small (they depend on shapes only)."""
-    if n_samples * out_hw[0] * out_hw[1] > _CACHED_PIXELS:
-        return _build_tables(
-            n_samples, in_hw, kernel_hw, channels, strides, dilation, padding, out_hw, mr
-        )  # fmt: skip
-    return _cached_tables(
-        n_samples, in_hw, kernel_hw, channels, strides, dilation, padding, out_hw, mr
-    )  # fmt: skip
 
 
 def _build_tables(n_samples, in_hw, kernel_hw, channels, strides, dilation, padding, out_hw, mr):
@@ -177,7 +160,11 @@ def _build_tables(n_samples, in_hw, kernel_hw, channels, strides, dilation, padd
     return frozen
 
 
-_cached_tables = functools.lru_cache(maxsize=16)(_build_tables)
+#: ``_build_tables``, cached while small (_tables.py): two int64 entries a pixel (its window's
+#: origin and its output row).
+_tables = cached_table(lambda _in, _k, _c, _s, _d, _p, out_hw, _mr: 2 * out_hw[0] * out_hw[1])(
+    _build_tables
+)
 
 
 @kernel

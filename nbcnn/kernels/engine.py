@@ -30,6 +30,7 @@ import numpy as np
 
 from nbcnn.kernels import _checks, borders, winograd
 from nbcnn.kernels._jit import kernel
+from nbcnn.kernels._tables import TABLES, cached_table
 from nbcnn.kernels.microkernel import (
     ACCUMULATE,
     AVG_POOL,
@@ -117,33 +118,6 @@ def _forward_tiles(
                         y[(p0 + r) * n_filters + f0 + j] = scratch[r * nr + j]
 
 
-# The address tables depend only on shapes, which repeat every batch: each is built with NumPy
-# (broadcast sums, 0.1-0.3 ms for the seed convnet's) and the small ones are kept, read-only,
-# at most 16 of a kind and none over _CACHED_ENTRIES (8 MB; a 224x224 batch of 128 would be
-# 51 MB a table), instead of a numba kernel building them on every call (0.05-0.14 ms each,
-# several a step) that numba also had to compile on a first run.
-_TABLES, _CACHED_ENTRIES = 16, 1 << 20
-
-
-def _table(per_sample):
-    """Cache a table builder's small results (see above); ``per_sample(*rest)`` is the
-    table's length per sample, known before building it."""
-
-    def wrap(builder):
-        cached = functools.lru_cache(maxsize=_TABLES)(builder)
-
-        @functools.wraps(builder)
-        def table(n_samples, *rest):
-            if n_samples * per_sample(*rest) > _CACHED_ENTRIES:
-                return builder(n_samples, *rest)
-            return cached(n_samples, *rest)
-
-        table.cache_clear = cached.cache_clear
-        return table
-
-    return wrap
-
-
 def _offsets(n_samples, rows, cols, padded_hw, channels):
     """(N, R, C) int64: ((n * PH + rows[r]) * PW + cols[c]) * channels, rows and cols being
     padded-input coordinates of window origins."""
@@ -152,7 +126,7 @@ def _offsets(n_samples, rows, cols, padded_hw, channels):
     return (sample + rows[None, :, None] * padded_w + cols[None, None, :]) * channels
 
 
-@_table(lambda out_hw, *_: out_hw[0] * out_hw[1])
+@cached_table(lambda out_hw, *_: out_hw[0] * out_hw[1])
 def _pixel_offsets(n_samples, out_hw, strides, padded_hw, channels, rows_to):
     """(ceil(N*OH*OW / rows_to) * rows_to,) int64, read-only: the offset of output pixel p's
     window origin in the flat padded input, in (n, i, j) order; the entries past N*OH*OW (to
@@ -162,7 +136,7 @@ def _pixel_offsets(n_samples, out_hw, strides, padded_hw, channels, rows_to):
     return _frozen(_offsets(n_samples, rows, cols, padded_hw, channels), rows_to)
 
 
-@_table(lambda hw, pool, *_: hw[0] * hw[1] * pool[0] * pool[1])
+@cached_table(lambda hw, pool, *_: hw[0] * hw[1] * pool[0] * pool[1])
 def _window_pixel_offsets(n_samples, pooled_hw, pool, strides, padded_hw, channels, rows_to):
     """As ``_pixel_offsets`` for the pixels that max-pooling windows cover, window by window:
     row q * S + s is the pixel in cell s = u * pw + v of window q = (n * PH + pi) * PW + pj,
@@ -186,7 +160,7 @@ def _frozen(offsets, rows_to):
     return flat
 
 
-@functools.lru_cache(maxsize=_TABLES)
+@functools.lru_cache(maxsize=TABLES)
 def _tap_offsets(kernel_hw, dilation, padded_w, channels):
     """(KH*KW*C,) int64, read-only: offset of tap (a, e) and channel c inside a window, in the
     order of ``w.reshape(KH*KW*C, F)``."""

@@ -85,20 +85,21 @@ class _Elementwise(_Merge):
 
     def forward(self, x, training=False):
         xs = self._aligned(list(x))
+        out = self._combine(xs)
         if training:
-            self._xs = xs
-        return self._combine(xs)
+            self._xs, self._out = xs, out  # Maximum/Minimum's backward compares with out
+        return out
 
     def backward(self, dy):
         return [
             self._unbroadcast(part, shape)
-            for part, shape in zip(self._grads(dy, self._xs), self.input_shape)
+            for part, shape in zip(self._grads(dy, self._xs, self._out), self.input_shape)
         ]
 
     def _combine(self, xs: list):
         raise NotImplementedError
 
-    def _grads(self, dy, xs: list) -> list:
+    def _grads(self, dy, xs: list, out) -> list:
         raise NotImplementedError
 
 
@@ -117,7 +118,7 @@ class Add(_Elementwise):
     def _combine(self, xs):
         return _summed(xs)
 
-    def _grads(self, dy, xs):
+    def _grads(self, dy, xs, out):
         return [dy.copy() for _ in xs]
 
 
@@ -129,7 +130,7 @@ class Subtract(_Elementwise):
     def _combine(self, xs):
         return xs[0] - xs[1]
 
-    def _grads(self, dy, xs):
+    def _grads(self, dy, xs, out):
         return [dy.copy(), -dy]
 
 
@@ -142,7 +143,7 @@ class Multiply(_Elementwise):
             out = out * x
         return out
 
-    def _grads(self, dy, xs):
+    def _grads(self, dy, xs, out):
         grads = []
         for k in range(len(xs)):
             part = dy
@@ -161,7 +162,7 @@ class Average(_Elementwise):
 
         return _summed(xs) * np.float32(1.0 / len(xs))
 
-    def _grads(self, dy, xs):
+    def _grads(self, dy, xs, out):
         import numpy as np
 
         share = dy * np.float32(1.0 / len(xs))
@@ -182,10 +183,9 @@ class _Extreme(_Elementwise):
             out = pick(out, x)
         return out if len(xs) > 1 else out.copy()
 
-    def _grads(self, dy, xs):
+    def _grads(self, dy, xs, out):
         import numpy as np
 
-        out = self._combine(xs)
         taken = np.zeros(np.broadcast_shapes(*(x.shape for x in xs)), dtype=bool)
         grads = []
         for x in xs:
