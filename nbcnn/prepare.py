@@ -246,9 +246,11 @@ def run_training(
     callback: Callable[[str, dict[str, Any]], None] | None = None,
     verbose: int = 0,
     on_start: Callable[[], None] | None = None,
+    writes: bool = True,
 ):
     """Train ``run`` on ``dataset`` in its run folder, locked while it writes; returns the
-    :class:`~nbcnn.train.History`.
+    :class:`~nbcnn.train.History`. ``writes=False``: a data-parallel rank other than 0,
+    which trains in step with rank 0 and touches no file (nbcnn/distributed.py).
 
     The model is compiled and initialised from the resolved settings; on a resume the
     checkpoint is loaded (and refused if it does not fit) before the folder is touched. The
@@ -263,6 +265,17 @@ def run_training(
     # The resolved settings (a resume's are the record's), not the config file's train section.
     model.compile(optimizer=train.optimizer, loss=train.loss, metrics=train.metrics)
     model.initialize(train.seed)
+    validation = (dataset.x_val, dataset.y_val) if len(dataset.x_val) else None
+    settings = dict(
+        epochs=train.epochs,
+        batch_size=train.batch_size,
+        validation_data=validation,
+        seed=train.seed,
+        early_stopping=train.early_stopping,
+        augment=train.augment,
+    )
+    if not writes:  # rank 0 sends its state (a resumed checkpoint's) when training starts
+        return model.fit(dataset.x_train, dataset.y_train, verbose=0, **settings)
     if run.resuming:
         folder.load_checkpoint(model)  # refused here if it does not fit: nothing written yet
     elif run.resume:  # a typo in --output would otherwise start over without a word
@@ -274,20 +287,14 @@ def run_training(
         write_text_atomic(folder.file("config.yaml"), text)
         if on_start is not None:
             on_start()
-        validation = (dataset.x_val, dataset.y_val) if len(dataset.x_val) else None
         return model.fit(
             dataset.x_train,
             dataset.y_train,
-            epochs=train.epochs,
-            batch_size=train.batch_size,
-            validation_data=validation,
-            seed=train.seed,
             output=folder,
             resume=run.resume,
-            early_stopping=train.early_stopping,
             callback=callback,
             verbose=verbose,
-            augment=train.augment,
+            **settings,
         )
     finally:
         folder.release()

@@ -29,9 +29,10 @@ from nbcnn import losses
 from nbcnn.augment import Augmenter, augment_rng, parse_augment
 from nbcnn.callbacks import Callback, CallbackList, EarlyStopping, Monitor
 from nbcnn.data import batches
+from nbcnn.distributed import GradientReducer, active, sharded_batches, sharding, sync_from_root
 from nbcnn.errors import ConfigError, DataError, TrainingError
 from nbcnn.layers.args import did_you_mean, show
-from nbcnn.layers.normalization import moving_statistics_warning
+from nbcnn.layers.normalization import BatchNormalization, moving_statistics_warning
 from nbcnn.layers.preprocessing import adapt_model
 from nbcnn.metrics import Metric, Tally, classification_report, make_metrics
 from nbcnn.model import Sequential, check_int
@@ -312,6 +313,7 @@ def evaluate_arrays(
     loss: Any = None,
     metrics: Any = None,
     checked: bool = False,
+    sharded: bool = False,
 ) -> dict[str, Any]:
     """The loss, metrics and per-class report of ``model`` on ``(x, y)`` in inference mode.
 
@@ -322,7 +324,9 @@ def evaluate_arrays(
     ``confusion_matrix``, ``precision``, ``recall`` (and ``per_class_accuracy`` for
     single-label losses) from :func:`nbcnn.metrics.classification_report`. ``checked``:
     the caller passed x through ``model.check_input`` already (fit's validation set, checked
-    once rather than every epoch; ``Sequential.evaluate``).
+    once rather than every epoch; ``Sequential.evaluate``). ``sharded``: in data-parallel
+    training, every rank calls this together, predicts its slice of x and gets everyone's
+    outputs (nbcnn.distributed).
     """
     loss, metrics = _loss_and_metrics(model, loss, metrics)
     batch_size = check_int(batch_size, "evaluate(batch_size)", 1)
@@ -330,7 +334,13 @@ def evaluate_arrays(
         raise DataError("no samples to evaluate (the test split is empty)")
     if not checked:
         x = model.check_input(x)
-    out = model._predict(x, batch_size).reshape(len(x), -1)
+    group = active() if sharded else None
+    if group is None:
+        out = model._predict(x, batch_size).reshape(len(x), -1)
+    else:
+        lo, hi = group.shard(len(x))
+        part = model._predict(x[lo:hi], batch_size).reshape(hi - lo, -1)
+        out = group.gather_rows(part)
     # predict applies the last activation; logits remain only where the loss is told so and
     # the layer does not end in the activation the loss expects.
     logits = loss.from_logits and _last_activation(model) != loss.activation
@@ -344,7 +354,7 @@ def warn_about_output(model: Sequential, loss: losses.Loss) -> None:
     """Print on stderr, once, why the last layer does not fit ``loss`` (see
     :func:`nbcnn.losses.output_warning`): a model that would silently train to chance."""
     message = losses.output_warning(loss, model.layers[-1].name, _last_activation(model))
-    if message:
+    if message and (active() is None or active().root):
         print(f"nbcnn: warning: {message}", file=sys.stderr)
 
 
@@ -567,8 +577,12 @@ def fit(
                 best_weights = _best_weights(model, early, folder)
                 early.resume(state["best"], state["wait"], state["epoch"], best_weights)
             _restore_augment_rng(loop, state, str(folder.file("checkpoint.npz")))
+        if active() is not None:
+            _sync_ranks(loop, early)
         adapt_model(model, x)  # Normalization's statistics, on a fresh run (count still 0)
         _train_epochs(loop)
+        if active() is not None:  # EarlyStopping may have restored rank 0's best weights
+            model.set_weights(active().bcast(model.get_weights()))
     finally:
         if folder is not None:
             folder.release()
@@ -576,9 +590,48 @@ def fit(
     model.history = history
     steps = len(history.epochs) * math.ceil(len(x) / batch_size)
     warning = moving_statistics_warning(model, steps)  # the run's steps, resumed ones too
-    if warning:
+    if warning and (active() is None or active().root):
         print(f"nbcnn: warning: {warning}", file=sys.stderr)
     return history
+
+
+def _sync_ranks(loop: _Loop, early: EarlyStopping | None) -> None:
+    """Data-parallel training: every rank continues from rank 0's state (its checkpoint's on
+    a resume; on a new run the same seeded one): weights, optimizer slots, random streams,
+    the epoch to start at, the best value so far and the history."""
+    model, group = loop.model, active()
+    last = len(loop.x) % loop.batch_size
+    if (loop.batch_size < group.size or 0 < last < group.size) and any(
+        isinstance(layer, BatchNormalization) for layer in model.layers
+    ):
+        raise ConfigError(
+            f"{group.size} workers need at least one sample each in every batch (synchronized "
+            f"BatchNormalization), but batches of {loop.batch_size} over {len(loop.x)} samples "
+            f"leave a last batch of {last or loop.batch_size}: change train.batch_size or the "
+            "number of workers",
+            where="train.batch_size",
+        )
+    rngs = [loop.shuffle_rng, model.rng, *(layer.rng for layer in own_rng_layers(model))]
+    if loop.augment_rng is not None:
+        rngs.append(loop.augment_rng)
+    state = {
+        "start_epoch": loop.start_epoch,
+        "best": loop.best_value,
+        "wait": loop.wait,
+        "history": loop.history.epochs,
+    }
+    state = sync_from_root(model, rngs, state)
+    if active().root:
+        return
+    loop.start_epoch, loop.best_value, loop.wait = (
+        state["start_epoch"],
+        state["best"],
+        state["wait"],
+    )
+    for record in state["history"]:
+        loop.history.add(record)
+    if early is not None and state["start_epoch"]:
+        early.resume(state["best"], state["wait"], state["start_epoch"], None)
 
 
 def _data_record(x: np.ndarray, y: np.ndarray, x_given: Any, y_given: Any) -> dict[str, Any]:
@@ -631,6 +684,7 @@ class _Loop:
     start_epoch: int = 0
     augment: Augmenter | None = None
     augment_rng: np.random.Generator | None = None
+    reducer: GradientReducer | None = None  # data-parallel training's all-reduce buffer
 
 
 def _check_output_vector(model: Sequential) -> None:
@@ -727,7 +781,9 @@ def _train_epochs(loop: _Loop) -> None:
                 record = _run_epoch(loop, epoch, lr, sigint)
                 record["learning_rate"] = lr
                 if loop.x_val is not None and len(loop.x_val):
-                    result = evaluate_arrays(model, loop.x_val, loop.y_val, val_batch, checked=True)
+                    result = evaluate_arrays(
+                        model, loop.x_val, loop.y_val, val_batch, checked=True, sharded=True
+                    )
                     names = ["loss", *(m.name for m in model.compiled.metrics)]
                     record.update({f"val_{name}": result[name] for name in names})
                 improved = loop.tracker.improved(record[loop.tracker.monitor], loop.best_value)
@@ -736,8 +792,9 @@ def _train_epochs(loop: _Loop) -> None:
                 else:
                     loop.wait += 1
                 history.add(record)
-                if folder is not None:
+                if folder is not None or active() is not None:  # every rank refuses alike
                     _check_finite_weights(model, epoch, math.ceil(len(loop.x) / loop.batch_size))
+                if folder is not None:
                     state = {
                         "epoch": epoch + 1,
                         "history": history.epochs,
@@ -809,6 +866,8 @@ def _labels(y, n: int, model: Sequential, loss: Any = None) -> np.ndarray:
 
 def _run_epoch(loop: _Loop, epoch: int, lr: float, sigint: _SigintFlag) -> dict[str, Any]:
     """One pass over the shuffled training data: a record of its loss, metrics and speed."""
+    if active() is not None:
+        return _run_epoch_sharded(loop, epoch, lr, sigint)
     model, x, y, batch_size, callbacks = loop.model, loop.x, loop.y, loop.batch_size, loop.callbacks
     rng = loop.shuffle_rng if loop.shuffle else None
     params, owners = model.trainable_weights()
@@ -838,6 +897,67 @@ def _run_epoch(loop: _Loop, epoch: int, lr: float, sigint: _SigintFlag) -> dict[
         )
         if sigint.set and index + 1 < n_batches:  # after the last batch the epoch completes
             raise StopRequested(epoch + 1, completed=epoch)
+    seconds = time.perf_counter() - start
+    return {
+        "epoch": epoch + 1,
+        **tally.values(),
+        "seconds": seconds,
+        "samples_per_second": tally.samples / seconds if seconds > 0 else None,
+    }
+
+
+def _run_epoch_sharded(loop: _Loop, epoch: int, lr: float, sigint: _SigintFlag) -> dict[str, Any]:
+    """:func:`_run_epoch` of one rank in data-parallel training (nbcnn/distributed.py): this
+    rank's shard of each global batch, the gradient of the global batch's mean loss by one
+    all-reduce that also carries the loss (so a non-finite one stops every rank at the same
+    batch) and Ctrl-C (so every rank stops after the same step); the epoch's record from the
+    sums of every rank."""
+    group = active()
+    model, x, y, batch_size, callbacks = loop.model, loop.x, loop.y, loop.batch_size, loop.callbacks
+    rng = loop.shuffle_rng if loop.shuffle else None
+    params, owners = model.trainable_weights()
+    optimizer = model.compiled.optimizer
+    if loop.reducer is None:
+        loop.reducer = GradientReducer(group, params, extras=2)
+    tally = Tally(model.compiled.loss, model.compiled.metrics)
+    start = time.perf_counter()
+    n_batches = math.ceil(len(x) / batch_size)
+    whole = loop.augment is not None
+    for index, (xb, yb, first, total) in enumerate(
+        sharded_batches(x, y, batch_size, rng, group, whole=whole)
+    ):
+        callbacks.call("on_train_batch_begin", index, None)
+        if whole:  # the global batch's transforms, then this rank's rows of it
+            lo, hi = group.shard(total)
+            xb, yb, first = loop.augment(xb, loop.augment_rng)[lo:hi], yb[lo:hi], lo
+        share = len(xb) / total  # of the global mean loss
+        if len(xb):
+            with sharding(first, total):
+                out = model.forward(xb, training=True)
+            loss, grad, probs = loss_and_grad(model, out, yb)
+            model.backward(grad * np.float32(share), input_grad=False)
+            grads = [layer.grads[name] for layer, name in owners]
+        else:  # a last batch smaller than the ranks (refused for synchronized batch norm)
+            loss, grads = 0.0, [np.zeros_like(p) for p in params]
+        grads, (global_loss, stops) = loop.reducer.reduce(grads, [loss * share, sigint.set])
+        if not math.isfinite(global_loss):
+            raise TrainingError(
+                f"loss became {global_loss} in epoch {epoch + 1}, batch {index + 1}; the last "
+                "good checkpoint is kept. Try a lower learning_rate."
+            )
+        optimizer.step(params, grads, lr)
+        if len(xb):
+            tally.add(loss, probs, yb)
+        callbacks.call(
+            "on_train_batch_end",
+            index,
+            {**tally.values(), "samples": tally.samples, "seconds": time.perf_counter() - start},
+        )
+        if stops:  # Ctrl-C reached some rank: every rank stops after this same step
+            sigint.set = True
+            if index + 1 < n_batches:
+                raise StopRequested(epoch + 1, completed=epoch)
+    group.merge_tally(tally)
     seconds = time.perf_counter() - start
     return {
         "epoch": epoch + 1,

@@ -107,11 +107,16 @@ def normalize(x2, mean, scale, beta, relu=False):
     return y2
 
 
-def batchnorm_backward(dy2, x2, mean, inv_std, gamma, relu_output=None):
+def batchnorm_backward(dy2, x2, mean, inv_std, gamma, relu_output=None, reduce=None):
     """(dx2, dgamma, dbeta) of a training forward given dy2 (M, C); mean, inv_std (C,) float32
     as the forward used them, gamma (C,) float32. dgamma, dbeta are float32 (C,). With
     ``relu_output`` (M, C), the forward's output through a ReLU, dy2 is the gradient w.r.t.
-    that output and ReLU's mask is applied inside both passes (no pass of its own)."""
+    that output and ReLU's mask is applied inside both passes (no pass of its own).
+
+    ``reduce(sum_dy, sum_dy_xhat, rows=M) -> ([sum_dy, sum_dy_xhat], rows)``: data-parallel
+    training's hook (nbcnn.distributed.Group.sum_channels) turning this rank's per-channel
+    sums into the whole batch's for dx; dgamma, dbeta stay this rank's (its gradients are
+    summed with the others')."""
     rows, channels = x2.shape
     relu = relu_output is not None
     a2 = relu_output if relu else dy2
@@ -119,9 +124,13 @@ def batchnorm_backward(dy2, x2, mean, inv_std, gamma, relu_output=None):
     sum_dy_xhat = np.zeros((_blocks(rows), channels))
     _grad_sums(x2, BLOCK_ROWS, dy2, a2, relu, mean, inv_std, sum_dy, sum_dy_xhat)
     dbeta, dgamma = sum_dy.sum(axis=0), sum_dy_xhat.sum(axis=0)
+    total_dy, total_dy_xhat, total_rows = dbeta, dgamma, rows
+    if reduce is not None:
+        (total_dy, total_dy_xhat), total_rows = reduce(dbeta, dgamma, rows=rows)
     f32 = np.float32
     dx2 = np.empty_like(x2)
     scale = (gamma * inv_std).astype(f32)
-    mean_dy, mean_dy_xhat = (dbeta / rows).astype(f32), (dgamma / rows).astype(f32)
+    mean_dy = (total_dy / total_rows).astype(f32)
+    mean_dy_xhat = (total_dy_xhat / total_rows).astype(f32)
     _input_grad(x2, BLOCK_ROWS, dy2, a2, relu, mean, inv_std, scale, mean_dy, mean_dy_xhat, dx2)
     return dx2, dgamma.astype(f32), dbeta.astype(f32)

@@ -158,7 +158,15 @@ class Dropout(Layer):
 
         if not training or self.rate == 0:
             return x
-        keep = self.rng.random(x.shape, dtype=np.float32) >= self.rate
+        from nbcnn.distributed import batch_shard
+
+        shard = batch_shard()
+        if shard is None:
+            keep = self.rng.random(x.shape, dtype=np.float32) >= self.rate
+        else:  # data-parallel: the whole global batch's mask, this rank's rows of it
+            first, total = shard
+            keep = self.rng.random((total, *x.shape[1:]), dtype=np.float32) >= self.rate
+            keep = keep[first : first + len(x)]
         self._mask = keep * np.float32(1.0 / (1.0 - self.rate))
         return x * self._mask
 

@@ -92,7 +92,10 @@ class BatchNormalization(Layer):
             inv = gamma / np.sqrt(self.params["moving_variance"] + eps)
             y2 = batchnorm.normalize(x2, self.params["moving_mean"], inv, beta, relu)
             return y2.reshape(x.shape)
-        mean64, var64 = batchnorm.batch_statistics(x2)
+        from nbcnn.distributed import active
+
+        group = active()  # data-parallel: the statistics of the whole global batch
+        mean64, var64 = group.batch_statistics(x2) if group else batchnorm.batch_statistics(x2)
         mean, var = mean64.astype(np.float32), var64.astype(np.float32)
         inv_std = np.float32(1.0) / np.sqrt(var + eps)
         m = np.float32(self.momentum)
@@ -117,7 +120,7 @@ class BatchNormalization(Layer):
         # dx = gamma * inv_std * (dy - mean(dy) - xhat * mean(dy * xhat)).
         dx2, dgamma, dbeta = batchnorm.batchnorm_backward(
             dy2, self._x2, self._mean, self._inv_std, self._gamma,
-            self._relu_y2 if relu else None,
+            self._relu_y2 if relu else None, _global_sums(),
         )  # fmt: skip
         self.grads = {}
         if self.scale:
@@ -125,6 +128,15 @@ class BatchNormalization(Layer):
         if self.center:
             self.grads["beta"] = dbeta
         return dx2.reshape(dy.shape)
+
+
+def _global_sums():
+    """In data-parallel training, the hook that sums the backward's per-channel sums over the
+    ranks (synchronized batch norm: nbcnn/distributed.py); None otherwise."""
+    from nbcnn.distributed import active
+
+    group = active()
+    return None if group is None else group.sum_channels
 
 
 #: Largest share of its initial value (moving_mean 0, moving_variance 1) that a moving average
