@@ -90,3 +90,12 @@ class PluginError(TrainingError):
         self.distribution = distribution
         self.phase = phase
         super().__init__(message)
+
+
+class PeerFailed(NbcnnError):
+    """In data-parallel training, another rank (rank 0) refused the run or failed: this rank
+    stops with the same exit code; rank 0 printed why (``str(err)`` repeats it)."""
+
+    def __init__(self, message: str, exit_code: int):
+        self.exit_code = exit_code
+        super().__init__(message)

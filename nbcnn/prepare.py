@@ -164,6 +164,37 @@ def prepare_run(
     return PreparedRun(config, spec, model, train, folder, resume, overwrite)
 
 
+def prepare_run_in_group(
+    group,
+    config: str | os.PathLike,
+    *,
+    data: str | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    **overrides: Any,
+) -> PreparedRun:
+    """:func:`prepare_run` in data-parallel training (a :class:`nbcnn.distributed.Group`):
+    rank 0 makes every check, run folder included, and sends the resolved train settings (a
+    resume's are its config.yaml's); the other ranks build the model and take them, and touch
+    no file. A run rank 0 refuses raises its error there and :class:`~nbcnn.errors.PeerFailed`
+    (same message and exit code) on the others, so that no rank waits for the others."""
+    from nbcnn.errors import NbcnnError, PeerFailed
+
+    if group.root:
+        try:
+            run = prepare_run(config, data=data, resume=resume, overwrite=overwrite, **overrides)
+        except NbcnnError as err:
+            group.bcast(("error", (str(err), err.exit_code)))
+            raise
+        group.bcast(("ok", run.train))
+        return run
+    status, value = group.bcast(None)
+    if status == "error":
+        raise PeerFailed(*value)
+    spec, model, _ = prepare(config, data, {k: v for k, v in overrides.items() if k != "threads"})
+    return PreparedRun(Path(config), spec, model, value, RunFolder(value.output), resume, overwrite)
+
+
 def apply_threads(run: PreparedRun) -> int | None:
     """Run numba (and BLAS) on the run's ``threads`` (None: leave them); the count really used
     (at most the cores numba sees) is written back into the run, as its config.yaml records
@@ -174,6 +205,18 @@ def apply_threads(run: PreparedRun) -> int | None:
 
         run.train = replace(run.train, threads=set_threads(asked))
     return asked
+
+
+def apply_rank_threads(run: PreparedRun) -> None:
+    """A data-parallel rank's threads: the run's ``threads``, else the machine's cores shared
+    by the ranks on it (not written back: the run folder's config.yaml records the run as one
+    process would, so that it resumes with any number of workers)."""
+    import numba
+
+    from nbcnn.distributed import default_threads
+    from nbcnn.kernels._jit import set_threads
+
+    set_threads(run.train.threads or default_threads(numba.config.NUMBA_NUM_THREADS))
 
 
 def load_data(
@@ -327,8 +370,18 @@ def fit_config(
     ``epochs``, ``batch_size``, ``output``, ``seed`` and ``threads`` override the config;
     ``resume``/``overwrite`` as the CLI's flags. ``verbose=1`` prints a line per epoch.
     """
-    run = prepare_run(config, data=data, resume=resume, overwrite=overwrite, **overrides)
-    apply_threads(run)
+    from nbcnn import distributed
+
+    group = distributed.start()  # launched by mpiexec -n K: data-parallel, as nbcnn train
+    if group is None:
+        run = prepare_run(config, data=data, resume=resume, overwrite=overwrite, **overrides)
+        apply_threads(run)
+    else:
+        run = prepare_run_in_group(
+            group, config, data=data, resume=resume, overwrite=overwrite, **overrides
+        )
+        apply_rank_threads(run)
     dataset = load_data(run.model, run.train, run.config)
-    history = run_training(run, dataset, verbose=verbose)
+    writes = group is None or group.root
+    history = run_training(run, dataset, verbose=verbose if writes else 0, writes=writes)
     return run.model, history

@@ -439,6 +439,9 @@ def fit(
     comes after the last epoch's last batch lets the run finish (``history.interrupted``).
     ``callback(event, info)``: the older progress interface, see
     :class:`nbcnn.callbacks.EventCallback`.
+    After :func:`nbcnn.distributed.start` in a program started by ``mpiexec -n K``, every
+    rank calls ``fit`` alike and they train one model in step (nbcnn/distributed.py); rank 0
+    alone writes ``output``.
     ``augment`` (an ``augment:`` mapping, see nbcnn/augment.py) transforms each training batch
     with a random stream of its own, seeded from ``seed`` and kept in the checkpoint.
     Normalization layers not adapted yet are adapted from ``x`` before the first epoch.
@@ -455,6 +458,8 @@ def fit(
         overwrite,
         early_stopping,
     )
+    if active() is not None and not active().root:
+        output = None  # data-parallel: rank 0 alone writes the run folder
     split = _validation_split(validation_split, validation_data)
     if not isinstance(shuffle, bool):
         raise ConfigError(f"expected True or False, got {show(shuffle)}", where="fit(shuffle)")

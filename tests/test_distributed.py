@@ -212,7 +212,10 @@ def test_train_workers_writes_one_run_folder_that_one_process_resumes(tmp_path):
     config = _config(tmp_path, epochs=1)
     two = _nbcnn("train", config, "--workers", "2", "--output", "two", cwd=tmp_path)
     assert two.returncode == 0, two.stderr
-    assert "workers: 2 processes, each batch of 32 split 2 x 16" in two.stdout and "test:" in two.stdout
+    assert (
+        "workers: 2 processes, each batch of 32 split 2 x 16" in two.stdout
+        and "test:" in two.stdout
+    )
     assert two.stderr.count("warning") <= 1  # rank 0 alone speaks
     one = _nbcnn("train", config, "--threads", "1", "--output", "one", cwd=tmp_path)
     assert one.returncode == 0, one.stderr
@@ -345,3 +348,24 @@ def test_ctrl_c_stops_every_worker_after_the_same_step(tmp_path, target):
     resumed = _nbcnn("train", tmp_path / "tiny.yaml", "--epochs", done + 1, "--output", "run",
                      "--resume", "--workers", "2", cwd=tmp_path)  # fmt: skip
     assert resumed.returncode == 0, resumed.stderr
+
+
+def test_fit_config_under_mpiexec_trains_in_step(tmp_path):
+    """The Python API's twin of `nbcnn train`: `mpiexec -n 2 python script` calling
+    nbcnn.fit_config joins the job by itself; rank 0 alone writes the run folder."""
+    config = _config(tmp_path, epochs=1)
+    script = tmp_path / "api.py"
+    script.write_text(
+        "import sys, nbcnn\n"
+        "model, history = nbcnn.fit_config(sys.argv[1], output=sys.argv[2], verbose=0)\n"
+        "print(len(history.epochs))\n"
+    )
+    command = [str(MPIEXEC), "-n", "2", sys.executable, str(script), str(config), "two"]
+    done = subprocess.run(command, cwd=tmp_path, env=_env(), capture_output=True, text=True,
+                          timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["1", "1"]
+    one = _nbcnn("train", config, "--threads", "1", "--output", "one", cwd=tmp_path)
+    assert one.returncode == 0, one.stderr
+    for name, w in _weights(tmp_path / "one").items():
+        np.testing.assert_allclose(_weights(tmp_path / "two")[name], w, rtol=1e-4, atol=1e-5)

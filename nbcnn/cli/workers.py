@@ -15,7 +15,6 @@ committed epoch.
 from __future__ import annotations
 
 import os
-import shlex
 import shutil
 import signal
 import subprocess
@@ -92,44 +91,23 @@ def _flags(config: Path, options: dict[str, Any]) -> list[str]:
     return words
 
 
-def command_text(config: Path, options: dict[str, Any]) -> str:
-    return " ".join(shlex.quote(w) for w in ["nbcnn", "train", *_flags(config, options)])
-
-
 def train_rank(group, config: Path, prepare_args: dict[str, Any], after) -> None:
     """One rank's ``nbcnn train`` in an MPI job of ``group.size`` ranks. ``prepare_args``:
     :func:`nbcnn.prepare.prepare_run`'s keywords; ``after(run, dataset, history)`` prints and
     draws on rank 0 once training is done (the test evaluation runs on every rank)."""
     from nbcnn.cli.common import console, load_compiler, loading_data
-    from nbcnn.distributed import default_threads
-    from nbcnn.kernels._jit import set_threads
-    from nbcnn.prepare import PreparedRun, load_data, prepare, prepare_run, run_training
+    from nbcnn.errors import PeerFailed
+    from nbcnn.prepare import apply_rank_threads, load_data, prepare_run_in_group, run_training
     from nbcnn.progress import TrainingProgress
-    from nbcnn.runs import RunFolder
     from nbcnn.train import StopRequested
 
     # 1. Rank 0 checks everything (run folder included) and sends the resolved settings.
-    run = failure = None
-    if group.root:
-        try:
-            run = prepare_run(config, **prepare_args)
-        except NbcnnError as err:
-            failure = err
-        group.bcast(("error", _code(failure)) if failure else ("ok", run.train))
-        if failure:
-            raise failure
-    else:
-        status, value = group.bcast(None)
-        if status == "error":
-            raise typer.Exit(value)  # rank 0 printed why
-        overrides = {k: prepare_args[k] for k in ("epochs", "batch_size", "output", "seed")}
-        spec, model, _ = prepare(config, prepare_args["data"], overrides)
-        run = PreparedRun(config, spec, model, value, RunFolder(value.output))
+    try:
+        run = prepare_run_in_group(group, config, **prepare_args)
+    except PeerFailed as err:
+        raise typer.Exit(err.exit_code) from None  # rank 0 printed why
     load_compiler()
-    import numba
-
-    cores = numba.config.NUMBA_NUM_THREADS
-    set_threads(run.train.threads or default_threads(cores))
+    apply_rank_threads(run)
 
     # 2. Every rank loads the data; any rank's error is printed once, by rank 0.
     dataset = failure = None
