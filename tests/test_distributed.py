@@ -243,6 +243,17 @@ def test_bad_config_with_workers_is_one_line_exit_2(tmp_path):
     assert "Traceback" not in done.stderr and not (tmp_path / "run").exists()
 
 
+def test_bad_data_with_workers_is_one_line_exit_2(tmp_path):
+    config = _config(tmp_path)
+    (tmp_path / "bad.npz").write_bytes(b"not an npz")
+    done = _nbcnn("train", config, "--workers", "2", "--data", "bad.npz", "--output", "run",
+                  cwd=tmp_path, timeout=60)  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(errors) == 1 and "bad.npz" in errors[0], done.stderr
+    assert not (tmp_path / "run").exists()
+
+
 def test_refused_run_folder_on_rank_0_stops_every_rank(tmp_path):
     """A check only rank 0 makes (the run folder holds a run) must not leave the others
     waiting, and the earlier run is untouched."""

@@ -109,16 +109,23 @@ def train_rank(group, config: Path, prepare_args: dict[str, Any], after) -> None
     load_compiler()
     apply_rank_threads(run)
 
-    # 2. Every rank loads the data; any rank's error is printed once, by rank 0.
+    # 2. Rank 0 loads the data first (an image folder is decoded once, into the cache the
+    #    others then read), then the others; any rank's error is printed once, by rank 0.
     dataset = failure = None
-    try:
-        if group.root:
+    if group.root:
+        try:
             with loading_data(run.train.dataset) as decoding:
                 dataset = load_data(run.model, run.train, config, progress=decoding)
-        else:
+        except NbcnnError as err:
+            failure = err
+        except typer.Exit as stop:  # Ctrl-C while decoding: said; the others wait in bcast
+            group.abort(stop.exit_code)
+        group.bcast(failure is None)
+    elif group.bcast(None):
+        try:
             dataset = load_data(run.model, run.train, config)
-    except NbcnnError as err:
-        failure = err
+        except NbcnnError as err:
+            failure = err
     failures = group.allgather(None if failure is None else (str(failure), _code(failure)))
     first = next(((rank, f) for rank, f in enumerate(failures) if f is not None), None)
     if first is not None:
