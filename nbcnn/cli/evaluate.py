@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
@@ -16,6 +17,7 @@ from nbcnn.cli.common import (
     handles_errors,
     loading_data,
     plugin_output_to_stderr,
+    say,
 )
 from nbcnn.errors import DataError, printable
 from nbcnn.jsonout import print_json
@@ -96,19 +98,84 @@ def _report_table(result: dict):
     return table
 
 
+#: Images from folders and lists that ``predict`` without ``--out`` prints; more is refused
+#: with a hint to write them to a file (a terminal is no place for a million lines).
+PRINT_LIMIT = 1000
+
+
 @handles_errors
 def predict(
     config: ConfigArg,
     inputs: Annotated[
-        list[Path], typer.Argument(help="Images (PNG/JPEG...) or .npz files of arrays.")
+        list[Path],
+        typer.Argument(
+            help="Images (PNG/JPEG...), .npz files of arrays, folders (searched recursively "
+            "for images) or .txt files listing one image path per line."
+        ),
     ],
     weights: WeightsOpt,
     json_output: JsonOpt = False,
     top: Annotated[int, typer.Option(min=1, help="How many classes to show per input.")] = 3,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            help="Write the predictions to this .csv file or .parquet folder, on Dask, "
+            "resumable (docs/batch-prediction.md).",
+        ),
+    ] = None,
+    scheduler: Annotated[
+        str | None,
+        typer.Option(help="With --out: a running Dask scheduler's address (tcp://host:8786)."),
+    ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            help="With --out: worker processes of the local Dask cluster (default: one per "
+            "core); 0 predicts in this process.",
+        ),
+    ] = None,
+    partition_size: Annotated[
+        int | None,
+        typer.Option(min=1, help="With --out: images per task [default: 1000]."),
+    ] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="With --out: start again instead of resuming.")
+    ] = False,
 ):
-    """Classes and probabilities for images or for the arrays in .npz files."""
+    """Classes and probabilities for images, folders and lists of images, or the arrays in
+    .npz files; printed, or with --out written to a CSV or Parquet file."""
     import numpy as np
 
+    if scheduler is not None and workers is not None:
+        raise DataError("--workers sizes the local cluster; --scheduler uses another: not both")
+    if out is not None:
+        _predict_to_file(
+            config,
+            weights,
+            inputs,
+            out,
+            top,
+            scheduler,
+            workers,
+            partition_size,
+            overwrite,
+            json_output,
+        )
+        return
+    given = {
+        "--scheduler": scheduler,
+        "--workers": workers,
+        "--partition-size": partition_size,
+        "--overwrite": overwrite or None,
+    }
+    for flag, value in given.items():
+        if value is not None:
+            raise DataError(f"{flag} goes with --out (predictions written to a file)")
+    from nbcnn.batchpredict.inputs import classify, expand
+
+    inputs = [Path(p) for p in expand(classify(inputs), PRINT_LIMIT)]
     with plugin_output_to_stderr(json_output):
         labels, probs = _predict(config, weights, inputs)
     probs = probs.reshape(len(labels), -1)
@@ -128,6 +195,102 @@ def predict(
     for r in results:
         others = ", ".join(f"{t['class']}: {t['probability']:.3f}" for t in r["top"])
         print(f"{printable(r['input'])}: class {r['class']}  ({others})")
+
+
+def _predict_to_file(
+    config, weights, inputs, out, top, scheduler, workers, partition_size, overwrite, json_output
+):
+    """``predict --out``: the batch job of :mod:`nbcnn.batchpredict`, its progress on stderr
+    and one line (or --json) at the end. Ctrl-C keeps the partitions written."""
+    from nbcnn.batchpredict import predict_to_file
+
+    report = _BatchProgress()
+    try:
+        with plugin_output_to_stderr(json_output), report:
+            summary = predict_to_file(
+                config,
+                weights,
+                inputs,
+                out,
+                top=top,
+                partition_size=partition_size or 1000,
+                workers=workers,
+                scheduler=scheduler,
+                overwrite=overwrite,
+                progress=report,
+            )
+    except KeyboardInterrupt:
+        done = report.last
+        written = f"{done.images:,} images written this run" if done else "nothing written yet"
+        print(
+            f"nbcnn: interrupted: {written}; run the same command again to resume",
+            file=sys.stderr,
+        )
+        raise typer.Exit(130) from None
+    if json_output:
+        print_json(summary.as_dict())
+        return
+    resumed = (
+        f"; {summary.resumed_images:,} written before, resumed"
+        if summary.resumed_partitions
+        else ""
+    )
+    say(
+        f"{printable(summary.out)}: {summary.images:,} images in {summary.seconds:.1f} s, "
+        f"{summary.images_per_second:,.0f} images/s ({summary.workers}){resumed}"
+    )
+    if summary.failed:
+        print(
+            f"nbcnn: warning: {summary.failed:,} image(s) could not be read: their rows hold "
+            "the reason in the error column",
+            file=sys.stderr,
+        )
+
+
+class _BatchProgress:
+    """Progress of a batch job on stderr: a live count and rate on a terminal, else a line
+    every :attr:`EVERY` seconds (logs of long jobs show they advance)."""
+
+    EVERY = 30.0
+
+    def __init__(self):
+        from rich.console import Console
+
+        self.console = Console(stderr=True)
+        self.bar = None
+        self.last = None
+        self.printed = 0.0
+
+    def __enter__(self):
+        if self.console.is_terminal:
+            from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+            self.bar = Progress(
+                SpinnerColumn(),
+                TextColumn("predicting: {task.fields[text]}"),
+                TimeElapsedColumn(),
+                console=self.console,
+                transient=True,
+            )
+            self.bar.start()
+            self.task = self.bar.add_task("predict", total=None, text="starting workers")
+        return self
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.stop()
+        return False
+
+    def __call__(self, summary) -> None:
+        self.last = summary
+        text = f"{summary.images:,} images, {summary.images_per_second:,.0f}/s" + (
+            f", {summary.failed:,} unreadable" if summary.failed else ""
+        )
+        if self.bar is not None:
+            self.bar.update(self.task, text=text)
+        elif summary.seconds - self.printed >= self.EVERY:
+            self.printed = summary.seconds
+            print(f"nbcnn: predicting: {text}", file=sys.stderr, flush=True)
 
 
 def _predict(config: Path, weights: Path, inputs: list[Path]):
