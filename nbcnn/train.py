@@ -928,6 +928,7 @@ def _run_epoch_sharded(loop: _Loop, epoch: int, lr: float, sigint: _SigintFlag) 
     start = time.perf_counter()
     n_batches = math.ceil(len(x) / batch_size)
     whole = loop.augment is not None
+    seen = 0  # samples of every rank so far (the progress bar's speed is the job's)
     for index, (xb, yb, first, total) in enumerate(
         sharded_batches(x, y, batch_size, rng, group, whole=whole)
     ):
@@ -953,10 +954,12 @@ def _run_epoch_sharded(loop: _Loop, epoch: int, lr: float, sigint: _SigintFlag) 
         optimizer.step(params, grads, lr)
         if len(xb):
             tally.add(loss, probs, yb)
+        seen += total
+        # Running values are this rank's shard's; the epoch's record merges every rank's.
         callbacks.call(
             "on_train_batch_end",
             index,
-            {**tally.values(), "samples": tally.samples, "seconds": time.perf_counter() - start},
+            {**tally.values(), "samples": seen, "seconds": time.perf_counter() - start},
         )
         if stops:  # Ctrl-C reached some rank: every rank stops after this same step
             sigint.set = True
