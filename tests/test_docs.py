@@ -138,7 +138,7 @@ def _run_document(document: str, tmp_path: Path) -> None:
 
 def _trains(document: str) -> bool:
     return any(
-        re.search(r"\bnbcnn (train|featuremaps|filters|export|evaluate|predict)\b", s.text)
+        re.search(r"\bnbcnn (train|featuremaps|filters|export|evaluate|predict|sweep)\b", s.text)
         or "fit" in s.text
         for s in steps(document)
     )

@@ -5,6 +5,7 @@ One ``app`` here; each command group lives in a module of its own and is registe
 
 - :mod:`~nbcnn.cli.describe`: ``summary``, ``layers``
 - :mod:`~nbcnn.cli.train`: ``train``
+- :mod:`~nbcnn.cli.sweep`: ``sweep``
 - :mod:`~nbcnn.cli.evaluate`: ``evaluate``, ``predict``
 - :mod:`~nbcnn.cli.pictures`: ``convolve``, ``featuremaps``, ``filters``, ``plot``,
   ``augment-preview``
@@ -22,7 +23,7 @@ from typing import Annotated
 
 import typer
 
-from nbcnn.cli import common, data, describe, evaluate, interop, pictures, train
+from nbcnn.cli import common, data, describe, evaluate, interop, pictures, sweep, train
 
 app = typer.Typer(
     name="nbcnn",
@@ -68,6 +69,7 @@ for _command in (
     describe.summary,
     describe.layers,
     train.train,
+    sweep.sweep,
     evaluate.evaluate,
     evaluate.predict,
     pictures.convolve,
