@@ -151,6 +151,10 @@ class Group:
         self.comm.Allreduce(self._mpi.IN_PLACE, buffer, op=self._mpi.SUM)
         return buffer
 
+    def any(self, flag: bool) -> bool:
+        """Whether ``flag`` is true on any rank (the same answer on every rank)."""
+        return bool(self.allreduce_(np.array([float(flag)]))[0])
+
     def bcast(self, obj: Any) -> Any:
         """Rank 0's ``obj`` on every rank (pickled: objects of this job only)."""
         return self.comm.bcast(obj, root=0)

@@ -817,6 +817,8 @@ def _train_epochs(loop: _Loop) -> None:
                 if model.stop_training:
                     history.stopped_early = epoch + 1 < loop.epochs
                     break
+                if active() is not None:  # a Ctrl-C since the last step may reach one rank
+                    sigint.set = active().any(sigint.set)
                 if sigint.set:  # Ctrl-C after this epoch's last batch: it is kept, then stop
                     if epoch + 1 < loop.epochs:
                         raise StopRequested(epoch + 2, completed=epoch + 1)
