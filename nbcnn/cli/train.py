@@ -36,7 +36,13 @@ def train(
     output: Annotated[str | None, typer.Option(help="Override train.output.")] = None,
     seed: Annotated[int | None, typer.Option(min=0, help="Override train.seed.")] = None,
     threads: Annotated[
-        int | None, typer.Option(min=1, max=1024, help="Numba threads (default: all cores).")
+        int | None,
+        typer.Option(
+            min=1,
+            max=1024,
+            help="Numba threads (default: all cores; with --workers, per worker: the "
+            "cores shared out).",
+        ),
     ] = None,
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue from the last completed epoch in output.")
