@@ -355,10 +355,11 @@ def test_ctrl_c_stops_every_worker_after_the_same_step(tmp_path, target):
     assert run.returncode == 130, err
     assert err.count("nbcnn: interrupted in epoch") == 1, err
     assert "Resume with: nbcnn train" in err
-    done = len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines())
-    resumed = _nbcnn("train", tmp_path / "tiny.yaml", "--epochs", done + 1, "--output", "run",
-                     "--resume", "--workers", "2", cwd=tmp_path)  # fmt: skip
-    assert resumed.returncode == 0, resumed.stderr
+    if target == "terminal":  # resumes as the message says (once: each run costs seconds)
+        done = len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines())
+        resumed = _nbcnn("train", tmp_path / "tiny.yaml", "--epochs", done + 1, "--output", "run",
+                         "--resume", "--workers", "2", cwd=tmp_path)  # fmt: skip
+        assert resumed.returncode == 0, resumed.stderr
 
 
 def test_fit_config_under_mpiexec_trains_in_step(tmp_path):

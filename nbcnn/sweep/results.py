@@ -150,6 +150,7 @@ def render_sweep(sweep: Sweep, records: list[dict[str, Any]]) -> bytes | None:
     if not scored:
         return None
     Figure, FigureCanvasAgg = _matplotlib()
+    from matplotlib.ticker import NullFormatter
     columns = 2 if len(sweep.space) == 4 else min(3, len(sweep.space))
     rows = math.ceil(len(sweep.space) / columns)
     fig = Figure(figsize=(3.6 * columns, 3.0 * rows + 0.5), dpi=100, layout="constrained")
@@ -178,6 +179,8 @@ def render_sweep(sweep: Sweep, records: list[dict[str, Any]]) -> bytes | None:
             ax.set_xticklabels([_label(c) for c in search.choices], fontsize=8)
         elif search.log or search.kind == "loguniform":
             ax.set_xscale("log")
+            # Under two decades matplotlib labels the minor ticks too, on top of each other.
+            ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel(search.key, fontsize=9)
         ax.set_ylabel(sweep.metric, fontsize=9)
         ax.grid(alpha=0.3)
