@@ -29,6 +29,19 @@ def cli_subprocess(*args: str, **kwargs) -> subprocess.CompletedProcess:
     )
 
 
+#: A model that trains an epoch of the embedded digits in a fraction of a second: the tests
+#: of sweeps and batch prediction run many of them (add a ``train`` section).
+TINY_MODEL = {
+    "name": "tiny",
+    "input_shape": [8, 8, 1],
+    "layers": [
+        {"type": "Conv2D", "filters": 4, "kernel_size": 3, "activation": "relu"},
+        {"type": "Flatten"},
+        {"type": "Dense", "units": 10, "activation": "softmax"},
+    ],
+}
+
+
 def model_doc(*layers, input_shape=(28, 28, 1)):
     """A minimal config document with the given layer mappings."""
     return {"input_shape": list(input_shape), "layers": list(layers)}

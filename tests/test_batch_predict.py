@@ -20,16 +20,10 @@ import nbcnn
 from nbcnn.batchpredict import predict_to_file
 from nbcnn.batchpredict.worker import model_loads
 from nbcnn.data import load_images
-from tests.helpers import cli
+from tests.helpers import TINY_MODEL, cli
 
 TINY = {
-    "name": "tiny",
-    "input_shape": [8, 8, 1],
-    "layers": [
-        {"type": "Conv2D", "filters": 4, "kernel_size": 3, "activation": "relu"},
-        {"type": "Flatten"},
-        {"type": "Dense", "units": 10, "activation": "softmax"},
-    ],
+    **TINY_MODEL,
     "train": {"data": {"dataset": "digits"}},
 }
 #: Images in the job's folder (one more is corrupt); partitions of 7 give 6 of them.

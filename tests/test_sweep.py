@@ -14,16 +14,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.helpers import cli, cli_subprocess
+from tests.helpers import TINY_MODEL, cli, cli_subprocess
 
 BASE = {
-    "name": "tiny",
-    "input_shape": [8, 8, 1],
-    "layers": [
-        {"type": "Conv2D", "filters": 4, "kernel_size": 3, "activation": "relu"},
-        {"type": "Flatten"},
-        {"type": "Dense", "units": 10, "activation": "softmax"},
-    ],
+    **TINY_MODEL,
     "train": {
         "data": {"dataset": "digits", "validation_split": 0.2},
         "epochs": 2,
@@ -202,18 +196,9 @@ def test_a_trial_killed_with_sigkill_is_reported_and_run_again_next_time(tmp_pat
 @pytest.fixture
 def dask_scheduler():
     """A local cluster of one worker this test starts, as a cluster of one's own would be."""
-    import logging
+    from nbcnn import localcluster
 
-    import distributed
-
-    cluster = distributed.LocalCluster(
-        n_workers=1,
-        threads_per_worker=1,
-        processes=True,
-        host="127.0.0.1",
-        dashboard_address="127.0.0.1:0",
-        silence_logs=logging.ERROR,
-    )
+    cluster = localcluster.start(1)
     try:
         yield cluster.scheduler_address
     finally:

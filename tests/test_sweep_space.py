@@ -15,16 +15,10 @@ from nbcnn.errors import ConfigError
 from nbcnn.sweep.space import apply_values, parse_key, parse_search
 from nbcnn.sweep.spec import DEFAULT_TRIALS, load_sweep
 from nbcnn.sweep.trials import Outcome, outcome
-from tests.helpers import cli
+from tests.helpers import TINY_MODEL, cli
 
 BASE = {
-    "name": "tiny",
-    "input_shape": [8, 8, 1],
-    "layers": [
-        {"type": "Conv2D", "filters": 4, "kernel_size": 3, "activation": "relu"},
-        {"type": "Flatten"},
-        {"type": "Dense", "units": 10, "activation": "softmax"},
-    ],
+    **TINY_MODEL,
     "train": {
         "data": {"dataset": "digits", "validation_split": 0.2},
         "epochs": 2,

@@ -8,17 +8,17 @@ the order they finish; the journal of :mod:`nbcnn.batchpredict.output` makes tha
 
 from __future__ import annotations
 
-import hashlib
-import logging
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 
+from nbcnn import localcluster
 from nbcnn.batchpredict.inputs import classify, image_paths, partitions, paths_digest
 from nbcnn.batchpredict.output import open_output
 from nbcnn.batchpredict.worker import PartitionRows, PartitionTask, predict_partition
+from nbcnn.datasets import sha256_of
 from nbcnn.errors import ConfigError, DataError, TrainingError
 
 #: Partitions queued per worker beyond the one it runs: it never waits for the driver, and
@@ -93,8 +93,8 @@ def predict_to_file(
     outputs, class_names = _check_model(config, weights)
     fingerprint = {
         "inputs": [[i.kind, os.path.abspath(i.path)] for i in items],
-        "config": _sha256(config),
-        "weights": _sha256(weights),
+        "config": sha256_of(config),
+        "weights": sha256_of(weights),
         "partition_size": partition_size,
         "top": min(top, outputs),
     }
@@ -173,14 +173,6 @@ def _check_model(config: str, weights: str) -> tuple[int, list[str] | None]:
     return outputs, names
 
 
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def default_workers(cores: int | None = None) -> int:
     """Worker processes of the local cluster: one per core, each with one numba thread
     (measured faster than one worker with every core's threads: docs/batch-prediction.md)."""
@@ -196,7 +188,7 @@ def _runner(workers: int | None, scheduler: str | None):
         yield _in_process, None, f"in-process, {cores} thread(s)"
         return
     try:
-        from distributed import Client, LocalCluster
+        from distributed import Client
     except ImportError:
         raise DataError(
             "predicting on Dask needs dask[distributed]: pip install 'nbcnn[dask]' (or "
@@ -212,15 +204,7 @@ def _runner(workers: int | None, scheduler: str | None):
     else:
         workers = workers or default_workers(cores)
         threads = max(1, cores // workers)
-        with _sigint_ignored():
-            cluster = LocalCluster(
-                n_workers=workers,
-                threads_per_worker=1,
-                processes=True,
-                host="127.0.0.1",
-                dashboard_address=None,
-                silence_logs=logging.ERROR,
-            )
+        cluster = localcluster.start(workers)
         client = Client(cluster)
         described = f"{workers} worker(s) x {threads} thread(s)"
     try:
@@ -234,24 +218,6 @@ def _runner(workers: int | None, scheduler: str | None):
         client.close()
         if cluster is not None:
             cluster.close()
-
-
-@contextmanager
-def _sigint_ignored():
-    """Ignore SIGINT while the local workers are spawned: they inherit it, so a Ctrl-C (sent
-    to the terminal's whole process group) reaches the driver alone, which stops the cluster,
-    instead of printing a KeyboardInterrupt traceback from every worker process."""
-    import signal
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
 
 
 def _in_process(tasks: Iterator[tuple[PartitionTask, str]]):

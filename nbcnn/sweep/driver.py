@@ -10,15 +10,15 @@ trial ended. :mod:`nbcnn.sweep.study` holds the study and what a re-run does.
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from nbcnn import localcluster
 from nbcnn.errors import ConfigError
 from nbcnn.sweep import trials as trial_files
 from nbcnn.sweep.spec import Sweep
@@ -104,8 +104,8 @@ def cores() -> int:
 @contextlib.contextmanager
 def cluster(scheduler: str | None, workers: int | None):
     """``(client, slots, description)``: a Dask client of the scheduler at ``scheduler``, or
-    of a local cluster of ``workers`` single-threaded worker processes on 127.0.0.1 (its
-    dashboard on a free local port); ``slots`` is how many trials run at once: ``workers``,
+    of a local cluster of ``workers`` single-threaded worker processes on 127.0.0.1
+    (nbcnn.localcluster); ``slots`` is how many trials run at once: ``workers``,
     or the scheduler's worker threads."""
     distributed = distributed_module()
     local = None
@@ -131,15 +131,7 @@ def cluster(scheduler: str | None, workers: int | None):
             where = f"the Dask scheduler {scheduler}"
         else:
             slots = workers or 1
-            with _sigint_ignored():
-                local = distributed.LocalCluster(
-                    n_workers=slots,
-                    threads_per_worker=1,
-                    processes=True,
-                    host="127.0.0.1",
-                    dashboard_address="127.0.0.1:0",  # no fixed port to clash on
-                    silence_logs=logging.ERROR,
-                )
+            local = localcluster.start(slots)
             client = distributed.Client(local)
             where = f"a local Dask cluster of {slots} worker(s)"
         try:
@@ -149,25 +141,6 @@ def cluster(scheduler: str | None, workers: int | None):
     finally:
         if local is not None:
             local.close()
-
-
-@contextlib.contextmanager
-def _sigint_ignored() -> Iterator[None]:
-    """Start the local workers with SIGINT ignored (they inherit it): a Ctrl-C at the terminal
-    reaches the whole process group, and Dask's worker processes would each print a
-    KeyboardInterrupt traceback; the driver stops them itself. The trials' ``nbcnn train``
-    gets SIGINT back (nbcnn.sweep.trials) and stops between batches."""
-    import signal
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
 
 
 def _run(study, sweep: Sweep, client, slots: int, asks: int, on_trial: OnTrial | None) -> None:
