@@ -220,7 +220,7 @@ class GradientReducer:
     back as views of it (the optimizer reads them before the next step overwrites them).
 
     ``flat=False`` all-reduces each gradient array on its own instead (one call per weight:
-    the alternative benchmarks/bench_allreduce.py measures)."""
+    the alternative benchmarks/bench_scaling.py measures)."""
 
     def __init__(self, group: Group, params: list[np.ndarray], extras: int, flat: bool = True):
         self.group, self.flat = group, flat

@@ -339,7 +339,10 @@ def evaluate_arrays(
         out = model._predict(x, batch_size).reshape(len(x), -1)
     else:
         lo, hi = group.shard(len(x))
-        part = model._predict(x[lo:hi], batch_size).reshape(hi - lo, -1)
+        if hi > lo:
+            part = model._predict(x[lo:hi], batch_size).reshape(hi - lo, -1)
+        else:  # fewer samples than ranks: this one has none, and still gathers
+            part = np.zeros((0, math.prod(model.output_shape)), np.float32)
         out = group.gather_rows(part)
     # predict applies the last activation; logits remain only where the loss is told so and
     # the layer does not end in the activation the loss expects.
@@ -586,12 +589,14 @@ def fit(
             _sync_ranks(loop, early)
         adapt_model(model, x)  # Normalization's statistics, on a fresh run (count still 0)
         _train_epochs(loop)
-        if active() is not None:  # EarlyStopping may have restored rank 0's best weights
-            model.set_weights(active().bcast(model.get_weights()))
     finally:
         if folder is not None:
             folder.release()
     callback_list.call("on_train_end", None)
+    if active() is not None:
+        # EarlyStopping restores its best weights in on_train_end; after a resume only rank 0
+        # holds them (best.npz), so every rank ends with rank 0's.
+        model.set_weights(active().bcast(model.get_weights()))
     model.history = history
     steps = len(history.epochs) * math.ceil(len(x) / batch_size)
     warning = moving_statistics_warning(model, steps)  # the run's steps, resumed ones too
@@ -606,14 +611,20 @@ def _sync_ranks(loop: _Loop, early: EarlyStopping | None) -> None:
     the epoch to start at, the best value so far and the history."""
     model, group = loop.model, active()
     last = len(loop.x) % loop.batch_size
-    if (loop.batch_size < group.size or 0 < last < group.size) and any(
-        isinstance(layer, BatchNormalization) for layer in model.layers
-    ):
+    # A rank with no sample in a batch skips its forward: exact for most layers (it adds zero
+    # gradients), but synchronized BatchNormalization would miss its collectives, and a layer
+    # drawing random numbers (Dropout) would fall behind the other ranks' stream.
+    needs_rows = [
+        layer
+        for layer in model.layers
+        if isinstance(layer, BatchNormalization) or getattr(layer, "rng", None) is not None
+    ]
+    if (loop.batch_size < group.size or 0 < last < group.size) and needs_rows:
         raise ConfigError(
-            f"{group.size} workers need at least one sample each in every batch (synchronized "
-            f"BatchNormalization), but batches of {loop.batch_size} over {len(loop.x)} samples "
-            f"leave a last batch of {last or loop.batch_size}: change train.batch_size or the "
-            "number of workers",
+            f"{group.size} workers need at least one sample each in every batch for "
+            f"{needs_rows[0].name!r} ({type(needs_rows[0]).__name__}), but batches "
+            f"of {loop.batch_size} over {len(loop.x)} samples leave a last batch of "
+            f"{last or loop.batch_size}: change train.batch_size or the number of workers",
             where="train.batch_size",
         )
     rngs = [loop.shuffle_rng, model.rng, *(layer.rng for layer in own_rng_layers(model))]
@@ -817,9 +828,14 @@ def _train_epochs(loop: _Loop) -> None:
                 if model.stop_training:
                     history.stopped_early = epoch + 1 < loop.epochs
                     break
-                if active() is not None:  # a Ctrl-C since the last step may reach one rank
-                    sigint.set = active().any(sigint.set)
-                if sigint.set:  # Ctrl-C after this epoch's last batch: it is kept, then stop
+                stop = sigint.set
+                if active() is not None:
+                    # A Ctrl-C since the last step may have reached one rank only: every rank
+                    # decides on the agreed value, never on its own flag, which a SIGINT
+                    # landing after the agreement would change on one rank alone (it then
+                    # stops the next step, through the all-reduce).
+                    stop = active().any(stop)
+                if stop:  # Ctrl-C after this epoch's last batch: it is kept, then stop
                     if epoch + 1 < loop.epochs:
                         raise StopRequested(epoch + 2, completed=epoch + 1)
                     history.interrupted = True
@@ -945,7 +961,7 @@ def _run_epoch_sharded(loop: _Loop, epoch: int, lr: float, sigint: _SigintFlag) 
             loss, grad, probs = loss_and_grad(model, out, yb)
             model.backward(grad * np.float32(share), input_grad=False)
             grads = [layer.grads[name] for layer, name in owners]
-        else:  # a last batch smaller than the ranks (refused for synchronized batch norm)
+        else:  # a last batch smaller than the ranks (refused where it matters: _sync_ranks)
             loss, grads = 0.0, [np.zeros_like(p) for p in params]
         grads, (global_loss, stops) = loop.reducer.reduce(grads, [loss * share, sigint.set])
         if not math.isfinite(global_loss):

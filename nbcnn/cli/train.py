@@ -150,7 +150,7 @@ def _train_rank(group, config, options) -> None:
         train_rank(group, config, options, after)
     except StopRequested as stop:  # every rank stopped after the same step
         if group.root:
-            out = options["output"] or "the run folder"
+            out = stop.output  # the resolved train.output (nbcnn.cli.workers.train_rank)
             _report_stop(stop, out, _resume_command(config, out))
             write_curves(out, missing_ok=True)
         raise typer.Exit(130) from None

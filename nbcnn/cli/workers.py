@@ -106,26 +106,36 @@ def train_rank(group, config: Path, prepare_args: dict[str, Any], after) -> None
         run = prepare_run_in_group(group, config, **prepare_args)
     except PeerFailed as err:
         raise typer.Exit(err.exit_code) from None  # rank 0 printed why
-    load_compiler()
-    apply_rank_threads(run)
+    except NbcnnError as err:
+        if group.root:  # sent to the others, which stop with its code
+            raise
+        _abort_for(group, err)  # this rank alone (another config file on its node?)
+    except BaseException as err:  # noqa: BLE001 - the others wait for this rank
+        _abort_for(group, err)
+    try:
+        load_compiler()
+        apply_rank_threads(run)
+    except BaseException as err:  # noqa: BLE001
+        _abort_for(group, err)
 
     # 2. Rank 0 loads the data first (an image folder is decoded once, into the cache the
     #    others then read), then the others; any rank's error is printed once, by rank 0.
     dataset = failure = None
-    if group.root:
-        try:
-            with loading_data(run.train.dataset) as decoding:
-                dataset = load_data(run.model, run.train, config, progress=decoding)
-        except NbcnnError as err:
-            failure = err
-        except typer.Exit as stop:  # Ctrl-C while decoding: said; the others wait in bcast
-            group.abort(stop.exit_code)
-        group.bcast(failure is None)
-    elif group.bcast(None):
-        try:
-            dataset = load_data(run.model, run.train, config)
-        except NbcnnError as err:
-            failure = err
+    try:
+        if group.root:
+            try:
+                with loading_data(run.train.dataset) as decoding:
+                    dataset = load_data(run.model, run.train, config, progress=decoding)
+            except NbcnnError as err:
+                failure = err
+            group.bcast(failure is None)
+        elif group.bcast(None):
+            try:
+                dataset = load_data(run.model, run.train, config)
+            except NbcnnError as err:
+                failure = err
+    except BaseException as err:  # noqa: BLE001 - Ctrl-C while decoding, out of memory...
+        _abort_for(group, err)
     failures = group.allgather(None if failure is None else (str(failure), _code(failure)))
     first = next(((rank, f) for rank, f in enumerate(failures) if f is not None), None)
     if first is not None:
@@ -135,7 +145,7 @@ def train_rank(group, config: Path, prepare_args: dict[str, Any], after) -> None
             print(f"nbcnn: error: {prefix}{printable(message)}", file=sys.stderr)
         raise typer.Exit(code)
 
-    # 3. Training in step; one rank's own failure ends the job at once.
+    # 3. Training in step, then the test evaluation; one rank's own failure ends the job.
     try:
         if group.root:
             for line in (
@@ -148,17 +158,12 @@ def train_rank(group, config: Path, prepare_args: dict[str, Any], after) -> None
                 history = run_training(run, dataset, callback=progress)
         else:
             history = run_training(run, dataset, writes=False)
-    except StopRequested:
-        raise  # every rank stops after the same step: the caller prints on rank 0
-    except NbcnnError as err:
-        _abort(group, f"nbcnn: error: {printable(' '.join(str(err).split()))}", _code(err))
-    except KeyboardInterrupt:
-        _abort(group, "nbcnn: interrupted", 130)
-    except Exception:
-        import traceback
-
-        _abort(group, traceback.format_exc().rstrip(), 1)
-    after(run, dataset, history)
+        after(run, dataset, history)
+    except StopRequested as stop:
+        stop.output = run.train.output  # every rank stopped after the same step
+        raise
+    except BaseException as err:  # noqa: BLE001
+        _abort_for(group, err)
 
 
 def _split(batch: int, size: int) -> str:
@@ -170,6 +175,19 @@ def _code(err: BaseException | None) -> int:
     """The exit status of ``err`` as one process would end (every rank must end with the
     same: MPICH's launcher exits with the bitwise OR of the ranks' statuses)."""
     return getattr(err, "exit_code", 1)
+
+
+def _abort_for(group, err: BaseException) -> None:
+    """End every rank because of ``err`` on this one, with the line one process would print."""
+    if isinstance(err, typer.Exit):  # said already (Ctrl-C while decoding images)
+        group.abort(err.exit_code)
+    if isinstance(err, NbcnnError):
+        _abort(group, f"nbcnn: error: {printable(' '.join(str(err).split()))}", _code(err))
+    if isinstance(err, KeyboardInterrupt):
+        _abort(group, "nbcnn: interrupted", 130)
+    import traceback
+
+    _abort(group, "".join(traceback.format_exception(err)).rstrip(), 1)
 
 
 def _abort(group, message: str, code: int) -> None:
