@@ -151,6 +151,7 @@ def render_sweep(sweep: Sweep, records: list[dict[str, Any]]) -> bytes | None:
         return None
     Figure, FigureCanvasAgg = _matplotlib()
     from matplotlib.ticker import NullFormatter
+
     columns = 2 if len(sweep.space) == 4 else min(3, len(sweep.space))
     rows = math.ceil(len(sweep.space) / columns)
     fig = Figure(figsize=(3.6 * columns, 3.0 * rows + 0.5), dpi=100, layout="constrained")
