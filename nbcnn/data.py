@@ -231,14 +231,22 @@ def batches(
         raise ValueError(f"{len(x)} samples but {len(y)} labels")
     if not isinstance(x, ImageArray):  # its batches are float32 copies already
         x = np.ascontiguousarray(x, dtype=np.float32)
-    order = None if rng is None else rng.permutation(len(x))
-    for start in range(0, len(x), batch_size):
+    for rows in batch_rows(len(x), batch_size, rng):
+        yield x[rows], y[rows]
+
+
+def batch_rows(n: int, batch_size: int, rng: np.random.Generator | None = None):
+    """The rows of each mini-batch of :func:`batches` over ``n`` samples: slices in order when
+    rng is None, else index arrays of ``rng.permutation(n)``, ``batch_size`` at a time (one
+    draw from rng per epoch). Data-parallel ranks take their shard of each
+    (nbcnn.distributed.sharded_batches)."""
+    order = None if rng is None else rng.permutation(n)
+    for start in range(0, n, batch_size):
         if order is None:
-            yield x[start : start + batch_size], y[start : start + batch_size]
+            yield slice(start, min(start + batch_size, n))
         else:
             # Gather one batch at a time: a shuffled copy of the whole set would double memory.
-            idx = order[start : start + batch_size]
-            yield x[idx], y[idx]
+            yield order[start : start + batch_size]
 
 
 def load_images(

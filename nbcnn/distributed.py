@@ -80,6 +80,11 @@ def active() -> Group | None:
     return _active
 
 
+def speaks() -> bool:
+    """Whether this process prints warnings and progress: one process, or rank 0 of many."""
+    return _active is None or _active.root
+
+
 def start() -> Group | None:
     """Join the MPI job this process was launched in (``mpiexec -n K``), once; None when it
     was not launched by MPI or the job has one rank. Raises :class:`MPIMissing` with the
@@ -262,20 +267,17 @@ def sharded_batches(
     ``first + len(xb)`` of a global batch of ``total``. Only the shard's samples are read,
     unless ``whole`` (augmentation needs the global batch): then ``xb`` is the whole batch.
     """
+    from nbcnn.data import batch_rows
     from nbcnn.streaming import ImageArray
 
     if not isinstance(x, ImageArray):
         x = np.ascontiguousarray(x, dtype=np.float32)
-    order = None if rng is None else rng.permutation(len(x))
-    for start in range(0, len(x), batch_size):
-        total = min(batch_size, len(x) - start)
+    for rows in batch_rows(len(x), batch_size, rng):
+        ordered = isinstance(rows, slice)  # no shuffle: slices, so that xb is a view
+        total = rows.stop - rows.start if ordered else len(rows)
         lo, hi = (0, total) if whole else group.shard(total)
-        rows = slice(start + lo, start + hi)
-        if order is None:
-            yield x[rows], y[rows], lo, total
-        else:
-            idx = order[rows]
-            yield x[idx], y[idx], lo, total
+        mine = slice(rows.start + lo, rows.start + hi) if ordered else rows[lo:hi]
+        yield x[mine], y[mine], lo, total
 
 
 def sync_from_root(model: Any, rngs: list[np.random.Generator], state: dict[str, Any]) -> dict:

@@ -29,7 +29,14 @@ from nbcnn import losses
 from nbcnn.augment import Augmenter, augment_rng, parse_augment
 from nbcnn.callbacks import Callback, CallbackList, EarlyStopping, Monitor
 from nbcnn.data import batches
-from nbcnn.distributed import GradientReducer, active, sharded_batches, sharding, sync_from_root
+from nbcnn.distributed import (
+    GradientReducer,
+    active,
+    sharded_batches,
+    sharding,
+    speaks,
+    sync_from_root,
+)
 from nbcnn.errors import ConfigError, DataError, TrainingError
 from nbcnn.layers.args import did_you_mean, show
 from nbcnn.layers.normalization import BatchNormalization, moving_statistics_warning
@@ -357,7 +364,7 @@ def warn_about_output(model: Sequential, loss: losses.Loss) -> None:
     """Print on stderr, once, why the last layer does not fit ``loss`` (see
     :func:`nbcnn.losses.output_warning`): a model that would silently train to chance."""
     message = losses.output_warning(loss, model.layers[-1].name, _last_activation(model))
-    if message and (active() is None or active().root):
+    if message and speaks():
         print(f"nbcnn: warning: {message}", file=sys.stderr)
 
 
@@ -586,6 +593,7 @@ def fit(
                 early.resume(state["best"], state["wait"], state["epoch"], best_weights)
             _restore_augment_rng(loop, state, str(folder.file("checkpoint.npz")))
         if active() is not None:
+            _check_shards(loop)
             _sync_ranks(loop, early)
         adapt_model(model, x)  # Normalization's statistics, on a fresh run (count still 0)
         _train_epochs(loop)
@@ -600,15 +608,14 @@ def fit(
     model.history = history
     steps = len(history.epochs) * math.ceil(len(x) / batch_size)
     warning = moving_statistics_warning(model, steps)  # the run's steps, resumed ones too
-    if warning and (active() is None or active().root):
+    if warning and speaks():
         print(f"nbcnn: warning: {warning}", file=sys.stderr)
     return history
 
 
-def _sync_ranks(loop: _Loop, early: EarlyStopping | None) -> None:
-    """Data-parallel training: every rank continues from rank 0's state (its checkpoint's on
-    a resume; on a new run the same seeded one): weights, optimizer slots, random streams,
-    the epoch to start at, the best value so far and the history."""
+def _check_shards(loop: _Loop) -> None:
+    """Data-parallel training: refuse batches that would leave a rank without samples where
+    that matters (before any work, alike on every rank)."""
     model, group = loop.model, active()
     last = len(loop.x) % loop.batch_size
     # A rank with no sample in a batch skips its forward: exact for most layers (it adds zero
@@ -627,6 +634,13 @@ def _sync_ranks(loop: _Loop, early: EarlyStopping | None) -> None:
             f"{last or loop.batch_size}: change train.batch_size or the number of workers",
             where="train.batch_size",
         )
+
+
+def _sync_ranks(loop: _Loop, early: EarlyStopping | None) -> None:
+    """Data-parallel training: every rank continues from rank 0's state (its checkpoint's on
+    a resume; on a new run the same seeded one): weights, optimizer slots, random streams,
+    the epoch to start at, the best value so far and the history."""
+    model = loop.model
     rngs = [loop.shuffle_rng, model.rng, *(layer.rng for layer in own_rng_layers(model))]
     if loop.augment_rng is not None:
         rngs.append(loop.augment_rng)
